@@ -1,0 +1,45 @@
+"""Shared set-up for benchmarks: random checkpoints with real shapes, real-code prompts, timing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from engine.random_checkpoint import write_random_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
+CACHE = Path("/tmp/codegen-lsp-bench")
+
+
+def checkpoint(name: str, config: dict, tokenizer_files: list[Path]) -> Path:
+    """A random-weight checkpoint with the given config, written once and reused across runs."""
+    directory = CACHE / name
+    if not (directory / "model.safetensors").is_file():
+        write_random_checkpoint(directory, dict(config, torch_dtype="float32"), tokenizer_files)
+    return directory
+
+
+def real_code(min_chars: int, module=None) -> str:
+    """Source text of a standard-library module (real code, not filler)."""
+    import argparse
+
+    text = Path((module or argparse).__file__).read_text(encoding="utf-8")
+    return text[:min_chars]
+
+
+def median_seconds(fn: Callable[[], object], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def threads() -> int:
+    return torch.get_num_threads()

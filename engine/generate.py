@@ -1,0 +1,113 @@
+"""Sampling, stop criteria and per-request statistics around a Session."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from engine.session import Cancelled, Session
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    generated_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+    total_ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "eos", "stop", "length" or "cancelled"
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, allowed: int, rng: torch.Generator | None) -> int:
+    """One token id below `allowed` (ids past the tokenizer's vocabulary are never emitted)."""
+    logits = logits[:allowed].float()
+    if params.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest set of tokens whose mass reaches top_p (at least one).
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p
+        sorted_probs[outside] = 0.0
+        choice = torch.multinomial(sorted_probs, 1, generator=rng)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=rng))
+
+
+def generate(
+    session: Session,
+    prompt: list[int],
+    params: SamplingParams,
+    cancel: threading.Event | None = None,
+) -> Generation:
+    start = time.perf_counter()
+    tokenizer = session.lm.tokenizer
+    stats = GenerationStats(prompt_tokens=len(prompt))
+    rng = None
+    if params.temperature > 0:
+        rng = torch.Generator(device="cpu")
+        rng.manual_seed(params.seed if params.seed is not None else torch.seed())
+    stop_ids = set(tokenizer.special_ids)
+    if tokenizer.eos_id is not None:
+        stop_ids.add(tokenizer.eos_id)
+    allowed = min(tokenizer.vocab_size, session.lm.config.vocab_size)
+    room = session.max_len - len(prompt)
+
+    generated: list[int] = []
+    text, finish = "", "length"
+    try:
+        logits, stats.reused_tokens = session.prefill(prompt, cancel)
+        stats.prefilled_tokens = len(prompt) - stats.reused_tokens
+        for step in range(min(params.max_new_tokens, room)):
+            token = sample(logits.to("cpu", non_blocking=False), params, allowed, rng)
+            if step == 0:
+                stats.time_to_first_token_ms = (time.perf_counter() - start) * 1000
+            if token in stop_ids:
+                finish = "eos"
+                break
+            generated.append(token)
+            text = tokenizer.decode(generated)
+            cut = _first_stop(text, params.stop)
+            if cut is not None:
+                text, finish = text[:cut], "stop"
+                break
+            if step + 1 == min(params.max_new_tokens, room):
+                break  # the last token needs no forward: nothing will read its logits
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            logits = session.step(token)
+    except Cancelled:
+        finish = "cancelled"
+        text = tokenizer.decode(generated)
+    stats.generated_tokens = len(generated)
+    stats.total_ms = (time.perf_counter() - start) * 1000
+    return Generation(text=text, token_ids=generated, finish_reason=finish, stats=stats)
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    positions = [text.find(s) for s in stops if s]
+    positions = [p for p in positions if p >= 0]
+    return min(positions) if positions else None

@@ -1,0 +1,102 @@
+"""GPTBigCode (SantaCoder, StarCoder family), read top-down: attention -> MLP -> block -> model.
+
+Parameter names match the Hugging Face checkpoints, so loading is a 1:1 copy.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from engine.config import ACTIVATIONS, ModelConfig
+from engine.kv_cache import KVCache, attend, causal_mask
+
+
+class GPTBigCodeAttention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.n_head = config.n_head
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        self.scale = None if config.scale_attn_weights else 1.0  # None = 1/sqrt(head_dim)
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_heads * self.head_dim)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x, input_pos, cache: KVCache, kv_len: int, mask):
+        B, T, E = x.shape
+        qkv = self.c_attn(x)
+        if self.n_kv_heads == 1:
+            # Multi-query: [q (all heads) | k | v], one K/V head shared by every query head.
+            q, k, v = qkv.split((E, self.head_dim, self.head_dim), dim=-1)
+            q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+            k, v = k.unsqueeze(1), v.unsqueeze(1)  # (B, 1, T, hs)
+        else:
+            # Multi-head: each head's slice is [q_h | k_h | v_h].
+            qkv = qkv.view(B, T, self.n_head, 3 * self.head_dim).transpose(1, 2)  # (B, nh, T, 3*hs)
+            q, k, v = qkv.split(self.head_dim, dim=-1)
+        k, v = cache.update(self.layer, input_pos, k, v, kv_len)
+        y = attend(q, k, v, mask, self.scale)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, E))
+
+
+class GPTBigCodeMLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+        self.approximate = ACTIVATIONS[config.activation_function]
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        h = F.relu(h) if self.approximate == "relu" else F.gelu(h, approximate=self.approximate)
+        return self.c_proj(h)
+
+
+class GPTBigCodeBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = GPTBigCodeAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = GPTBigCodeMLP(config)
+
+    def forward(self, x, input_pos, cache, kv_len, mask):
+        x = x + self.attn(self.ln_1(x), input_pos, cache, kv_len, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTBigCodeTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
+        self.h = nn.ModuleList(GPTBigCodeBlock(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+
+class GPTBigCode(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = GPTBigCodeTransformer(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # tied to wte on load
+
+    def forward(
+        self,
+        idx: torch.Tensor,  # (1, T) token ids
+        input_pos: torch.Tensor,  # (T,) their absolute positions
+        cache: KVCache,
+        kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
+        last_only: bool = False,  # only the last position's logits (prefill)
+    ) -> torch.Tensor:  # (1, T or 1, vocab_size) float32 logits
+        sliced = kv_len is not None
+        kv_len = kv_len if sliced else cache.max_len
+        mask = causal_mask(input_pos, kv_len, sliced)
+        x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)[None]
+        for block in self.transformer.h:
+            x = block(x, input_pos, cache, kv_len, mask)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.transformer.ln_f(x)).float()

@@ -1,0 +1,52 @@
+"""A preallocated key/value cache for one sequence (batch size 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import ModelConfig
+
+
+class KVCache:
+    """Keys and values of every layer, written at explicit positions.
+
+    Positions [0, n) hold the tokens a session has encoded; reusing the cache
+    after an edit means writing again from the first changed position.
+    """
+
+    def __init__(self, config: ModelConfig, max_len: int, device, dtype: torch.dtype):
+        shape = (config.n_layer, 1, config.n_kv_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
+        """Store k, v (1, n_kv_heads, T, head_dim) at input_pos; return keys and values [0, kv_len)."""
+        self.k[layer].index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, input_pos, v.to(self.v.dtype))
+        return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
+
+
+def causal_mask(input_pos: torch.Tensor, kv_len: int, sliced: bool) -> torch.Tensor | None:
+    """Boolean (T, kv_len) mask: a query at position p sees keys at positions <= p.
+
+    A single query over a cache sliced to exactly its own length sees every key
+    and needs no mask. (SDPA's is_causal aligns top-left, which is wrong as
+    soon as there are cached keys.)
+    """
+    if sliced and input_pos.shape[0] == 1:
+        return None
+    key_pos = torch.arange(kv_len, device=input_pos.device)
+    return key_pos[None, :] <= input_pos[:, None]
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
+    """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); KVH may be 1 (multi-query)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )

@@ -1,0 +1,188 @@
+"""Find a checkpoint, read its weights and build our model from them.
+
+A model spec is a local directory or a hub id ("ORG/NAME", optionally
+"ORG/NAME@REVISION") looked up offline in the local Hugging Face cache.
+Nothing is downloaded and no code from the checkpoint is ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from engine.codegen import CodeGen
+from engine.config import ModelConfig
+from engine.errors import EngineError
+from engine.gpt_bigcode import GPTBigCode
+from engine.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+ARCHITECTURES = {"codegen": CodeGen, "gpt_bigcode": GPTBigCode}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to run one checkpoint: model, tokenizer and where they live."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    config: ModelConfig
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+
+
+def hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """A local directory, or the snapshot of a hub id in the local Hugging Face cache."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EngineError(f"model path is not a directory: {spec}")
+        return path
+    name, _, revision = spec.partition("@")
+    parts = name.split("/")
+    looks_like_hub_id = len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise EngineError(f"model path not found: {spec}")
+    repo = hub_cache_dir() / f"models--{parts[0]}--{parts[1]}"
+    snapshot = _find_snapshot(repo, revision or "main")
+    if snapshot is None:
+        raise EngineError(
+            f"model {name!r} is not in the local Hugging Face cache ({hub_cache_dir()}); "
+            "download it on a machine with network access or give a local directory"
+        )
+    return snapshot
+
+
+def _find_snapshot(repo: Path, revision: str) -> Path | None:
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / revision
+    if ref.is_file():
+        revision = ref.read_text().strip()
+    if (snapshots / revision).is_dir():
+        return snapshots / revision
+    # No ref for "main" (e.g. a cache copied by hand): use the only snapshot there is.
+    candidates = sorted(p for p in snapshots.glob("*") if p.is_dir()) if snapshots.is_dir() else []
+    if revision == "main" and len(candidates) == 1:
+        return candidates[0]
+    return None
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint: safetensors (single or sharded) or pytorch_model.bin."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, AttributeError) as exc:
+                raise EngineError(f"cannot read {index}: {exc}") from None
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(_read_weights_file(directory / shard))
+            return state
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return _read_weights_file(directory / name)
+    raise EngineError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin")
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise EngineError(f"weights file listed in the index is missing: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError, ...
+            raise EngineError(f"corrupt or truncated safetensors file {path}: {exc}") from None
+    try:
+        # weights_only: plain tensors only, never arbitrary pickled objects.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EngineError(f"corrupt or unsafe weights file {path}: {message}") from None
+    if not isinstance(state, dict):
+        raise EngineError(f"{path} does not hold a state dict")
+    return state
+
+
+def build_model(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Our module for config, with every parameter taken from state (checked by name and shape)."""
+    with torch.device("meta"):
+        model = ARCHITECTURES[config.model_type](config)
+    expected = dict(model.named_parameters())
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")  # shared with wte, often left out of the file
+    missing = [name for name in expected if name not in state]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise EngineError(f"checkpoint is missing tensors: {', '.join(missing[:3])}{more}")
+    for name, param in expected.items():
+        if state[name].shape != param.shape:
+            raise EngineError(
+                f"tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(param.shape)} from config.json"
+            )
+    # Legacy .bin files also carry attention-mask buffers; anything that is not
+    # one of our parameters is left behind.
+    ignored = sorted(set(state) - set(expected) - {"lm_head.weight"})
+    if ignored:
+        log.debug("ignoring %d tensors that are not parameters, e.g. %s", len(ignored), ignored[0])
+    model.load_state_dict({name: state[name] for name in expected}, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.transformer.wte.weight
+    return model.eval().requires_grad_(False)
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngineError("device 'cuda' was asked for but no CUDA GPU is available")
+    if device not in ("cpu", "cuda"):
+        raise EngineError(f"unknown device {device!r} (use auto, cpu or cuda)")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise EngineError(f"unknown dtype {dtype!r} (use auto, float32, float16 or bfloat16)")
+    return DTYPES[dtype]
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    start = time.perf_counter()
+    directory = resolve_model_dir(spec)
+    config = ModelConfig.from_file(directory / "config.json")
+    tokenizer = load_tokenizer(directory, eos_token_id=config.eos_token_id)
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
+    seconds = time.perf_counter() - start
+    log.info("loaded %s (%s, %s, %s) in %.2fs", directory, config.model_type, torch_device, torch_dtype, seconds)
+    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds)

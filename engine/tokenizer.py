@@ -1,0 +1,137 @@
+"""Tokenizers for CodeGen and GPTBigCode checkpoints, through the `tokenizers` library.
+
+Two layouts are accepted: `tokenizer.json`, or the older `vocab.json` +
+`merges.txt` + `added_tokens.json` of the published Salesforce/codegen-* repos.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+
+from engine.errors import EngineError
+
+FIM_SPELLINGS = {
+    # StarCoder family and SantaCoder spell the same four tokens differently.
+    "underscore": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>"),
+    "hyphen": ("<fim-prefix>", "<fim-suffix>", "<fim-middle>", "<fim-pad>"),
+}
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    prefix: int
+    suffix: int
+    middle: int
+    pad: int | None
+
+
+class Tokenizer:
+    def __init__(self, tokenizer: HFTokenizer, eos_token: str | None, bos_token: str | None = None):
+        self._tok = tokenizer
+        # Text from the user's files is never parsed into special tokens: a
+        # file that contains "<fim_prefix>" must not change the prompt layout.
+        self._tok.encode_special_tokens = True
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self.eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
+        self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
+        self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
+        self.fim = _find_fim(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+
+def _find_fim(tokenizer: HFTokenizer) -> FimTokens | None:
+    for prefix, suffix, middle, pad in FIM_SPELLINGS.values():
+        ids = [tokenizer.token_to_id(t) for t in (prefix, suffix, middle)]
+        if None not in ids:
+            return FimTokens(*ids, pad=tokenizer.token_to_id(pad))
+    return None
+
+
+def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenizer:
+    directory = Path(directory)
+    specials = _special_tokens(directory)
+    if (directory / "tokenizer.json").is_file():
+        try:
+            tokenizer = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as exc:  # the library raises plain Exception on bad JSON
+            raise EngineError(f"cannot read {directory / 'tokenizer.json'}: {_first_line(exc)}") from None
+    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+        tokenizer = _from_vocab_and_merges(directory)
+    else:
+        raise EngineError(f"no tokenizer in {directory}: expected tokenizer.json, or vocab.json and merges.txt")
+
+    # Declared special tokens are matched whole, never split by BPE.
+    declared = [t for t in specials.values() if tokenizer.token_to_id(t) is not None]
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in declared])
+    eos = specials.get("eos_token")
+    if eos is None and eos_token_id is not None:
+        eos = tokenizer.id_to_token(eos_token_id)
+    if eos is None and tokenizer.token_to_id("<|endoftext|>") is not None:
+        eos = "<|endoftext|>"
+    return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"))
+
+
+def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
+    """Rebuild GPT-2-style byte-level BPE plus the added tokens, as CodeGen's repos ship it."""
+    try:
+        bpe = models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
+    except Exception as exc:
+        raise EngineError(f"cannot read vocab.json / merges.txt in {directory}: {_first_line(exc)}") from None
+    tokenizer = HFTokenizer(bpe)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    added_path = directory / "added_tokens.json"
+    if added_path.is_file():
+        added = _read_json(added_path)
+        # Added in id order so each gets the id the file gives it; the
+        # tokenizer matches them before byte-level splitting, longest first.
+        for content, token_id in sorted(added.items(), key=lambda item: item[1]):
+            if tokenizer.token_to_id(content) is not None:
+                continue
+            if token_id != tokenizer.get_vocab_size(with_added_tokens=True):
+                raise EngineError(f"{added_path}: token id {token_id} leaves a gap after the vocabulary")
+            tokenizer.add_tokens([AddedToken(content, normalized=False)])
+    return tokenizer
+
+
+def _special_tokens(directory: Path) -> dict[str, str]:
+    """bos/eos/unk/pad tokens declared by tokenizer_config.json or special_tokens_map.json."""
+    found: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = _read_json(path)
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = data.get(key)
+            if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
+                value = value.get("content")
+            if isinstance(value, str) and value:
+                found[key] = value
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise EngineError(f"{path} is not a JSON object")
+    return data
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

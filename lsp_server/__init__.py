@@ -1,0 +1,1 @@
+"""The codegen-lsp language server and command line."""

@@ -1,0 +1,90 @@
+"""The `codegen-lsp` command: generate (raw engine output) and the server commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from engine import EngineError, SamplingParams, Session, generate, load_model
+
+log = logging.getLogger("codegen-lsp")
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="checkpoint directory or hub id in the local HF cache")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codegen-lsp", description="Local code completion for your editor.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="print the raw continuation of a prompt")
+    add_model_options(gen)
+    source = gen.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="prompt text")
+    source.add_argument("--prompt-file", help="file whose contents are the prompt")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    mode = gen.add_mutually_exclusive_group()
+    mode.add_argument("--greedy", action="store_true", help="pick the most likely token (default)")
+    mode.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--json", action="store_true", help='print {"text", "token_ids", "stats"}')
+    gen.set_defaults(run=run_generate)
+    return parser
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8", errors="surrogateescape") as f:
+                prompt = f.read()
+        except OSError as exc:
+            raise EngineError(f"cannot read prompt file: {exc}") from None
+    else:
+        prompt = args.prompt
+    if args.max_new_tokens < 1:
+        raise EngineError("--max-new-tokens must be at least 1")
+    if not 0.0 < args.top_p <= 1.0:
+        raise EngineError("--top-p must be in (0, 1]")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    prompt_ids = lm.tokenizer.encode(prompt)
+    if not prompt_ids:
+        raise EngineError("the prompt is empty")
+    room = lm.config.n_positions - args.max_new_tokens
+    if len(prompt_ids) > room:
+        log.warning("prompt of %d tokens cut to its last %d to fit the window", len(prompt_ids), room)
+        prompt_ids = prompt_ids[-max(room, 1) :]
+    params = SamplingParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.0 if args.greedy else args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+    result = generate(Session(lm), prompt_ids, params)
+    if args.json:
+        print(json.dumps({"text": result.text, "token_ids": result.token_ids, "stats": result.stats.to_dict()}))
+    else:
+        sys.stdout.write(result.text + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.run(args)
+    except EngineError as exc:
+        print(f"codegen-lsp: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,46 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import checkpoints  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def codegen_dir(tmp_path_factory):
+    return checkpoints.make_codegen(tmp_path_factory.mktemp("codegen"))
+
+
+@pytest.fixture(scope="session")
+def codegen_bin_dir(tmp_path_factory):
+    return checkpoints.make_codegen(tmp_path_factory.mktemp("codegen_bin"), legacy_bin=True, seed=1)
+
+
+@pytest.fixture(scope="session")
+def bigcode_mq_dir(tmp_path_factory):
+    return checkpoints.make_bigcode(tmp_path_factory.mktemp("bigcode_mq"), multi_query=True)
+
+
+@pytest.fixture(scope="session")
+def bigcode_mh_dir(tmp_path_factory):
+    return checkpoints.make_bigcode(
+        tmp_path_factory.mktemp("bigcode_mh"), multi_query=False, fim_tokens=checkpoints.SANTACODER_FIM, seed=2
+    )
+
+
+@pytest.fixture(scope="session", params=["codegen", "codegen_bin", "bigcode_mq", "bigcode_mh"])
+def any_checkpoint(request):
+    return request.getfixturevalue(f"{request.param}_dir")
+
+
+@pytest.fixture(scope="session")
+def stdlib_code() -> str:
+    """A few hundred tokens of real, indented code from the standard library."""
+    import textwrap
+
+    return textwrap.dedent(Path(textwrap.__file__).read_text(encoding="utf-8"))[2000:4000]
