@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import SHARED_TOKENIZERS, checkpoint, median_seconds, real_code  # noqa: E402
 from engine import Session, load_model  # noqa: E402
 from engine.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
+from engine.tokenizer import load_tokenizer  # noqa: E402
 
 
 def ours(directory: Path, prompt: list[int], new_tokens: int, repeat: int) -> tuple[float, float]:
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     directory = checkpoint("codegen-350M-mono", CODEGEN_350M_MONO, [SHARED_TOKENIZERS / "codegen" / "tokenizer.json"])
-    tokenizer = load_model.__globals__["load_tokenizer"](directory)
+    tokenizer = load_tokenizer(directory)
     prompt = tokenizer.encode(real_code(20000))[: args.prompt_tokens]
     assert len(prompt) == args.prompt_tokens
 

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ARCHITECTURES = {"codegen": CodeGen, "gpt_bigcode": GPTBigCode}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The small model shipped with the project, used when no model is configured.
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
 
 
 @dataclass
@@ -175,8 +177,20 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+def load_model(
+    spec: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization: str = "none",
+    compile: str = "auto",
+) -> LoadedModel:
+    """Load a checkpoint (the shipped demo model when spec is None or empty)."""
+    if quantization != "none":
+        raise EngineError(f"quantization {quantization!r} is not supported yet")
+    if compile not in ("auto", "true", "false"):
+        raise EngineError(f"unknown compile setting {compile!r} (use auto, true or false)")
     start = time.perf_counter()
+    spec = spec or str(DEMO_MODEL_DIR)
     directory = resolve_model_dir(spec)
     config = ModelConfig.from_file(directory / "config.json")
     tokenizer = load_tokenizer(directory, eos_token_id=config.eos_token_id)
