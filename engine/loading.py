@@ -14,14 +14,17 @@ import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file
 
 from engine.codegen import CodeGen
+from engine.compile import compile_decode, want_compile
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.gpt_bigcode import GPTBigCode
+from engine.quantize import QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, save_quantized
 from engine.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     load_seconds: float
+    quantization: str = "none"
+    # Compiled single-token decode (engine/compile.py), used by Session.step
+    # when set: decode_step(cache, token, position) -> logits (vocab,).
+    decode_step: Callable | None = None
 
 
 def hub_cache_dir() -> Path:
@@ -183,10 +190,14 @@ def load_model(
     dtype: str = "auto",
     quantization: str = "none",
     compile: str = "auto",
+    quantize_lm_head: bool = True,
 ) -> LoadedModel:
-    """Load a checkpoint (the shipped demo model when spec is None or empty)."""
-    if quantization != "none":
-        raise EngineError(f"quantization {quantization!r} is not supported yet")
+    """Load a checkpoint (the shipped demo model when spec is None or empty).
+
+    quantization: none | int8 | int4 (weight-only, engine/quantize.py);
+    compile: auto | true | false (compiled decode, engine/compile.py).
+    """
+    settings = QuantSettings(quantization, lm_head=quantize_lm_head)
     if compile not in ("auto", "true", "false"):
         raise EngineError(f"unknown compile setting {compile!r} (use auto, true or false)")
     start = time.perf_counter()
@@ -196,7 +207,36 @@ def load_model(
     tokenizer = load_tokenizer(directory, eos_token_id=config.eos_token_id)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
-    seconds = time.perf_counter() - start
-    log.info("loaded %s (%s, %s, %s) in %.2fs", directory, config.model_type, torch_device, torch_dtype, seconds)
-    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds)
+    if settings.mode == "none":
+        model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
+    else:
+        model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
+    lm = LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, 0.0, settings.mode)
+    if want_compile(compile, torch_device):
+        lm.decode_step = compile_decode(lm)
+    lm.load_seconds = time.perf_counter() - start
+    log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
+             torch_device, torch_dtype, settings.mode, lm.decode_step is not None, lm.load_seconds)
+    return lm
+
+
+def build_quantized_model(config: ModelConfig, directory: Path, settings: QuantSettings, dtype: torch.dtype, device: torch.device):
+    """A quantized model on device, from the disk cache when it holds this checkpoint and settings."""
+    path = cache_path(directory, settings, dtype)
+    model = None
+    if path.is_file():
+        with torch.device("meta"):
+            skeleton = ARCHITECTURES[config.model_type](config)
+        model = load_quantized(skeleton, config, settings, path)
+    if model is not None:
+        log.info("quantized weights read from %s", path)
+    else:
+        # Cast first so the float parts end up in dtype while scales stay float32.
+        model = quantize_model(build_model(config, read_state_dict(directory)).to(dtype), settings)
+        try:
+            save_quantized(model, path)
+            log.info("quantized weights cached in %s", path)
+        except OSError as exc:
+            log.warning("cannot cache quantized weights in %s: %s", path, exc)
+    # Kernel layouts (e.g. CPU int4 packing) depend on the device: made after the move.
+    return prepare_for_device(model.to(device))

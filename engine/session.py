@@ -53,6 +53,8 @@ class Session:
         if self.cache is not None and self.cache.max_len >= length:
             return
         size = min(self.max_len, -(-length // CACHE_STEP) * CACHE_STEP)
+        if self.lm.decode_step is not None:
+            size = self.max_len  # compiled decode runs over the whole window (static shapes)
         grown = KVCache(self.lm.config, size, self.lm.device, self.lm.dtype)
         if self.cache is not None:
             n = len(self.ids)
@@ -92,4 +94,8 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; return the logits for the one after it."""
         self._reserve(len(self.ids) + 1)
+        if self.lm.decode_step is not None:
+            logits = self.lm.decode_step(self.cache, token, len(self.ids))
+            self.ids.append(token)
+            return logits
         return self._forward([token], last_only=True)[0, -1]
