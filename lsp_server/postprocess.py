@@ -1,0 +1,136 @@
+"""Make raw model output fit the cursor: one line or a block, stop rules per
+language, and no repeating of what the text after the cursor already holds.
+
+Plain functions of plain strings, so each rule is unit-tested on hand-written
+cases.
+"""
+
+from __future__ import annotations
+
+import re
+
+CLOSERS = ")]}\"'`>;,"
+# A new top-level statement ends a Python suggestion: it belongs to the next block.
+PYTHON_STOPS = ("\ndef ", "\nclass ", "\nasync def ", "\nif __name__", "\n@")
+# Other languages: two blank lines end a block of code as well as anything does.
+GENERIC_STOPS = ("\n\n\n",)
+EXTENSIONS = {".py": "python", ".pyi": "python", ".pyw": "python"}
+
+
+def language_of(language_id: str, uri: str) -> str:
+    """The editor's languageId, or a guess from the file name."""
+    if language_id:
+        return language_id.lower()
+    for ext, language in EXTENSIONS.items():
+        if uri.lower().endswith(ext):
+            return language
+    return ""
+
+
+def current_line(prefix: str, suffix: str) -> tuple[str, str]:
+    """The cursor line's text before and after the cursor (without its line break)."""
+    before = re.split(r"\r\n|\r|\n", prefix)[-1]
+    after = re.split(r"\r\n|\r|\n", suffix, maxsplit=1)[0]
+    return before, after
+
+
+def opens_block(line: str, language: str) -> bool:
+    code = line.rstrip()
+    if language == "python":
+        code = re.sub(r"#.*$", "", code).rstrip()  # rough: '#' inside a string is rare here
+        return code.endswith(":")
+    return code.endswith(("{", "(", "[", "=>", ":"))
+
+
+def wants_multiline(prefix: str, suffix: str, language: str, mode: str) -> bool:
+    """auto: a block when the cursor ends a line that opens one, or sits on an empty line."""
+    if mode in ("always", "never"):
+        return mode == "always"
+    before, after = current_line(prefix, suffix)
+    if after.strip():
+        return False
+    return not before.strip() or opens_block(before, language)
+
+
+def stop_sequences(language: str, multiline: bool) -> tuple[str, ...]:
+    if not multiline:
+        return ("\n",)
+    return PYTHON_STOPS if language == "python" else GENERIC_STOPS
+
+
+def indent_width(line: str) -> int:
+    expanded = line.expandtabs(4)
+    return len(expanded) - len(expanded.lstrip(" "))
+
+
+def cut_at_dedent(text: str, prefix: str, suffix: str, language: str) -> str:
+    """Keep the suggestion inside the cursor's block.
+
+    The first line continues the cursor line. Later lines must be indented
+    deeper than a line that opens a block, or at least as deep as the cursor
+    line otherwise; the first line that is not ends the suggestion. Outside
+    Python a closing bracket at the block's own indentation is kept (it closes
+    the block) and ends it.
+    """
+    before, _ = current_line(prefix, suffix)
+    lines = text.split("\n")
+    first = before + lines[0]
+    base = indent_width(first) if first.strip() else indent_width(before)
+    block = opens_block(first, language)
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line.strip():
+            continue
+        width = indent_width(line)
+        inside = width > base if block else width >= base
+        if inside:
+            continue
+        if language != "python" and width == base and line.strip()[0] in ")]}":
+            return "\n".join(lines[: i + 1])
+        return "\n".join(lines[:i])
+    return text
+
+
+def trim_repeated_lines(text: str, suffix: str) -> str:
+    """Cut the suggestion where it starts repeating the lines below the cursor."""
+    following = [line.rstrip() for line in re.split(r"\r\n|\r|\n", suffix)[1:]]
+    following = [line for line in following if line.strip()]
+    if not following:
+        return text
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        if lines[i].rstrip() == following[0]:
+            return "\n".join(lines[:i])
+    return text
+
+
+def trim_closers(text: str, suffix: str) -> str:
+    """Drop closing brackets and quotes at the end of the suggestion that the cursor
+    line already has right after the cursor: `foo(|)` + `a, b)` gives `a, b`."""
+    _, after = current_line("", suffix)
+    head = after.lstrip(" ")
+    closers = ""
+    for char in head:
+        if char not in CLOSERS:
+            break
+        closers += char
+    end = text.rstrip(" ")
+    for k in range(len(closers), 0, -1):
+        if end.endswith(closers[:k]):
+            return end[: len(end) - k]
+    return text
+
+
+def postprocess(text: str, prefix: str, suffix: str, language: str, multiline: bool) -> str:
+    """The suggestion to show for raw model output at the cursor ('' for none)."""
+    text = text.replace("\r\n", "\n")
+    if not multiline:
+        text = text.split("\n", 1)[0]
+    else:
+        text = cut_at_dedent(text, prefix, suffix, language)
+        text = trim_repeated_lines(text, suffix)
+        text = text.rstrip()
+    text = trim_closers(text, suffix)
+    if not text.strip():
+        return ""
+    return text

@@ -1,0 +1,179 @@
+"""Settings: one typed structure, parsed and validated here only.
+
+Sources, later wins: built-in defaults < editor settings (initializationOptions,
+then workspace/configuration section `codegen-lsp`) < the project file of the
+workspace folder (`[tool.codegen-lsp]` in pyproject.toml, then
+`.codegen-lsp.toml`). A bad key or value is reported with the file and key
+and skipped; the other keys still apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECTION = "codegen-lsp"
+PROJECT_FILE = ".codegen-lsp.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = ""
+    """Checkpoint directory or hub id in the local Hugging Face cache; "" = the shipped demo model."""
+    device: str = "auto"
+    """auto | cpu | cuda"""
+    dtype: str = "auto"
+    """auto | float32 | float16 | bfloat16"""
+    quantization: str = "none"
+    """none | int8 | int4 (weight-only)"""
+    compile: str = "auto"
+    """auto | true | false: compile the decode step (helps on CUDA)"""
+    max_new_tokens: int = 64
+    """Most tokens generated for one suggestion."""
+    max_prompt_tokens: int = 1536
+    """Most tokens of context (prefix and suffix) given to the model."""
+    fim: str = "auto"
+    """auto | off | psm | spm: fill-in-the-middle layout, when the model has FIM tokens."""
+    debounce_ms: int = 50
+    """Wait this long after a request before generating; a newer request for the document replaces it."""
+    cache_memory_mb: int = 512
+    """Memory budget of the per-document KV caches of one model."""
+    multiline: str = "auto"
+    """auto | always | never: auto gives a block after a line that opens one or on an empty line."""
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    """Where each key that is not a default came from (a file path or the editor's message)."""
+
+    def engine_key(self) -> tuple[str, str, str, str, str]:
+        """Folders whose settings give the same key share one loaded engine."""
+        return (self.model, self.device, self.dtype, self.quantization, self.compile)
+
+
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("auto", "float32", "float16", "bfloat16"),
+    "quantization": ("none", "int8", "int4"),
+    "compile": ("auto", "true", "false"),
+    "fim": ("auto", "off", "psm", "spm"),
+    "multiline": ("auto", "always", "never"),
+}
+RANGES = {
+    "max_new_tokens": (1, 4096),
+    "max_prompt_tokens": (16, 32768),
+    "debounce_ms": (0, 10_000),
+    "cache_memory_mb": (1, 1_048_576),
+}
+KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "sources")
+
+
+def _check(key: str, value: Any) -> tuple[Any, str | None]:
+    """The value to store for key, or an error message."""
+    if key == "model":
+        if value is None:
+            return "", None
+        if not isinstance(value, str):
+            return None, f"expected a string (a directory or hub id), got {value!r}"
+        return value.strip(), None
+    if key in CHOICES:
+        if key == "compile" and isinstance(value, bool):
+            value = "true" if value else "false"
+        if not isinstance(value, str) or value.lower() not in CHOICES[key]:
+            return None, f"expected one of {', '.join(CHOICES[key])}, got {value!r}"
+        return value.lower(), None
+    low, high = RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return None, f"expected a whole number from {low} to {high}, got {value!r}"
+    return value, None
+
+
+def apply(base: Settings, raw: Any, source: str, root: Path | None = None) -> tuple[Settings, list[str]]:
+    """base updated with the keys of raw; bad keys are skipped and described in the messages.
+
+    A relative model path in a project file is taken relative to its folder.
+    """
+    if raw is None:
+        return base, []
+    if not isinstance(raw, dict):
+        return base, [f"{source}: expected a table of settings, got {type(raw).__name__}"]
+    updates, problems = {}, []
+    for key, value in raw.items():
+        if key not in KEYS:
+            problems.append(f"{source}: unknown setting {key!r} (known: {', '.join(KEYS)})")
+            continue
+        checked, problem = _check(key, value)
+        if problem:
+            problems.append(f"{source}: {key}: {problem}")
+            continue
+        if key == "model" and checked and root is not None and (root / checked).exists():
+            checked = str((root / checked).resolve())
+        updates[key] = checked
+    sources = {**base.sources, **{key: source for key in updates}}
+    return dataclasses.replace(base, **updates, sources=sources), problems
+
+
+def editor_section(options: Any) -> Any:
+    """Editor settings may come as {"codegen-lsp": {...}} or as the section itself."""
+    if isinstance(options, dict) and isinstance(options.get(SECTION), dict):
+        return options[SECTION]
+    return options
+
+
+def read_project_file(root: Path) -> list[tuple[str, Any]]:
+    """(source, table) for each project settings file in root, lowest precedence first.
+
+    An unreadable file gives (source, error message as str).
+    """
+    found = []
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file():
+        data = _read_toml(pyproject)
+        if isinstance(data, str):
+            found.append((str(pyproject), data))
+        elif isinstance(data.get("tool"), dict) and SECTION in data["tool"]:
+            found.append((str(pyproject), data["tool"][SECTION]))
+    project = root / PROJECT_FILE
+    if project.is_file():
+        found.append((str(project), _read_toml(project)))
+    return found
+
+
+def _read_toml(path: Path) -> dict | str:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return f"{path}: cannot read settings: {exc}"
+
+
+def resolve(editor: list[tuple[str, Any]], root: Path | None) -> tuple[Settings, list[str]]:
+    """The settings of one workspace folder (root None: documents outside any folder).
+
+    editor: (source, settings) pairs from the editor, lowest precedence first.
+    """
+    settings, problems = Settings(), []
+    for source, raw in editor:
+        settings, more = apply(settings, editor_section(raw), source)
+        problems += more
+    for source, table in read_project_file(root) if root is not None else []:
+        if isinstance(table, str):
+            problems.append(table)
+            continue
+        settings, more = apply(settings, table, source, root)
+        problems += more
+    return settings, problems
+
+
+def project_files_stamp(root: Path | None) -> tuple:
+    """Changes when a project settings file is created, edited or removed."""
+    if root is None:
+        return ()
+    stamp = []
+    for name in ("pyproject.toml", PROJECT_FILE):
+        try:
+            st = (root / name).stat()
+            stamp.append((name, st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamp.append((name, None))
+    return tuple(stamp)

@@ -1,0 +1,113 @@
+"""Stop rules and trimming on hand-written cases (no model, no server)."""
+
+import pytest
+
+from lsp_server.postprocess import (
+    cut_at_dedent,
+    language_of,
+    postprocess,
+    stop_sequences,
+    trim_closers,
+    trim_repeated_lines,
+    wants_multiline,
+)
+
+
+@pytest.mark.parametrize(
+    "prefix, suffix, mode, expected",
+    [
+        ("def f(x):", "\n", "auto", True),  # end of a line that opens a block
+        ("def f(x):  # doc", "", "auto", True),
+        ("x = 1\n    ", "\nfoo()", "auto", True),  # empty line
+        ("x = foo(", ")\n", "auto", False),  # text after the cursor
+        ("x = 1", "\n", "auto", False),  # end of an ordinary line
+        ("x = 1", "\n", "always", True),
+        ("def f(x):", "\n", "never", False),
+    ],
+)
+def test_wants_multiline(prefix, suffix, mode, expected):
+    assert wants_multiline(prefix, suffix, "python", mode) is expected
+
+
+def test_wants_multiline_generic_braces():
+    assert wants_multiline("function f() {", "\n}", "javascript", "auto")
+    assert not wants_multiline("let x = 1;", "", "javascript", "auto")
+
+
+def test_stop_sequences():
+    assert stop_sequences("python", False) == ("\n",)
+    python = stop_sequences("python", True)
+    assert "\ndef " in python and "\nclass " in python and "\n@" in python and "\nif __name__" in python
+    assert stop_sequences("rust", True) == ("\n\n\n",)
+
+
+def test_language_of():
+    assert language_of("Python", "file:///a.txt") == "python"
+    assert language_of("", "file:///x/mod.py") == "python"
+    assert language_of("", "file:///x/mod.c") == ""
+
+
+def test_dedent_ends_a_python_body():
+    prefix = "def f(x):"
+    text = "\n    y = x + 1\n    return y\nprint(f(2))\n"
+    assert cut_at_dedent(text, prefix, "", "python") == "\n    y = x + 1\n    return y"
+
+
+def test_dedent_on_an_empty_line_inside_a_block():
+    prefix = "def f(x):\n    y = 1\n    "
+    text = "z = y\n    return z\n\nx = 3"
+    assert cut_at_dedent(text, prefix, "", "python") == "z = y\n    return z\n"
+
+
+def test_dedent_keeps_blank_lines_inside_the_block():
+    prefix = "class A:"
+    text = "\n    a = 1\n\n    def g(self):\n        pass\nB = 2"
+    assert cut_at_dedent(text, prefix, "", "python") == "\n    a = 1\n\n    def g(self):\n        pass"
+
+
+def test_generic_closing_brace_ends_the_block_and_is_kept():
+    prefix = "function f() {"
+    text = "\n  return 1;\n}\nfunction g() {}"
+    assert cut_at_dedent(text, prefix, "", "javascript") == "\n  return 1;\n}"
+
+
+def test_trim_repeated_lines():
+    suffix = "\n\n    return total\n"
+    text = "\n    total = sum(xs)\n    return total"
+    assert trim_repeated_lines(text, suffix) == "\n    total = sum(xs)"
+    assert trim_repeated_lines("\n    a = 1", suffix) == "\n    a = 1"
+
+
+@pytest.mark.parametrize(
+    "text, suffix, expected",
+    [
+        ("a, b)", ")", "a, b"),
+        ("a, b))", "))\n", "a, b"),
+        ('"hello")', '")', '"hello'),
+        ("x]", "] + y", "x"),
+        ("a, b", ")", "a, b"),  # nothing to trim
+        ("a)", "", "a)"),
+    ],
+)
+def test_trim_closers(text, suffix, expected):
+    assert trim_closers(text, suffix) == expected
+
+
+def test_postprocess_single_line_stops_at_the_line_end():
+    assert postprocess("total = 0\nfor x in xs:", "def f(xs):\n    ", "", "python", False) == "total = 0"
+
+
+def test_postprocess_drops_whitespace_only():
+    assert postprocess("   \n  \n", "x = 1", "\n", "python", True) == ""
+    assert postprocess("  ", "x = ", "\n", "python", False) == ""
+
+
+def test_postprocess_block_with_everything():
+    prefix = "def area(r):"
+    suffix = "\n    return result\n\nprint(area(2))\n"
+    text = "\n    result = 3.14 * r * r\n    return result\n\nprint(area(2))"
+    assert postprocess(text, prefix, suffix, "python", True) == "\n    result = 3.14 * r * r"
+
+
+def test_postprocess_normalises_crlf():
+    assert postprocess("\r\n    return 1\r\n", "def f():", "", "python", True) == "\n    return 1"
