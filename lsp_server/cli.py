@@ -18,6 +18,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
 
 
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                        help="weight-only quantization of the linear layers")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="compiled decode (auto: on for CUDA)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codegen-lsp", description="Local code completion for your editor.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -35,8 +42,39 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--json", action="store_true", help='print {"text", "token_ids", "stats"}')
+    add_speed_options(gen)
     gen.set_defaults(run=run_generate)
+    add_bench_command(commands)
     return parser
+
+
+def add_bench_command(commands) -> None:
+    bench = commands.add_parser("bench", help="measure load time, prefill and decode speed, memory")
+    add_model_options(bench)
+    add_speed_options(bench)
+    bench.add_argument("--prompt-tokens", type=int, default=512)
+    bench.add_argument("--new-tokens", type=int, default=64)
+    bench.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is shown)")
+    bench.add_argument("--json", action="store_true", help="print the figures as JSON")
+    bench.set_defaults(run=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from engine.bench import bench_prompt, run_bench
+
+    if args.prompt_tokens < 1 or args.new_tokens < 1 or args.repeat < 1:
+        raise EngineError("--prompt-tokens, --new-tokens and --repeat must be at least 1")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization, compile=args.compile)
+    if args.prompt_tokens + args.new_tokens + 1 > lm.config.n_positions:
+        raise EngineError(f"--prompt-tokens + --new-tokens must fit the model's window of {lm.config.n_positions}")
+    result = run_bench(lm, bench_prompt(lm, args.prompt_tokens), args.new_tokens, args.repeat)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"{lm.path.name}: {lm.config.model_type}, {lm.device}, {str(lm.dtype).removeprefix('torch.')}, "
+              f"quantization {lm.quantization}, compiled {'yes' if lm.decode_step else 'no'}")
+        print("\n".join(result.lines()))
+    return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -52,7 +90,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise EngineError("--max-new-tokens must be at least 1")
     if not 0.0 < args.top_p <= 1.0:
         raise EngineError("--top-p must be in (0, 1]")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization, compile=args.compile)
     prompt_ids = lm.tokenizer.encode(prompt)
     if not prompt_ids:
         raise EngineError("the prompt is empty")
