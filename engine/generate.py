@@ -28,6 +28,7 @@ class GenerationStats:
     generated_tokens: int = 0
     time_to_first_token_ms: float = 0.0
     total_ms: float = 0.0
+    typeahead: bool = False  # answered from the previous suggestion, without running the model
 
     def to_dict(self) -> dict:
         return asdict(self)

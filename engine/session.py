@@ -3,18 +3,24 @@
 A request gives the whole prompt's ids; the session keeps the longest common
 prefix with what it holds, prefills only the rest (in chunks) and decodes.
 Generated tokens stay encoded, so an accepted suggestion is already cached
-when the next request arrives.
+when the next request arrives. `SessionStore` keeps one session per document
+in an LRU bounded by a memory budget.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import OrderedDict
+from typing import Any, Callable
 
 import torch
 
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
 from engine.loading import LoadedModel
+
+log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 256  # tokens per prefill forward; cancellation is checked between chunks
 CACHE_STEP = 256  # the cache grows in steps of this many positions
@@ -33,10 +39,21 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 
 class Session:
+    """One sequence: `ids[i]` has its keys and values at position i of `cache`.
+
+    Invariant (kept through cancellation): `ids` lists exactly the tokens whose
+    keys and values are in the cache, so any prefix of it can be reused.
+    A session is used by one request at a time: hold `lock` around a request.
+    """
+
     def __init__(self, lm: LoadedModel):
         self.lm = lm
         self.ids: list[int] = []  # tokens whose keys and values are in the cache, in order
         self.cache: KVCache | None = None
+        self.lock = threading.Lock()
+        self.last_completion: Any = None  # what engine.completion remembers for typeahead
+        self.prefix_start: int | None = None  # where engine.prompt last cut this document's prefix
+        self.on_grow: Callable[[Session], None] | None = None  # set by SessionStore to keep its budget
 
     @property
     def max_len(self) -> int:
@@ -46,21 +63,31 @@ class Session:
     def nbytes(self) -> int:
         return self.cache.nbytes if self.cache is not None else 0
 
+    def free(self) -> None:
+        """Drop the cache (and with it everything encoded)."""
+        self.ids = []
+        self.cache = None
+        self.last_completion = None
+        self.prefix_start = None
+
     def _reserve(self, length: int) -> None:
         """Make room for `length` positions, growing in steps and keeping what is cached."""
         if length > self.max_len:
             raise EngineError(f"sequence of {length} tokens exceeds the model's window of {self.max_len}")
         if self.cache is not None and self.cache.max_len >= length:
             return
-        size = min(self.max_len, -(-length // CACHE_STEP) * CACHE_STEP)
-        if self.lm.decode_step is not None:
-            size = self.max_len  # compiled decode runs over the whole window (static shapes)
+        if getattr(self.lm, "decode_step", None) is not None:
+            size = self.max_len  # the compiled decode step has static shapes: the whole window
+        else:
+            size = min(self.max_len, -(-length // CACHE_STEP) * CACHE_STEP)
         grown = KVCache(self.lm.config, size, self.lm.device, self.lm.dtype)
         if self.cache is not None:
             n = len(self.ids)
             grown.k[..., :n, :] = self.cache.k[..., :n, :]
             grown.v[..., :n, :] = self.cache.v[..., :n, :]
         self.cache = grown
+        if self.on_grow is not None:
+            self.on_grow(self)
 
     def _forward(self, ids: list[int], last_only: bool) -> torch.Tensor:
         start = len(self.ids)
@@ -68,7 +95,7 @@ class Session:
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         input_pos = torch.arange(start, start + len(ids), device=device)
         logits = self.lm.model(idx, input_pos, self.cache, kv_len=start + len(ids), last_only=last_only)
-        self.ids.extend(ids)
+        self.ids.extend(ids)  # only after the forward: a failed one leaves ids as they were
         return logits
 
     @torch.inference_mode()
@@ -76,7 +103,8 @@ class Session:
         """Encode prompt, reusing the common prefix; return (next-token logits (vocab,), reused count).
 
         At least the last prompt token is encoded again, since its logits are
-        what the next token is sampled from.
+        what the next token is sampled from. If cancelled between chunks, the
+        chunks already encoded stay in the cache and count for the next request.
         """
         if not prompt:
             raise EngineError("empty prompt")
@@ -94,8 +122,80 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; return the logits for the one after it."""
         self._reserve(len(self.ids) + 1)
-        if self.lm.decode_step is not None:
-            logits = self.lm.decode_step(self.cache, token, len(self.ids))
+        decode_step = getattr(self.lm, "decode_step", None)
+        if decode_step is not None:
+            logits = decode_step(self.cache, token, len(self.ids))
             self.ids.append(token)
             return logits
         return self._forward([token], last_only=True)[0, -1]
+
+
+class SessionStore:
+    """One Session per document key, least recently used evicted first.
+
+    The budget counts KV-cache bytes. Caches grow while they are used, so the
+    budget is enforced whenever a session is created or grows: other sessions
+    are freed, oldest first, until the total fits. A session busy in another
+    thread is never freed under it; a single session larger than the budget
+    is kept (there is nothing else to give back).
+    """
+
+    def __init__(self, lm: LoadedModel, cache_memory_mb: int):
+        if cache_memory_mb <= 0:
+            raise EngineError(f"cache_memory_mb must be positive, got {cache_memory_mb}")
+        self.lm = lm
+        self.budget_bytes = int(cache_memory_mb * 2**20)
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # oldest first
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Session:
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = Session(self.lm)
+                session.on_grow = self._fit
+                self._sessions[key] = session
+            self._sessions.move_to_end(key)
+            self._evict(keep=session)
+            return session
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            session = self._sessions.pop(key, None)
+        if session is not None:
+            session.on_grow = None
+            session.free()
+
+    def keys(self) -> list[str]:
+        """Keys from least to most recently used."""
+        with self._lock:
+            return list(self._sessions)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in list(self._sessions.values()))
+
+    def _fit(self, grown: Session) -> None:
+        with self._lock:
+            self._evict(keep=grown)
+
+    def _evict(self, keep: Session) -> None:
+        """Free least recently used sessions until the budget holds (caller holds self._lock)."""
+        for key, session in list(self._sessions.items()):
+            if self.nbytes <= self.budget_bytes:
+                return
+            if session is keep or not session.lock.acquire(blocking=False):
+                continue  # the requester, or busy in another request
+            try:
+                del self._sessions[key]
+                session.on_grow = None
+                session.free()
+                log.debug("evicted session %s to stay within %d bytes", key, self.budget_bytes)
+            finally:
+                session.lock.release()

@@ -1,0 +1,123 @@
+"""Prompt layouts (FIM for both spellings, left to right) and the token budget."""
+
+import json
+
+import pytest
+
+from engine.errors import EngineError
+from engine.prompt import build_prompt, cut_left
+from engine.tokenizer import load_tokenizer
+
+PREFIX = "def add(a, b):\n    return"
+SUFFIX = "\n\nprint(add(1, 2))\n"
+
+
+@pytest.fixture(scope="module")
+def starcoder_tok(bigcode_mq_dir):
+    return load_tokenizer(bigcode_mq_dir)
+
+
+@pytest.fixture(scope="module")
+def santacoder_tok(bigcode_mh_dir):
+    return load_tokenizer(bigcode_mh_dir)
+
+
+@pytest.fixture(scope="module")
+def codegen_tok(codegen_dir):
+    return load_tokenizer(codegen_dir)
+
+
+def special_ids(directory, names):
+    added = json.loads((directory / "tokenizer.json").read_text())["added_tokens"]
+    by_name = {t["content"]: t["id"] for t in added}
+    return [by_name[n] for n in names]
+
+
+@pytest.mark.parametrize("fixture, spelling", [("bigcode_mq_dir", "_"), ("bigcode_mh_dir", "-")])
+def test_fim_layouts_are_exact(request, fixture, spelling):
+    directory = request.getfixturevalue(fixture)
+    tok = load_tokenizer(directory)
+    pre, suf, mid = special_ids(directory, [f"<fim{spelling}{n}>" for n in ("prefix", "suffix", "middle")])
+    assert len({pre, suf, mid}) == 3 and min(pre, suf, mid) >= 50257  # added after GPT-2's vocabulary
+    p_ids, s_ids = tok.encode(PREFIX), tok.encode(SUFFIX)
+
+    psm = build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256)
+    assert psm.layout == "psm"
+    assert psm.ids == [pre, *p_ids, suf, *s_ids, mid]
+    assert build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim="psm").ids == psm.ids
+
+    spm = build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim="spm")
+    assert spm.layout == "spm"
+    assert spm.ids == [pre, suf, *s_ids, mid, *p_ids]
+
+    off = build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim="off")
+    assert off.layout == "prefix" and off.ids == p_ids
+
+
+def test_user_text_spelling_fim_tokens_is_not_a_special_token(starcoder_tok):
+    prompt = build_prompt(starcoder_tok, "x = '<fim_middle>'", "", max_prompt_tokens=64)
+    assert prompt.ids.count(starcoder_tok.fim.middle) == 1  # only the layout's own
+
+
+def test_codegen_gets_the_prefix_only(codegen_tok):
+    assert codegen_tok.fim is None
+    for fim in ("auto", "psm", "spm", "off"):
+        prompt = build_prompt(codegen_tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim=fim)
+        assert prompt.layout == "prefix"
+        assert prompt.ids == codegen_tok.encode(PREFIX)
+        assert prompt.suffix_tokens == 0
+
+
+def test_empty_prefix_starts_from_the_document_start_token(codegen_tok):
+    assert build_prompt(codegen_tok, "", "x", max_prompt_tokens=16).ids == [codegen_tok.eos_id]
+
+
+def test_bad_settings_are_clear_errors(codegen_tok):
+    with pytest.raises(EngineError, match="unknown fim"):
+        build_prompt(codegen_tok, "x", "", max_prompt_tokens=16, fim="middle")
+    with pytest.raises(EngineError, match="too small"):
+        build_prompt(codegen_tok, "x", "", max_prompt_tokens=0)
+
+
+def test_budget_split_and_cut_points(starcoder_tok, stdlib_code):
+    tok = starcoder_tok
+    middle = len(stdlib_code) // 2
+    prefix, suffix = stdlib_code[:middle], stdlib_code[middle:]
+    prompt = build_prompt(tok, prefix, suffix, max_prompt_tokens=200, suffix_share=0.25)
+    assert len(prompt.ids) <= 200
+    assert prompt.suffix_tokens <= 50
+    # The prefix takes the rest, less at most one cut step (default max_prompt_tokens // 2 chars).
+    assert prompt.prefix_tokens + prompt.suffix_tokens + 3 >= 200 - len(tok.encode(prefix[prompt.prefix_start - 100 : prompt.prefix_start]))
+    assert len(tok.encode(prefix)) > 200
+    # Suffix cut on the right at a line end, prefix cut on the left at a line start.
+    assert suffix[prompt.suffix_end - 1] == "\n"
+    assert prefix[prompt.prefix_start - 1] == "\n"
+    kept_prefix, kept_suffix = prefix[prompt.prefix_start :], suffix[: prompt.suffix_end]
+    assert prompt.ids == [tok.fim.prefix, *tok.encode(kept_prefix), tok.fim.suffix, *tok.encode(kept_suffix), tok.fim.middle]
+    # A short suffix leaves its share to the prefix.
+    short = build_prompt(tok, prefix, "\n", max_prompt_tokens=200)
+    assert short.prefix_tokens > prompt.prefix_tokens
+
+
+def test_prefix_window_moves_rarely_and_in_large_steps(codegen_tok, stdlib_code):
+    """Typing at the end past the budget: the cut moves a few times, by >= step chars, always to a line start."""
+    text = stdlib_code * 2
+    base = 1200
+    starts = [None]
+    for end in range(base, base + 600):  # 600 keystrokes
+        prompt = build_prompt(
+            codegen_tok, text[:end], "", max_prompt_tokens=128, cut_step_chars=200, previous_prefix_start=starts[-1]
+        )
+        assert len(prompt.ids) <= 128
+        assert prompt.prefix_start == 0 or text[prompt.prefix_start - 1] == "\n"
+        starts.append(prompt.prefix_start)
+    starts = starts[1:]
+    moves = [b - a for a, b in zip(starts, starts[1:]) if b != a]
+    assert all(m >= 200 - 80 for m in moves)  # anchors are >= step apart (minus a line's slack)
+    assert 1 <= len(moves) <= 600 // 150
+    assert all(b >= a for a, b in zip(starts, starts[1:]))  # typing never moves the window back
+
+
+def test_cut_left_fallback_for_one_huge_line(codegen_tok):
+    ids, start = cut_left(codegen_tok, "x" * 5000, budget=100, step=256)
+    assert start == 0 and 75 <= len(ids) <= 100
