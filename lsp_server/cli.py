@@ -45,7 +45,58 @@ def build_parser() -> argparse.ArgumentParser:
     add_speed_options(gen)
     gen.set_defaults(run=run_generate)
     add_bench_command(commands)
+    add_server_commands(commands)
     return parser
+
+
+def add_server_commands(commands) -> None:
+    serve = commands.add_parser("serve", help="run the language server (stdio unless --tcp)")
+    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    serve.set_defaults(run=run_serve)
+
+    comp = commands.add_parser(
+        "complete", help="print the suggestion the server gives at a position of a file",
+        description="Starts the server over stdio, opens FILE and prints the inline completion at "
+        "--line/--character (0-based, UTF-16 code units, as in LSP). Options given here are editor "
+        "settings; when --model is given, project files (.codegen-lsp.toml) are not read.",
+    )  # fmt: skip
+    comp.add_argument("file")
+    comp.add_argument("--line", type=int, required=True, help="0-based line")
+    comp.add_argument("--character", type=int, required=True, help="0-based UTF-16 column")
+    comp.add_argument("--model", help="checkpoint directory or hub id (default: project settings, else the demo model)")
+    comp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    comp.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
+    comp.add_argument("--quantization", choices=["none", "int8", "int4"])
+    comp.add_argument("--compile", choices=["auto", "true", "false"])
+    comp.add_argument("--max-new-tokens", type=int)
+    comp.add_argument("--multiline", choices=["auto", "always", "never"])
+    comp.add_argument("--json", action="store_true", help='print {"text": ..., "stats": {...}}')
+    comp.set_defaults(run=run_complete)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from lsp_server.server import serve
+
+    serve(args.tcp)
+    return 0
+
+
+def run_complete(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from lsp_server.client import complete_file
+
+    if args.line < 0 or args.character < 0:
+        raise EngineError("--line and --character must be 0 or more")
+    names = ("model", "device", "dtype", "quantization", "compile", "max_new_tokens", "multiline")
+    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    result = asyncio.run(complete_file(Path(args.file), args.line, args.character, settings, args.verbose))
+    if args.json:
+        print(json.dumps({"text": result.text, "stats": result.stats}))
+    else:
+        sys.stdout.write(result.text + "\n")
+    return 0
 
 
 def add_bench_command(commands) -> None:
