@@ -11,11 +11,11 @@ Which kernel runs depends on the device and on the number of tokens M:
 
 - CPU, one token (decode): PyTorch's packed weight-only kernels
   (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`), with
-  bfloat16 activations for int8 (with float32 ones it is ~30x slower).
+  bfloat16 activations (with float32 ones they are 2-30x slower).
 - CPU, many tokens (prefill): int8 dequantizes to the activation dtype and
   uses a dense matmul, which beats the packed kernel there; int4 keeps the
-  packed kernel (within 1.6x of a dense float32 matmul at M = 128, and no
-  unpacked copy has to be kept).
+  packed kernel with bfloat16 activations (within 1.6x of a dense float32
+  matmul at M = 128, and no unpacked copy has to be kept).
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
 - Anything else: dequantize and run a plain F.linear, so every mode runs on
@@ -183,11 +183,10 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "cpu":
-            # The CPU kernel takes float32 or bfloat16 activations; keep float32 as is.
-            x2 = x.reshape(-1, self.in_features)
-            x2 = x2 if x2.dtype in (torch.float32, torch.bfloat16) else x2.to(torch.bfloat16)
-            scales_and_zeros = self.scales_and_zeros if x2.dtype == torch.float32 else self.kernel_scales_and_zeros
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, scales_and_zeros)
+            # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
+            )
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
