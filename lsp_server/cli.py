@@ -77,6 +77,7 @@ def add_server_commands(commands) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from lsp_server.server import serve
 
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
     serve(args.tcp)
     return 0
 

@@ -334,7 +334,7 @@ async def completion(ls: CodegenServer, params: types.CompletionParams) -> types
         label=preview if len(preview) <= 40 else preview[:39] + "…",
         kind=types.CompletionItemKind.Text,
         detail="codegen-lsp",
-        documentation=types.MarkupContent(kind=types.MarkupKind.PlainText, value=result.text),
+        documentation=result.text,
         text_edit=types.TextEdit(range=types.Range(start=here, end=here), new_text=result.text),
         sort_text="0",
     )
