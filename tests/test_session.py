@@ -1,0 +1,247 @@
+"""Sessions: reuse never changes results, exact reuse counts per edit, eviction,
+cancellation, typeahead and the prompt window while typing."""
+
+import threading
+import time
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import engine.session as session_module
+from engine import SamplingParams, Session, generate, load_model
+from engine.completion import complete
+from engine.session import Cancelled, SessionStore
+
+LINES = ["import os\n", "x = 1\n", "y = x + 2\n", "def f(a):\n", "z = [1, 2, 3]\n", "print(z)\n"]
+
+
+@pytest.fixture(scope="module")
+def codegen(codegen_dir):
+    return load_model(str(codegen_dir), device="cpu", dtype="float32", compile="false")
+
+
+@pytest.fixture(scope="module")
+def bigcode(bigcode_mq_dir):
+    return load_model(str(bigcode_mq_dir), device="cpu", dtype="float32", compile="false")
+
+
+def fresh_logits(lm, ids):
+    logits, reused = Session(lm).prefill(ids)
+    assert reused == 0
+    return logits
+
+
+edit = st.tuples(st.floats(0, 1), st.integers(0, 12), st.text("abc xyz()=:\n    ", max_size=12))
+
+
+@pytest.mark.parametrize("model", ["codegen", "bigcode"])
+def test_reuse_never_changes_logits(request, model, stdlib_code, monkeypatch):
+    """After any sequence of insertions and deletions, the session's logits equal a fresh prefill's."""
+    lm = request.getfixturevalue(model)
+    monkeypatch.setattr(session_module, "PREFILL_CHUNK", 48)  # several chunks per prefill
+    base = stdlib_code[:400]
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(edit, min_size=1, max_size=4))
+    def check(edits):
+        session, text = Session(lm), base
+        session.prefill(lm.tokenizer.encode(text))
+        for where, delete, insert in edits:
+            at = int(where * len(text))
+            text = text[:at] + insert + text[at + delete :]
+            ids = lm.tokenizer.encode(text)[:160] or [0]
+            logits, reused = session.prefill(ids)
+            assert session.ids == ids
+            torch.testing.assert_close(logits, fresh_logits(lm, ids), rtol=1e-5, atol=1e-4)
+
+    check()
+
+
+def encode_lines(tok, lines):
+    """Token ids of the lines, checking they tokenize independently (so counts are exact)."""
+    ids = [tok.encode(line) for line in lines]
+    assert sum(ids, []) == tok.encode("".join(lines))
+    return ids
+
+
+def test_exact_reuse_counts_per_edit(codegen):
+    tok = codegen.tokenizer
+    session = Session(codegen)
+    params = SamplingParams(max_new_tokens=4)
+    lines = LINES * 3
+    per_line = encode_lines(tok, lines)
+    n = sum(len(x) for x in per_line)
+
+    def run(text):
+        stats = generate(session, tok.encode(text), params).stats
+        return stats.reused_tokens, stats.prefilled_tokens
+
+    text = "".join(lines)
+    assert run(text) == (0, n)
+    # Typing at the end: a new line's first token follows the cached prompt (generated tokens are dropped).
+    assert tok.encode(text + "w") == tok.encode(text) + tok.encode("w")
+    assert run(text + "w") == (n, 1)
+    # Typing in the middle: everything before the edited line is reused.
+    k = 7
+    before = sum(len(x) for x in per_line[:k])
+    typed = "".join(lines[:k]) + "q" + "".join(lines[k:])
+    assert run(typed) == (before, len(tok.encode(typed)) - before)
+    # Deleting what was typed: back to the original text.
+    assert run(text) == (before, n - before)
+    # Deleting the last line: the prompt is a prefix of the cache; only its last token is encoded again.
+    shorter = "".join(lines[:-1])
+    assert run(shorter) == (n - len(per_line[-1]) - 1, 1)
+    # Pasting a block after line k.
+    block = "".join(LINES)
+    pasted = "".join(lines[:k]) + block + "".join(lines[k:-1])
+    assert run(pasted) == (before, len(tok.encode(pasted)) - before)
+    # Undo the paste: back to `shorter`; the lines before the paste point are still cached.
+    assert run(shorter) == (before, len(tok.encode(shorter)) - before)
+    # Generated tokens stay in the cache: asking again for the same prompt plus what was generated reuses it all.
+    result = generate(session, tok.encode(shorter), params)
+    assert result.finish_reason == "length"
+    again = generate(session, tok.encode(shorter) + result.token_ids, params).stats
+    assert again.prefilled_tokens == 1  # the last sampled token was never encoded
+    assert again.reused_tokens == len(tok.encode(shorter)) + len(result.token_ids) - 1
+
+
+def test_typing_past_the_window_keeps_reuse_high(codegen, stdlib_code):
+    session = Session(codegen)
+    params = SamplingParams(max_new_tokens=2)
+    text = stdlib_code
+    prompt_total = reused_total = full_prefills = 0
+    for end in range(900, 1300, 2):  # 200 keystrokes, the window (96 tokens) is full all along
+        stats = complete(session, text[:end], "", params, max_prompt_tokens=96, typeahead=False).stats
+        assert stats.prompt_tokens <= 96
+        prompt_total += stats.prompt_tokens
+        reused_total += stats.reused_tokens
+        full_prefills += stats.reused_tokens == 0
+    assert reused_total / prompt_total > 0.85
+    assert 1 <= full_prefills <= 8
+
+
+def test_eviction_under_a_small_budget(codegen):
+    store = SessionStore(codegen, cache_memory_mb=1)
+    one = Session(codegen)
+    one.prefill([1, 2, 3])
+    per_session = one.nbytes
+    fits = 2**20 // per_session
+    assert fits >= 2
+    keys = [f"doc{i}" for i in range(fits + 2)]
+    sessions = {}
+    for key in keys:
+        sessions[key] = store.get(key)
+        sessions[key].prefill([5, 6, 7])
+        assert store.nbytes <= 2**20
+    assert store.keys() == keys[2:]  # the two least recently used went
+    for key in keys[:2]:
+        assert sessions[key].cache is None and sessions[key].ids == []
+    # get() touches: doc2 becomes most recent, so the next new document evicts doc3.
+    assert store.get(keys[2]) is sessions[keys[2]]
+    store.get("new").prefill([1])
+    assert keys[3] not in store and keys[2] in store and sessions[keys[3]].cache is None
+    store.drop(keys[2])
+    assert keys[2] not in store and sessions[keys[2]].cache is None
+
+
+class CancelAfter(threading.Event):
+    """A cancel event that reads as set from its n-th check on (a deterministic 'user typed again')."""
+
+    def __init__(self, checks: int):
+        super().__init__()
+        self.remaining = checks
+
+    def is_set(self) -> bool:
+        self.remaining -= 1
+        return self.remaining < 0 or super().is_set()
+
+
+def test_cancel_mid_decode_leaves_a_consistent_session(codegen, stdlib_code):
+    tok = codegen.tokenizer
+    prompt = tok.encode(stdlib_code)[:120]
+    session = Session(codegen)
+    result = generate(session, prompt, SamplingParams(max_new_tokens=20), cancel=CancelAfter(3))
+    assert result.finish_reason == "cancelled"
+    # Checks: one before the prefill's only chunk, then one before each decode step;
+    # the third check stops it after the third token was sampled (and never encoded).
+    assert len(result.token_ids) == 3
+    assert session.ids == prompt + result.token_ids[:-1]
+    # The encoded tokens stay usable: the same request again reuses them and gives the same tokens.
+    full = generate(session, prompt + result.token_ids, SamplingParams(max_new_tokens=4))
+    assert full.stats.reused_tokens == len(prompt) + 2 and full.stats.prefilled_tokens == 1
+    reference = generate(Session(codegen), prompt, SamplingParams(max_new_tokens=7))
+    assert result.token_ids + full.token_ids == reference.token_ids
+
+
+def test_cancel_between_prefill_chunks(codegen, stdlib_code, monkeypatch):
+    monkeypatch.setattr(session_module, "PREFILL_CHUNK", 32)
+    prompt = codegen.tokenizer.encode(stdlib_code)[:150]
+    session = Session(codegen)
+    with pytest.raises(Cancelled):
+        session.prefill(prompt, cancel=CancelAfter(2))
+    assert session.ids == prompt[:64]
+    logits, reused = session.prefill(prompt)
+    assert reused == 64
+    torch.testing.assert_close(logits, fresh_logits(codegen, prompt), rtol=1e-5, atol=1e-4)
+
+
+def test_cancel_from_another_thread(codegen, stdlib_code):
+    prompt = codegen.tokenizer.encode(stdlib_code)[:100]
+    session, cancel = Session(codegen), threading.Event()
+
+    def user_types_again():  # once decoding is under way
+        while len(session.ids) < len(prompt) + 5:
+            time.sleep(0.001)
+        cancel.set()
+
+    thread = threading.Thread(target=user_types_again)
+    thread.start()
+    result = generate(session, prompt, SamplingParams(max_new_tokens=400), cancel=cancel)
+    thread.join()
+    assert result.finish_reason == "cancelled" and 6 <= len(result.token_ids) < 400
+    assert session.ids == prompt + result.token_ids[:-1]
+
+
+def test_typeahead_hit_miss_and_continuation(codegen):
+    session = Session(codegen)
+    params = SamplingParams(max_new_tokens=6)
+    prefix = "def add(a, b):\n    return"
+    first = complete(session, prefix, "", params)
+    assert first.finish_reason == "length" and len(first.text) >= 2 and first.stats.generated_tokens == 6
+    assert not first.stats.typeahead
+
+    hit = complete(session, prefix + first.text[:1], "", params)
+    assert hit.text == first.text[1:]
+    assert hit.stats.typeahead and hit.stats.prefilled_tokens == 0 and hit.stats.generated_tokens == 0
+
+    hit2 = complete(session, prefix + first.text[:2], "", params)
+    assert hit2.text == first.text[2:] and hit2.stats.typeahead
+
+    # The whole suggestion typed: decoding goes on from its end, whose tokens are cached.
+    more = complete(session, prefix + first.text, "", params)
+    assert not more.stats.typeahead and more.stats.prefilled_tokens == 1
+    longer = generate(Session(codegen), codegen.tokenizer.encode(prefix), SamplingParams(max_new_tokens=12))
+    assert first.text + more.text == longer.text
+
+    # A character that does not match the suggestion, or a changed suffix, asks the model.
+    typed = prefix + first.text + more.text
+    wrong = "#" if not more.text.startswith("#") else "@"
+    complete(session, typed, "", params)  # refresh the suggestion
+    miss = complete(session, typed + wrong, "", params)
+    assert not miss.stats.typeahead and miss.stats.generated_tokens > 0
+    again = complete(session, typed + wrong, "\n", params)
+    assert not again.stats.typeahead and again.stats.generated_tokens > 0
+
+
+def test_fim_completion_runs_on_both_layouts(bigcode):
+    session = Session(bigcode)
+    params = SamplingParams(max_new_tokens=3)
+    prefix, suffix = "def add(a, b):\n    return", "\n\nprint(add(1, 2))\n"
+    psm = complete(session, prefix, suffix, params, fim="psm")
+    assert psm.stats.prompt_tokens == len(bigcode.tokenizer.encode(prefix)) + len(bigcode.tokenizer.encode(suffix)) + 3
+    spm = complete(session, prefix, suffix, params, fim="spm")
+    assert spm.stats.reused_tokens == 1  # only <fim_prefix> is shared by the two layouts
+    typed = complete(session, prefix + " a", suffix, params, fim="spm", typeahead=False)
+    # SPM: the suffix and the untouched prefix tokens stay encoded; only the end changes.
+    assert typed.stats.prefilled_tokens <= 3
