@@ -116,6 +116,9 @@ def test_prefix_window_moves_rarely_and_in_large_steps(codegen_tok, stdlib_code)
     assert all(m >= 200 - 80 for m in moves)  # anchors are >= step apart (minus a line's slack)
     assert 1 <= len(moves) <= 600 // 150
     assert all(b >= a for a, b in zip(starts, starts[1:]))  # typing never moves the window back
+    # Deleting back under the budget: the whole prefix again, whatever the previous cut was.
+    short = build_prompt(codegen_tok, text[:300], "", max_prompt_tokens=128, previous_prefix_start=starts[-1])
+    assert short.prefix_start == 0
 
 
 def test_cut_left_fallback_for_one_huge_line(codegen_tok):
