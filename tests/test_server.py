@@ -14,7 +14,6 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -25,7 +24,6 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import make_test_lsp_client
 
-import checkpoints
 from lsp_server.client import _plain
 from lsp_server.documents import Document
 from lsp_server.models import Models
@@ -65,7 +63,18 @@ async def start_server(folders: list[Path], init_options=None, configuration=Non
         client.init_result = await client.initialize_session(params)
     else:
         client.init_params = params
+        client.capabilities = params.capabilities  # pytest-lsp checks requests against them
     return client
+
+
+async def stop_server(client) -> None:
+    """shutdown + exit; a server that does not go within a minute is killed (a test failed)."""
+    try:
+        await asyncio.wait_for(client.shutdown_session(), 60)
+    finally:
+        if client._server.returncode is None:
+            client._server.kill()
+        await client.stop()
 
 
 async def wait_for(condition, what: str):
@@ -150,8 +159,7 @@ async def client(main_folder):
     client = await start_server([main_folder, main_folder / "long", main_folder / "single"])
     await wait_for(lambda: ended_loads(client) >= 1, "the model to load")
     yield client
-    await client.shutdown_session()
-    await client.stop()
+    await stop_server(client)
 
 
 @pytest.fixture(scope="module")
