@@ -16,10 +16,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The shipped demo model (models/demo) once it is there; a random checkpoint until then.
+DEMO_MODEL := $(if $(wildcard models/demo/config.json),,demo-checkpoint)
+
 demo: $(VENV)/.installed
-	$(PY) -m engine.random_checkpoint demo-checkpoint
-	$(VENV)/bin/codegen-lsp generate --model demo-checkpoint --max-new-tokens 24 \
-		--prompt 'def fibonacci(n):'
+	$(if $(DEMO_MODEL),$(PY) -m engine.random_checkpoint $(DEMO_MODEL))
+	@echo "--- codegen-lsp complete examples/demo.py --line 5 --character 4 (the server's suggestion):"
+	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 5 --character 4 $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
