@@ -75,9 +75,9 @@ def add_server_commands(commands) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
     from lsp_server.server import serve
 
-    logging.getLogger("pygls").setLevel(logging.WARNING)  # it logs every message at INFO
     serve(args.tcp)
     return 0
 

@@ -44,6 +44,15 @@ class Protocol(LanguageServerProtocol):
     InvalidParams error response; pygls would otherwise log it and never answer.
     """
 
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams):
+        # UTF-8 whenever the client offers it (pygls would take the client's first choice).
+        general = params.capabilities.general
+        offered = list(general.position_encodings or []) if general else []
+        if types.PositionEncodingKind.Utf8 in offered:
+            general.position_encodings = [types.PositionEncodingKind.Utf8]
+        return (yield from super().lsp_initialize(params))
+
     def _user(self, method: str, params: Any):
         if (handler := self.fm.features.get(method)) is not None:
             yield handler, (params,), None

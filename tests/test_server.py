@@ -201,6 +201,15 @@ async def test_round_trip_with_emoji_and_edits(client, main_folder, expected):
     assert [i.insert_text for i in items] == [expected(text, 5, eol)]
     assert items[0].range.start == types.Position(line=5, character=eol)
 
+    # The same text with CRLF line breaks: same positions, the document's own line breaks inserted.
+    crlf_uri = (main_folder / "greet_crlf.py").as_uri()
+    crlf = text.replace("\n", "\r\n")
+    open_doc(client, crlf_uri, crlf)
+    items = await inline(client, crlf_uri, 3, 16)
+    want = expected(crlf, 3, 16)
+    assert [i.insert_text for i in items] == [want] and items[0].range.start == types.Position(line=3, character=16)
+    assert "\n" not in want.replace("\r\n", "")
+
 
 async def test_completion_item_for_clients_without_inline(client, main_folder, expected):
     uri = (main_folder / "items.py").as_uri()

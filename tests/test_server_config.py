@@ -39,7 +39,7 @@ async def test_models_per_folder_with_precedence_sharing_and_unloading(
         "": {"debounce_ms": 0, "max_new_tokens": 8, "multiline": "always"},
         folders["editor"].as_uri(): {"model": str(codegen_bin_dir), "debounce_ms": 0, "max_new_tokens": 6},
     }
-    client = await start_server(list(folders.values()), init_options, configuration, ["utf-8", "utf-16"], initialize=False)
+    client = await start_server(list(folders.values()), init_options, configuration, ["utf-16", "utf-8"], initialize=False)
     try:
         result = await client.initialize_async(client.init_params)
         assert result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
