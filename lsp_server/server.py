@@ -116,6 +116,7 @@ class CodegenServer(LanguageServer):
         self.reported: set[str] = set()
         self.progress_count = 0
         self.tasks: set[asyncio.Task] = set()
+        self.starting: set[tuple] = set()  # engine keys whose load task is setting up progress
 
     # -- plumbing ----------------------------------------------------------
 
@@ -185,6 +186,7 @@ class CodegenServer(LanguageServer):
     async def settings_changed(self) -> None:
         self.editor_version += 1
         self.models.forget_failures()
+        self.reported.clear()  # a problem still there after the change is worth saying again
         wanted = self.settings_in_use()
         self.models.retain({s.engine_key() for s in wanted})
         for settings in wanted:
@@ -193,7 +195,9 @@ class CodegenServer(LanguageServer):
     # -- models --------------------------------------------------------------
 
     def ensure_model(self, settings: config.Settings) -> None:
-        if self.models.needs_loading(settings):
+        key = settings.engine_key()
+        if key not in self.starting and self.models.needs_loading(settings):
+            self.starting.add(key)  # until models.load takes over, after the progress set-up
             task = asyncio.get_running_loop().create_task(self.load_model(settings))
             self.tasks.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self.tasks.discard)
@@ -205,7 +209,7 @@ class CodegenServer(LanguageServer):
             self.progress_count += 1
             token = f"codegen-lsp/load/{self.progress_count}"
             try:
-                await self.work_done_progress.create_async(token)
+                await asyncio.wait_for(self.work_done_progress.create_async(token), 10)
                 self.work_done_progress.begin(
                     token, types.WorkDoneProgressBegin(title="codegen-lsp", message=f"loading {describe(settings)}")
                 )
@@ -213,7 +217,9 @@ class CodegenServer(LanguageServer):
                 log.warning("no progress reporting: %s", exc)
                 token = None
         try:
-            engine = await self.models.load(settings)
+            loading = self.models.load(settings)
+            self.starting.discard(settings.engine_key())
+            engine = await loading
             done = f"loaded {engine.name} in {engine.lm.load_seconds:.1f}s"
             log.info("%s", done)
         except EngineError as exc:
