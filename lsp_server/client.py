@@ -67,10 +67,11 @@ async def complete_file(
 
     @client.feature(types.WINDOW_SHOW_MESSAGE)
     def show_message(params: types.ShowMessageParams) -> None:
-        print(params.message, file=sys.stderr)
         if params.type == types.MessageType.Error:
-            errors.append(params.message)
+            errors.append(params.message)  # printed as the command's error
             model_ready.set()
+        else:
+            print(params.message, file=sys.stderr)
 
     await client.start_io(sys.executable, "-m", "lsp_server", *(["-v"] if verbose else []), "serve")
     stderr = asyncio.create_task(_forward(client._server.stderr, verbose))
