@@ -4,12 +4,14 @@ Bounds are loose on purpose: they catch a broken quantizer (wrong layout,
 wrong scale, wrong kernel) without pinning float noise.
 """
 
+import json
 import logging
 
 import pytest
 import torch
 
 from engine import EngineError, Session, load_model
+from engine.bench import weight_bytes_per_token
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
@@ -166,6 +168,26 @@ def test_bad_settings_give_clear_errors(codegen_dir):
         load_model(str(codegen_dir), device="cpu", quantization="int3")
     with pytest.raises(EngineError, match="unknown compile setting"):
         load_model(str(codegen_dir), device="cpu", compile="always")
+
+
+def test_weights_read_per_token_shrink_with_quantization(codegen_dir):
+    size = {mode: weight_bytes_per_token(load_model(str(codegen_dir), device="cpu", quantization=mode).model)
+            for mode in ("none", "int8", "int4")}
+    # float32 -> 1 byte (int8) -> half a byte plus scales (int4); biases and norms stay float.
+    assert size["int8"] < size["none"] / 3
+    assert size["int4"] < size["int8"] * 0.75
+
+
+def test_bench_command_prints_its_figures(codegen_dir, capsys):
+    from lsp_server.cli import main
+
+    argv = ["bench", "--model", str(codegen_dir), "--device", "cpu", "--quantization", "int8",
+            "--prompt-tokens", "16", "--new-tokens", "4", "--repeat", "1", "--json"]
+    assert main(argv) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["prompt_tokens"] == 16 and figures["new_tokens"] == 4
+    assert figures["prefill_tokens_per_second"] > 0 and figures["decode_ms_per_token"] > 0
+    assert figures["peak_memory_mb"] > 0 and figures["achieved_gb_per_second"] is None  # CPU: no roofline
 
 
 def test_compile_auto_is_off_on_cpu(codegen_dir):
