@@ -44,7 +44,7 @@ class CodeGenAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x, input_pos, cache: KVCache, kv_len: int, mask, sin_cos):
+    def forward(self, x, input_pos, cache: KVCache | None, kv_len: int, mask, sin_cos):
         B, T, E = x.shape
         qkv = self.qkv_proj(x).view(B, T, MP_NUM, 3, self.n_head // MP_NUM, self.head_dim)
         q, v, k = (qkv[:, :, :, i].reshape(B, T, self.n_head, self.head_dim) for i in range(3))  # (B, T, nh, hs)
@@ -52,8 +52,12 @@ class CodeGenAttention(nn.Module):
         sin, cos = sin_cos
         q = apply_rotary(q.float(), sin, cos).transpose(1, 2)  # (B, nh, T, hs)
         k = apply_rotary(k.float(), sin, cos).transpose(1, 2)
-        k, v = cache.update(self.layer, input_pos, k, v.transpose(1, 2), kv_len)
-        y = attend(q, k.float(), v.float(), mask)
+        v = v.transpose(1, 2)
+        if cache is None:  # training: the batch holds whole sequences, no past
+            y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True)
+        else:
+            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
+            y = attend(q, k.float(), v.float(), mask)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, E)
         return self.out_proj(y)
 
@@ -101,15 +105,17 @@ class CodeGen(nn.Module):
 
     def forward(
         self,
-        idx: torch.Tensor,  # (1, T) token ids
+        idx: torch.Tensor,  # (1, T) token ids; (B, T) when training
         input_pos: torch.Tensor,  # (T,) their absolute positions
-        cache: KVCache,
+        cache: KVCache | None,  # None = training: full sequences from position 0, plain causal attention
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
-    ) -> torch.Tensor:  # (1, T or 1, vocab_size) float32 logits
-        sliced = kv_len is not None
-        kv_len = kv_len if sliced else cache.max_len
-        mask = causal_mask(input_pos, kv_len, sliced)
+    ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
+        mask = None
+        if cache is not None:
+            sliced = kv_len is not None
+            kv_len = kv_len if sliced else cache.max_len
+            mask = causal_mask(input_pos, kv_len, sliced)
         sin_cos = rotary_sin_cos(input_pos, self.config.rotary_dim or self.config.head_dim)
         x = self.transformer.wte(idx)
         for block in self.transformer.h:

@@ -24,7 +24,7 @@ class GPTBigCodeAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.n_kv_heads * self.head_dim)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
 
-    def forward(self, x, input_pos, cache: KVCache, kv_len: int, mask):
+    def forward(self, x, input_pos, cache: KVCache | None, kv_len: int, mask):
         B, T, E = x.shape
         qkv = self.c_attn(x)
         if self.n_kv_heads == 1:
@@ -36,8 +36,11 @@ class GPTBigCodeAttention(nn.Module):
             # Multi-head: each head's slice is [q_h | k_h | v_h].
             qkv = qkv.view(B, T, self.n_head, 3 * self.head_dim).transpose(1, 2)  # (B, nh, T, 3*hs)
             q, k, v = qkv.split(self.head_dim, dim=-1)
-        k, v = cache.update(self.layer, input_pos, k, v, kv_len)
-        y = attend(q, k, v, mask, self.scale)
+        if cache is None:  # training: the batch holds whole sequences, no past
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=k.shape[1] != q.shape[1])
+        else:
+            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
+            y = attend(q, k, v, mask, self.scale)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, E))
 
 
@@ -85,15 +88,17 @@ class GPTBigCode(nn.Module):
 
     def forward(
         self,
-        idx: torch.Tensor,  # (1, T) token ids
+        idx: torch.Tensor,  # (1, T) token ids; (B, T) when training
         input_pos: torch.Tensor,  # (T,) their absolute positions
-        cache: KVCache,
+        cache: KVCache | None,  # None = training: full sequences from position 0, plain causal attention
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
-    ) -> torch.Tensor:  # (1, T or 1, vocab_size) float32 logits
-        sliced = kv_len is not None
-        kv_len = kv_len if sliced else cache.max_len
-        mask = causal_mask(input_pos, kv_len, sliced)
+    ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
+        mask = None
+        if cache is not None:
+            sliced = kv_len is not None
+            kv_len = kv_len if sliced else cache.max_len
+            mask = causal_mask(input_pos, kv_len, sliced)
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)[None]
         for block in self.transformer.h:
             x = block(x, input_pos, cache, kv_len, mask)

@@ -1,0 +1,102 @@
+"""The demo model shipped in models/demo/: layout, size, tokenizer, and agreement with transformers."""
+
+import json
+
+import pytest
+import torch
+
+import checkpoints
+from engine import SamplingParams, Session, generate, load_model
+from engine.loading import DEMO_MODEL_DIR
+from engine.tokenizer import load_tokenizer
+
+PROMPTS = [
+    "import os\nimport sys\n\n\ndef main(argv):\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n",
+    "<fim_prefix>def add(a, b):\n    <fim_suffix>\n\nprint(add(1, 2))\n<fim_middle>",  # typed text, not FIM tokens
+]
+HF_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model(None, device="cpu", compile="false")  # no model configured = the shipped demo
+
+
+def test_shipped_files_in_the_hugging_face_layout_under_20_mb():
+    for name in HF_FILES:
+        assert (DEMO_MODEL_DIR / name).is_file(), name
+    size = sum(p.stat().st_size for p in DEMO_MODEL_DIR.iterdir() if p.is_file())
+    assert size <= 20 * 1024 * 1024, f"{size / 1e6:.1f} MB"
+    config = json.loads((DEMO_MODEL_DIR / "config.json").read_text())
+    assert config["model_type"] == "gpt_bigcode" and config["multi_query"] is True
+
+
+def test_the_default_model_is_the_demo(demo):
+    assert demo.path.resolve() == DEMO_MODEL_DIR.resolve()
+    assert demo.config.model_type == "gpt_bigcode" and demo.config.n_kv_heads == 1
+    assert demo.model.training is False
+
+
+def test_tokenizer_has_starcoder_fim_tokens_and_eos():
+    tok = load_tokenizer(DEMO_MODEL_DIR)
+    assert tok.fim is not None
+    assert (tok.fim.prefix, tok.fim.middle, tok.fim.suffix, tok.fim.pad) == tuple(
+        tok.token_id(t) for t in ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>")
+    )
+    assert tok.eos_id == tok.token_id("<|endoftext|>") is not None
+    assert {tok.eos_id, tok.fim.prefix, tok.fim.middle, tok.fim.suffix, tok.fim.pad} <= tok.special_ids
+    assert 1000 < tok.vocab_size <= 8192
+
+
+@pytest.mark.parametrize("text", [
+    "\tif x:\r\n\t\treturn  'héllo wörld 😀'  \n\n\n",
+    "    def f(self, *args, **kwargs):\n        return {k: v for k, v in kwargs.items()}\n",
+    "x = 1;  y = '\\x00\\n'  # trailing spaces   \n" + " " * 17 + "pass",
+    *PROMPTS,
+])
+def test_decode_encode_round_trip(text):
+    tok = load_tokenizer(DEMO_MODEL_DIR)
+    assert tok.decode(tok.encode(text)) == text
+    if "<fim_" in text:  # typed FIM tokens stay text
+        assert tok.fim.prefix not in tok.encode(text)
+
+
+def test_round_trip_on_real_code(stdlib_code):
+    tok = load_tokenizer(DEMO_MODEL_DIR)
+    ids = tok.encode(stdlib_code)
+    assert tok.decode(ids) == stdlib_code
+    assert len(ids) < len(stdlib_code) / 2.5  # a code tokenizer, not bytes
+
+
+def test_it_predicts_real_code(demo, stdlib_code):
+    # A random-weight model of this vocabulary scores ~8.3 nats per token.
+    ids = torch.tensor([demo.tokenizer.encode(stdlib_code)[:500]])
+    with torch.inference_mode():
+        logits = demo.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0]
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
+    assert loss < 2.5
+
+
+def _hf_greedy(ref, ids: list[int], steps: int, stop_ids: list[int]) -> list[int]:
+    """transformers' greedy tokens, up to the first special token (where our generate stops)."""
+    out = ref.generate(
+        torch.tensor([ids]), max_new_tokens=steps, do_sample=False, eos_token_id=stop_ids, pad_token_id=stop_ids[0]
+    )[0, len(ids):].tolist()
+    stops = [i for i, t in enumerate(out) if t in stop_ids]
+    return out[: stops[0]] if stops else out
+
+
+def test_greedy_tokens_and_logits_equal_transformers(demo, stdlib_code):
+    ref = checkpoints.hf_model(DEMO_MODEL_DIR)
+    tok = demo.tokenizer
+    prompts = [tok.encode(p) for p in PROMPTS] + [tok.encode(stdlib_code)[:300]]
+    f = tok.fim
+    prompts.append([f.prefix, *tok.encode("def add(a, b):\n    "), f.suffix, *tok.encode("\n\nprint(add(1, 2))\n"), f.middle])
+    for ids in prompts:
+        with torch.inference_mode():
+            expected = ref(torch.tensor([ids])).logits
+        actual, _ = Session(demo).prefill(ids)
+        torch.testing.assert_close(actual, expected[0, -1], atol=1e-4, rtol=1e-4)
+        result = generate(Session(demo), ids, SamplingParams(max_new_tokens=32))
+        assert result.token_ids == _hf_greedy(ref, ids, 32, sorted(tok.special_ids))
