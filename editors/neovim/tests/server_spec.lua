@@ -1,0 +1,138 @@
+-- The plugin against the real server: `codegen-lsp serve` on a tiny random
+-- checkpoint. Random weights give garbage text, so the checks are on
+-- structure: a ghost appears after typing, it is what the server answers at
+-- that position, and the accept keys put it in the buffer.
+--
+-- Needs CODEGEN_LSP_CMD (the codegen-lsp executable) and CODEGEN_LSP_TEST_MODEL
+-- (a checkpoint directory); tests/test_editors.py sets both.
+
+local server_cmd = os.getenv("CODEGEN_LSP_CMD")
+local model = os.getenv("CODEGEN_LSP_TEST_MODEL")
+local child
+
+local function lines()
+  return child.lua("return vim.api.nvim_buf_get_lines(0, 0, -1, false)")
+end
+
+local function displayed()
+  return child.lua('return require("codegen_lsp.ghost").displayed(0) or false')
+end
+
+-- What the server answers at the cursor, asked directly (not through the plugin).
+local function server_text()
+  return child.lua([[
+    local client = require("codegen_lsp").client(0)
+    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    params.context = { triggerKind = 1 }
+    local response = client:request_sync("textDocument/inlineCompletion", params, 20000, 0)
+    local items = response and response.result and response.result.items or {}
+    return items[1] and items[1].insertText or ""
+  ]])
+end
+
+local function wait_ghost()
+  return wait_for("ghost text", 30000, displayed)
+end
+
+it("starts the server for the project root and reports the loaded model", function()
+  if not (server_cmd and model) then
+    skip("CODEGEN_LSP_CMD and CODEGEN_LSP_TEST_MODEL not set")
+  end
+  child = child_nvim()
+  local root = vim.fn.tempname()
+  vim.fn.mkdir(root, "p")
+  vim.fn.writefile({ "[tool.codegen-lsp]" }, root .. "/pyproject.toml")
+  child.lua([[
+    local cmd, model, root = ...
+    require("codegen_lsp").setup({
+      cmd = { cmd, "serve" },
+      settings = { model = model, max_new_tokens = 6, debounce_ms = 0, multiline = "never" },
+      auto_trigger = false,
+    })
+    vim.cmd("edit " .. root .. "/main.py")
+  ]], server_cmd, model, root)
+  local client_root = wait_for("client attached", 10000, function()
+    return child.lua([[local c = require("codegen_lsp").client(0); return c and c.config.root_dir or false]])
+  end)
+  eq(root, client_root, "root_dir")
+  wait_for("model loaded ($/progress end)", 60000, function()
+    return child.cmd("CodegenLspStatus"):find("loaded: " .. vim.pesc(model)) ~= nil
+  end)
+  local status = child.cmd("CodegenLspStatus")
+  assert(status:find("model: " .. model, 1, true), status)
+  assert(status:find("loading: loaded", 1, true), status)
+end)
+
+it("request-now key shows the server's suggestion; accept-word then accept-all insert it", function()
+  child.input("idef add(a, b):<CR>    return a")
+  child.settle()
+  local before = lines()
+  child.input("<M-\\>")
+  local ghost = wait_ghost()
+  eq(1, #ghost, "single-line suggestion (multiline = never)")
+  eq(server_text(), ghost[1], "ghost text equals the server's answer")
+  local word = child.lua('return require("codegen_lsp.ghost").parts.word(...)', ghost[1])
+  child.input("<M-w>")
+  child.settle()
+  eq(before[2] .. word, lines()[2], "line after accept-word")
+  local rest = ghost[1]:sub(#word + 1)
+  if rest ~= "" then
+    eq({ rest }, displayed(), "ghost after accept-word")
+    child.input("<M-l>")
+    child.settle()
+  end
+  eq(before[2] .. ghost[1], lines()[2], "line after accept-all")
+  eq(false, displayed(), "no ghost after accepting all of it")
+end)
+
+it("typing the suggestion's first character shortens it; another character clears it", function()
+  child.input("<CR>x = ")
+  child.settle()
+  child.input("<M-\\>")
+  local ghost = wait_ghost()[1]
+  child.input(ghost:sub(1, 1) == "<" and "<lt>" or ghost:sub(1, 1))
+  child.settle()
+  if #ghost > 1 then
+    eq({ ghost:sub(2) }, displayed(), "ghost after typing its first character")
+  end
+  child.input("<M-\\>")
+  ghost = wait_ghost()[1]
+  local other = ghost:sub(1, 1) == "Q" and "Z" or "Q"
+  child.input(other)
+  child.settle()
+  eq(false, displayed(), "ghost after a non-matching character")
+end)
+
+it("typing asks by itself (auto trigger, debounced); leaving insert mode clears", function()
+  child.lua('require("codegen_lsp").config.auto_trigger = true')
+  child.input("<CR>y = a")
+  wait_ghost()
+  child.input("<Esc>")
+  child.settle()
+  eq(false, displayed(), "ghost after <Esc>")
+end)
+
+it(":CodegenLspToggle stops suggestions; :CodegenLspStatus shows codegen/stats", function()
+  child.cmd("CodegenLspToggle")
+  child.input("o")
+  child.input("<M-\\>")
+  child.settle()
+  vim.wait(500)
+  eq(false, displayed(), "no ghost while disabled")
+  local status = child.cmd("CodegenLspStatus")
+  assert(status:find("disabled", 1, true), status)
+  local requests = tonumber(status:match("stats: (%d+) requests"))
+  assert(requests and requests >= 4, status)
+  assert(status:find("last: %d+ prompt tokens"), status)
+  child.cmd("CodegenLspToggle")
+  child.input("z = ")
+  child.input("<M-\\>")
+  wait_ghost()
+end)
+
+after_file = function()
+  if child then
+    child.lua("vim.lsp.stop_client(vim.lsp.get_clients())")
+    child.stop()
+  end
+end
