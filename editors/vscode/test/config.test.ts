@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { test } from "node:test";
+import {
+  formatStats, resolveServerCommand, serverSettings, shortModelName, statusText, venvPython,
+} from "../src/config";
+
+test("the configured command wins, then a folder's .venv interpreter, then codegen-lsp on PATH", () => {
+  const none = () => undefined;
+  assert.deepEqual(resolveServerCommand(["/opt/cl", "serve", "--x"], ["/w"], none), { command: "/opt/cl", args: ["serve", "--x"] });
+  assert.deepEqual(
+    resolveServerCommand([], ["/a", "/b"], (f) => (f === "/b" ? "/b/.venv/bin/python" : undefined)),
+    { command: "/b/.venv/bin/python", args: ["-m", "lsp_server", "serve"] },
+  );
+  assert.deepEqual(resolveServerCommand(undefined, ["/a"], none), { command: "codegen-lsp", args: ["serve"] });
+});
+
+test("a .venv counts only when its interpreter imports the server package", () => {
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), "codegen-lsp-"));
+  assert.equal(venvPython(folder, () => true), undefined, "no .venv at all");
+  fs.mkdirSync(path.join(folder, ".venv/bin"), { recursive: true });
+  fs.writeFileSync(path.join(folder, ".venv/bin/python"), "");
+  assert.equal(venvPython(folder, () => false), undefined);
+  assert.equal(venvPython(folder, () => true), path.join(folder, ".venv/bin/python"));
+  fs.rmSync(folder, { recursive: true });
+});
+
+test("only the server's keys that were set are sent", () => {
+  const set: Record<string, unknown> = { model: "/m", quantization: "int8", serverCommand: ["x"], debounce_ms: 0 };
+  assert.deepEqual(serverSettings((key) => set[key]), { model: "/m", quantization: "int8", debounce_ms: 0 });
+});
+
+test("stats and status texts", () => {
+  const text = formatStats({
+    requests: 3, prompt_tokens: 120, reused_tokens: 80, prefilled_tokens: 40, generated_tokens: 30, models: ["/m/tiny"],
+    last: { prompt_tokens: 41, reused_tokens: 39, generated_tokens: 6, time_to_first_token_ms: 12.4, total_ms: 60.6 },
+  });
+  assert.equal(
+    text,
+    "3 requests: 120 prompt tokens (80 reused, 40 prefilled), 30 generated\nloaded: /m/tiny\n" +
+      "last: 41 prompt tokens (39 reused), 6 generated, first token 12 ms, total 61 ms",
+  );
+  assert.equal(formatStats({ requests: 0, prompt_tokens: 0, reused_tokens: 0, prefilled_tokens: 0, generated_tokens: 0, last: {} }),
+    "0 requests: 0 prompt tokens (0 reused, 0 prefilled), 0 generated");
+  assert.equal(statusText({ kind: "loading", message: "loading santacoder", percentage: 42.4 }), "$(loading~spin) codegen-lsp: loading santacoder 42%");
+  assert.equal(statusText({ kind: "ready", model: "/home/me/models/santacoder/" }), "$(sparkle) santacoder");
+  assert.equal(shortModelName("Salesforce/codegen-350M-mono"), "Salesforce/codegen-350M-mono");
+});
