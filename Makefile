@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a looser requirement pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: demo test install
+.PHONY: demo test install editors-install e2e-vscode
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,5 +24,17 @@ demo: $(VENV)/.installed
 	@echo "--- codegen-lsp complete examples/demo.py --line 5 --character 4 (the server's suggestion):"
 	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 5 --character 4 $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed editors-install
 	$(PY) -m pytest -q
+
+# The VS Code extension's packages (the Neovim binary comes with the test extra).
+VSCODE := editors/vscode
+editors-install: $(VSCODE)/node_modules/.installed
+$(VSCODE)/node_modules/.installed: $(VSCODE)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(VSCODE) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else echo "npm not found: the VS Code tests will be skipped"; fi
+
+# Opt-in: the .vsix in a real VS Code (code-server) driven by chromium; see README "VS Code".
+e2e-vscode: $(VENV)/.installed editors-install
+	$(VSCODE)/e2e/run.sh
