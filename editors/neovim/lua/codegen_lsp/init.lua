@@ -115,7 +115,7 @@ local function cancel_pending()
     pending.timer = nil
   end
   if pending.client and pending.id then
-    call(pending.client, "cancel_request", pending.id)
+    pcall(call, pending.client, "cancel_request", pending.id) -- the client may have stopped
   end
   pending.client, pending.id = nil, nil
 end
