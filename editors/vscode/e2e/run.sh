@@ -40,23 +40,27 @@ TOML
 printf 'def add(a, b):\n    return a' > workspace/main.py
 cat > user-data/User/settings.json <<JSON
 {
-  "codegen-lsp.serverCommand": ["$ROOT/.venv/bin/codegen-lsp", "serve"],
+  "codegen-lsp.serverCommand": ["$ROOT/.venv/bin/codegen-lsp", "-v", "serve"],
   "editor.inlineSuggest.enabled": true,
   "security.workspace.trust.enabled": false,
   "workbench.startupEditor": "none",
   "telemetry.telemetryLevel": "off",
-  "files.autoSave": "off"
+  "files.autoSave": "off",
+  "codegen-lsp.trace.server": "verbose",
+  "chat.disableAIFeatures": true,
+  "workbench.secondarySideBar.defaultVisibility": "hidden"
 }
 JSON
 # What the server answers at the end of main.py (line 1, character 12), asked without any editor.
 "$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 1 --character 12 --json > expected.json
 echo "server's answer: $(cat expected.json)"
+printf 'def add(a, b):\n    return ' > workspace/main.py  # the check types the last "a"
 
 # 3. code-server with the extension installed, then the browser check.
-CS=("$NODE24/bin/node" "$CODE_SERVER/out/node/entry.js" --user-data-dir "$E2E_DIR/user-data" --extensions-dir "$E2E_DIR/extensions")
+CS=("$NODE24/bin/node" "$CODE_SERVER/out/node/entry.js" --config "$E2E_DIR/config.yaml" --user-data-dir "$E2E_DIR/user-data" --extensions-dir "$E2E_DIR/extensions")
 "${CS[@]}" --install-extension "$E2E_DIR/codegen-lsp.vsix"
 "${CS[@]}" --auth none --bind-addr "127.0.0.1:$PORT" --disable-telemetry --disable-update-check \
-  --disable-workspace-trust "$E2E_DIR/workspace" > code-server.log 2>&1 &
+  --disable-workspace-trust --log "${E2E_LOG:-info}" "$E2E_DIR/workspace" > code-server.log 2>&1 &
 SERVER_PID=$!
 trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 1; done

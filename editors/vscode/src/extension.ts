@@ -9,7 +9,6 @@ import {
   LanguageClientOptions,
   ServerOptions,
   State,
-  TransportKind,
   WorkDoneProgress,
   WorkDoneProgressCreateRequest,
 } from "vscode-languageclient/node";
@@ -43,7 +42,8 @@ function createClient(): LanguageClient {
   const configured = vscode.workspace.getConfiguration(SECTION).get<string[]>("serverCommand");
   const { command, args } = resolveServerCommand(configured, folders);
   output.appendLine(`starting: ${[command, ...args].join(" ")}`);
-  const serverOptions: ServerOptions = { command, args, transport: TransportKind.stdio };
+  // stdio without `transport`: TransportKind.stdio would append `--stdio` to the arguments.
+  const serverOptions: ServerOptions = { command, args };
   const clientOptions: LanguageClientOptions = {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: editorSettings(),

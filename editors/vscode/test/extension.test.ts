@@ -12,7 +12,7 @@ test("activate starts the server from PATH with the settings the user set", asyn
   await extension.activate(context as any);
   assert.equal(fake.clients.length, 1);
   const client = lastClient();
-  assert.deepEqual(client.serverOptions, { command: "codegen-lsp", args: ["serve"], transport: 0 });
+  assert.deepEqual(client.serverOptions, { command: "codegen-lsp", args: ["serve"] });
   assert.deepEqual(client.clientOptions.initializationOptions, { model: "/models/tiny", quantization: "int8" });
   assert.deepEqual([...fake.commands.keys()].sort(), ["codegen-lsp.restart", "codegen-lsp.showStats"]);
   assert.equal(status().text, "$(loading~spin) codegen-lsp");
@@ -57,7 +57,7 @@ test("a settings change is pushed to the server; a new server command restarts i
   await fake.configListeners[0](change("serverCommand"));
   assert.equal(first.state, fake.State.Stopped);
   assert.equal(fake.clients.length, 2);
-  assert.deepEqual(lastClient().serverOptions, { command: "/opt/venv/bin/codegen-lsp", args: ["serve"], transport: 0 });
+  assert.deepEqual(lastClient().serverOptions, { command: "/opt/venv/bin/codegen-lsp", args: ["serve"] });
 });
 
 test("a server that cannot start is reported with what to do", async () => {
