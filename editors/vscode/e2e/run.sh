@@ -54,7 +54,6 @@ JSON
 # What the server answers at the end of main.py (line 1, character 12), asked without any editor.
 "$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 1 --character 12 --json > expected.json
 echo "server's answer: $(cat expected.json)"
-printf 'def add(a, b):\n    return ' > workspace/main.py  # the check types the last "a"
 
 # 3. code-server with the extension installed, then the browser check.
 CS=("$NODE24/bin/node" "$CODE_SERVER/out/node/entry.js" --config "$E2E_DIR/config.yaml" --user-data-dir "$E2E_DIR/user-data" --extensions-dir "$E2E_DIR/extensions")
