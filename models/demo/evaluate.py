@@ -7,7 +7,8 @@
   the cursor (a random point inside the line), greedy, stopping at the newline;
 - middle line: a whole held-out line (after its indentation) is masked and must
   be written again, given the text before and after it: FIM (PSM and SPM
-  prompts) against left to right (the text before it only).
+  prompts) against left to right (the text before it only); exact match of the
+  greedy line, and the loss of the true line's tokens after each prompt.
 Generation goes through engine.completion.complete, as the language server does.
 """
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(HERE))
 from engine.completion import complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
 from engine.loading import load_model  # noqa: E402
+from engine.prompt import build_prompt  # noqa: E402
 from engine.session import Session  # noqa: E402
 from train import chunks_of, read_text, stdlib_files  # noqa: E402
 
@@ -50,6 +52,17 @@ def loss_and_accuracy(lm, texts: list[str]) -> tuple[float, float, int]:
         correct += (logits.argmax(-1) == targets).sum().item()
         count += targets.numel()
     return total_loss / count, correct / count, count
+
+
+@torch.inference_mode()
+def middle_loss(lm, prefix: str, middle: str, suffix: str, fim: str, budget: int) -> tuple[float, int]:
+    """Summed loss (nats) and count of the middle line's tokens, read after the prompt the server would build."""
+    tok = lm.tokenizer
+    prompt = build_prompt(tok, prefix, suffix, max_prompt_tokens=budget, fim=fim).ids
+    target = tok.encode(middle)[:MAX_NEW_TOKENS]
+    ids = torch.tensor([prompt + target])
+    logits = lm.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0, len(prompt) - 1 :, : tok.vocab_size]
+    return F.cross_entropy(logits, torch.tensor(target), reduction="sum").item(), len(target)
 
 
 def sample_lines(texts: list[str], n: int, seed: int) -> list[tuple[str, int, int]]:
@@ -89,11 +102,15 @@ def evaluate_checkpoint(directory: Path, n_lines: int = 300, threads: int = 2, s
         line_hits += write(text[:cursor], "", "off").rstrip() == text[cursor:end].rstrip()
 
     middle_hits = {"off": 0, "psm": 0, "spm": 0}
+    middle_nats = {fim: [0.0, 0] for fim in middle_hits}
     for text, start, end in sample_lines(texts, n_lines, seed + 2):
         indent = start + len(text[start:end]) - len(text[start:end].lstrip())
         prefix, middle, suffix = text[:indent], text[indent:end], text[end:]
         for fim in middle_hits:
             middle_hits[fim] += write(prefix, suffix, fim).rstrip() == middle.rstrip()
+            nats, count = middle_loss(lm, prefix, middle, suffix, fim, budget)
+            middle_nats[fim][0] += nats
+            middle_nats[fim][1] += count
 
     return {
         "held_out_files": len(texts),
@@ -106,6 +123,10 @@ def evaluate_checkpoint(directory: Path, n_lines: int = 300, threads: int = 2, s
         "middle_line_exact_match_left_to_right": round(middle_hits["off"] / n_lines, 4),
         "middle_line_exact_match_fim_psm": round(middle_hits["psm"] / n_lines, 4),
         "middle_line_exact_match_fim_spm": round(middle_hits["spm"] / n_lines, 4),
+        # The same masked lines, teacher-forced: loss of the line's tokens after each prompt.
+        "middle_line_loss_left_to_right": round(middle_nats["off"][0] / middle_nats["off"][1], 4),
+        "middle_line_loss_fim_psm": round(middle_nats["psm"][0] / middle_nats["psm"][1], 4),
+        "middle_line_loss_fim_spm": round(middle_nats["spm"][0] / middle_nats["spm"][1], 4),
         "evaluation_seconds": round(time.time() - t0, 1),
     }
 
