@@ -27,14 +27,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import CACHE, SHARED_TOKENIZERS, checkpoint  # noqa: E402
-from engine import Session, load_model  # noqa: E402
+from engine import load_model  # noqa: E402
+from engine.bench import greedy_with_logits as run  # noqa: E402
 from engine.loading import build_quantized_model  # noqa: E402
 from engine.quantize import DEFAULT_GROUP_SIZE, QuantSettings  # noqa: E402
 from engine.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
@@ -76,19 +76,6 @@ def load(directory: Path, dtype: str = "float32", quantization: str = "none", qu
         settings = QuantSettings(quantization, group_size, quantize_lm_head)
         lm.model = build_quantized_model(lm.config, lm.path, settings, lm.dtype, lm.device)
     return lm
-
-
-@torch.inference_mode()
-def run(lm, prompt: list[int], n: int, follow: list[int] | None = None) -> tuple[list[int], torch.Tensor]:
-    """Greedy tokens and the logits (n + 1, vocab) before each of them; fed `follow` if given."""
-    session = Session(lm)
-    logits, _ = session.prefill(prompt)
-    tokens, rows = [], [logits]
-    for i in range(n):
-        tokens.append(int(torch.argmax(logits)))
-        logits = session.step(follow[i] if follow else tokens[-1])
-        rows.append(logits)
-    return tokens, torch.stack(rows[:n]).float()
 
 
 def main() -> None:

@@ -153,3 +153,21 @@ def bench_prompt(lm: LoadedModel, tokens: int) -> list[int]:
     while len(ids) < tokens:
         ids = ids + ids
     return ids[:tokens]
+
+
+@torch.inference_mode()
+def greedy_with_logits(lm: LoadedModel, prompt: list[int], n: int, follow: list[int] | None = None):
+    """(n greedy tokens, their logits (n, vocab)): what quantization is measured by.
+
+    With `follow`, those tokens are fed instead of the model's own (teacher
+    forcing), so one early disagreement does not change every later step.
+    """
+    session = Session(lm)
+    logits, _ = session.prefill(prompt)
+    tokens, rows = [], []
+    for i in range(n):
+        rows.append(logits)
+        tokens.append(int(torch.argmax(logits)))
+        logits = session.step(follow[i] if follow else tokens[-1])
+    return tokens, torch.stack(rows).float()
+

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ACTIVATIONS, ModelConfig
-from engine.kv_cache import KVCache, attend, causal_mask
+from engine.kv_cache import KVCache, attend, attention_span
 
 # The original model was trained with its qkv projection split over 4 devices:
 # the fused output is 4 chunks, each laid out [q | v | k] for n_head/4 heads.
@@ -67,12 +67,10 @@ class CodeGenMLP(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(config.n_embd, config.n_inner)
         self.fc_out = nn.Linear(config.n_inner, config.n_embd)
-        self.approximate = ACTIVATIONS[config.activation_function]
+        self.act = ACTIVATIONS[config.activation_function]
 
     def forward(self, x):
-        h = self.fc_in(x)
-        h = F.relu(h) if self.approximate == "relu" else F.gelu(h, approximate=self.approximate)
-        return self.fc_out(h)
+        return self.fc_out(self.act(self.fc_in(x)))
 
 
 class CodeGenBlock(nn.Module):
@@ -111,11 +109,7 @@ class CodeGen(nn.Module):
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
     ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
-        mask = None
-        if cache is not None:
-            sliced = kv_len is not None
-            kv_len = kv_len if sliced else cache.max_len
-            mask = causal_mask(input_pos, kv_len, sliced)
+        kv_len, mask = attention_span(input_pos, cache, kv_len)
         sin_cos = rotary_sin_cos(input_pos, self.config.rotary_dim or self.config.head_dim)
         x = self.transformer.wte(idx)
         for block in self.transformer.h:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+import torch.nn.functional as F
 
 from engine.errors import EngineError
 
@@ -98,9 +101,9 @@ def _first_id(value):
 # Every name here is a GELU variant or relu; "gelu_new", "gelu_fast" and
 # "gelu_pytorch_tanh" are all the tanh approximation.
 ACTIVATIONS = {
-    "gelu_new": "tanh",
-    "gelu_fast": "tanh",
-    "gelu_pytorch_tanh": "tanh",
-    "gelu": "none",
-    "relu": "relu",
+    "gelu_new": partial(F.gelu, approximate="tanh"),
+    "gelu_fast": partial(F.gelu, approximate="tanh"),
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+    "gelu": F.gelu,
+    "relu": F.relu,
 }

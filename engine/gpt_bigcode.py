@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ACTIVATIONS, ModelConfig
-from engine.kv_cache import KVCache, attend, causal_mask
+from engine.kv_cache import KVCache, attend, attention_span
 
 
 class GPTBigCodeAttention(nn.Module):
@@ -49,12 +49,10 @@ class GPTBigCodeMLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.n_inner)
         self.c_proj = nn.Linear(config.n_inner, config.n_embd)
-        self.approximate = ACTIVATIONS[config.activation_function]
+        self.act = ACTIVATIONS[config.activation_function]
 
     def forward(self, x):
-        h = self.c_fc(x)
-        h = F.relu(h) if self.approximate == "relu" else F.gelu(h, approximate=self.approximate)
-        return self.c_proj(h)
+        return self.c_proj(self.act(self.c_fc(x)))
 
 
 class GPTBigCodeBlock(nn.Module):
@@ -94,11 +92,7 @@ class GPTBigCode(nn.Module):
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
     ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
-        mask = None
-        if cache is not None:
-            sliced = kv_len is not None
-            kv_len = kv_len if sliced else cache.max_len
-            mask = causal_mask(input_pos, kv_len, sliced)
+        kv_len, mask = attention_span(input_pos, cache, kv_len)
         x = self.transformer.wte(idx) + self.transformer.wpe(input_pos)[None]
         for block in self.transformer.h:
             x = block(x, input_pos, cache, kv_len, mask)

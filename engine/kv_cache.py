@@ -32,17 +32,23 @@ class KVCache:
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 
-def causal_mask(input_pos: torch.Tensor, kv_len: int, sliced: bool) -> torch.Tensor | None:
-    """Boolean (T, kv_len) mask: a query at position p sees keys at positions <= p.
+def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int | None):
+    """(kv_len, mask) for one forward call over the cache.
 
-    A single query over a cache sliced to exactly its own length sees every key
-    and needs no mask. (SDPA's is_causal aligns top-left, which is wrong as
-    soon as there are cached keys.)
+    kv_len None means the whole static cache (the compiled decode step, whose
+    shapes never change); the boolean (T, kv_len) mask lets a query at position
+    p see keys at positions <= p. A single query over a cache sliced to exactly
+    its own length sees every key and needs no mask. (SDPA's is_causal aligns
+    top-left, which is wrong as soon as there are cached keys.) Training
+    (no cache) gets (None, None).
     """
-    if sliced and input_pos.shape[0] == 1:
-        return None
+    if cache is None:
+        return None, None
+    if kv_len is not None and input_pos.shape[0] == 1:
+        return kv_len, None
+    kv_len = cache.max_len if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
-    return key_pos[None, :] <= input_pos[:, None]
+    return kv_len, key_pos[None, :] <= input_pos[:, None]
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:

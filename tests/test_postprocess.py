@@ -47,28 +47,21 @@ def test_language_of():
     assert language_of("", "file:///x/mod.c") == ""
 
 
-def test_dedent_ends_a_python_body():
-    prefix = "def f(x):"
-    text = "\n    y = x + 1\n    return y\nprint(f(2))\n"
-    assert cut_at_dedent(text, prefix, "", "python") == "\n    y = x + 1\n    return y"
-
-
-def test_dedent_on_an_empty_line_inside_a_block():
-    prefix = "def f(x):\n    y = 1\n    "
-    text = "z = y\n    return z\n\nx = 3"
-    assert cut_at_dedent(text, prefix, "", "python") == "z = y\n    return z\n"
-
-
-def test_dedent_keeps_blank_lines_inside_the_block():
-    prefix = "class A:"
-    text = "\n    a = 1\n\n    def g(self):\n        pass\nB = 2"
-    assert cut_at_dedent(text, prefix, "", "python") == "\n    a = 1\n\n    def g(self):\n        pass"
-
-
-def test_generic_closing_brace_ends_the_block_and_is_kept():
-    prefix = "function f() {"
-    text = "\n  return 1;\n}\nfunction g() {}"
-    assert cut_at_dedent(text, prefix, "", "javascript") == "\n  return 1;\n}"
+@pytest.mark.parametrize(
+    "prefix, text, language, expected",
+    [
+        pytest.param("def f(x):", "\n    y = x + 1\n    return y\nprint(f(2))\n", "python",
+                     "\n    y = x + 1\n    return y", id="dedent-ends-a-python-body"),
+        pytest.param("def f(x):\n    y = 1\n    ", "z = y\n    return z\n\nx = 3", "python",
+                     "z = y\n    return z\n", id="empty-line-inside-a-block"),
+        pytest.param("class A:", "\n    a = 1\n\n    def g(self):\n        pass\nB = 2", "python",
+                     "\n    a = 1\n\n    def g(self):\n        pass", id="blank-lines-inside-the-block-stay"),
+        pytest.param("function f() {", "\n  return 1;\n}\nfunction g() {}", "javascript",
+                     "\n  return 1;\n}", id="closing-brace-ends-the-block-and-is-kept"),
+    ],
+)
+def test_cut_at_dedent(prefix, text, language, expected):
+    assert cut_at_dedent(text, prefix, "", language) == expected
 
 
 def test_trim_repeated_lines():

@@ -10,8 +10,8 @@ import logging
 import pytest
 import torch
 
-from engine import EngineError, Session, load_model
-from engine.bench import weight_bytes_per_token
+from engine import EngineError, load_model
+from engine.bench import greedy_with_logits, weight_bytes_per_token
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
@@ -34,16 +34,7 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def greedy(lm, prompt: list[int], n: int = NEW_TOKENS, follow: list[int] | None = None):
-    """(greedy tokens, logits at each step); with `follow`, feed those tokens instead
-    (teacher forcing), so one early disagreement does not change every later step."""
-    session = Session(lm)
-    logits, _ = session.prefill(prompt)
-    tokens, all_logits = [], [logits]
-    for i in range(n):
-        tokens.append(int(torch.argmax(logits)))
-        logits = session.step(follow[i] if follow else tokens[-1])
-        all_logits.append(logits)
-    return tokens, all_logits
+    return greedy_with_logits(lm, prompt, n, follow)
 
 
 @pytest.fixture(scope="module")
