@@ -94,7 +94,7 @@ def _complete(session, prefix, suffix, params, max_prompt_tokens, fim, cancel, t
         previous_prefix_start=session.prefix_start,
     )
     session.prefix_start = prompt.prefix_start
-    result = generate(session, prompt.ids, params, cancel)
+    result = generate(session, prompt.ids, params, cancel, heal=prompt.heal)
     _remember(session, prefix, suffix, prompt.ids, result, settings)
     s = result.stats
     log.debug("completion %s: prompt %d (%s), reused %d, prefilled %d, generated %d, ttft %.0f ms, total %.0f ms",

@@ -63,7 +63,10 @@ def generate(
     prompt: list[int],
     params: SamplingParams,
     cancel: threading.Event | None = None,
+    heal: str = "",
 ) -> Generation:
+    """Decode after `prompt`. With `heal`, the generated tokens must start by
+    spelling that text (see engine/prompt.py), which the returned text leaves out."""
     start = time.perf_counter()
     tokenizer = session.lm.tokenizer
     stats = GenerationStats(prompt_tokens=len(prompt))
@@ -83,7 +86,10 @@ def generate(
         logits, stats.reused_tokens = session.prefill(prompt, cancel)
         stats.prefilled_tokens = len(prompt) - stats.reused_tokens
         for step in range(min(params.max_new_tokens, room)):
-            token = sample(logits.to("cpu", non_blocking=False), params, allowed, rng)
+            logits = logits.to("cpu", non_blocking=False)
+            if len(text) < len(heal):
+                logits = _healing(logits, tokenizer.token_texts, heal[len(text) :], allowed)
+            token = sample(logits, params, allowed, rng)
             if step == 0:
                 stats.time_to_first_token_ms = (time.perf_counter() - start) * 1000
             if token in stop_ids:
@@ -91,9 +97,9 @@ def generate(
                 break
             generated.append(token)
             text = tokenizer.decode(generated)
-            cut = _first_stop(text, params.stop)
+            cut = _first_stop(text[len(heal) :], params.stop)
             if cut is not None:
-                text, finish = text[:cut], "stop"
+                text, finish = text[: len(heal) + cut], "stop"
                 break
             if step + 1 == min(params.max_new_tokens, room):
                 break  # the last token needs no forward: nothing will read its logits
@@ -105,7 +111,17 @@ def generate(
         text = tokenizer.decode(generated)
     stats.generated_tokens = len(generated)
     stats.total_ms = (time.perf_counter() - start) * 1000
-    return Generation(text=text, token_ids=generated, finish_reason=finish, stats=stats)
+    return Generation(text=text[len(heal) :], token_ids=generated, finish_reason=finish, stats=stats)
+
+
+def _healing(logits: torch.Tensor, token_texts: list[str], pending: str, allowed: int) -> torch.Tensor:
+    """logits with every token that cannot continue spelling `pending` masked out."""
+    keep = [i for i, t in enumerate(token_texts[:allowed]) if t and (t.startswith(pending) or pending.startswith(t))]
+    if not keep:  # no token spells it (not a byte-level vocabulary): decode unconstrained
+        return logits
+    masked = torch.full_like(logits, float("-inf"))
+    masked[keep] = logits[keep]
+    return masked
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

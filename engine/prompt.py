@@ -12,6 +12,14 @@ Layouts (FIM = fill in the middle, detected from the tokenizer's vocabulary):
 SantaCoder spells the same tokens with hyphens (<fim-prefix>, ...);
 `tokenizer.fim` holds whichever ids the vocabulary has.
 
+Left to right, trailing spaces and tabs before the cursor are left out of the
+prompt and become `heal`, text the continuation must start with (generation
+constrains its first tokens to spell it). Byte-level BPE tokenizers attach a
+space to the word after it ("    return" is "   " + " return"), so a prompt
+ending in indentation, the usual state after Enter, would end in a token the
+model has almost never seen before a word. FIM layouts need no healing: FIM
+training splits documents at arbitrary characters.
+
 Prefix and suffix are tokenized separately, so an edit in one never changes
 the other's tokens, and the token-level common prefix with the cached
 session stays long. When the prefix is too long it is cut from the left at a
@@ -44,6 +52,7 @@ class Prompt:
     suffix_end: int  # ... and suffix[:suffix_end] (0 when the layout has no suffix)
     prefix_tokens: int
     suffix_tokens: int
+    heal: str = ""  # the end of the prefix left out of ids: the continuation must start with it
 
 
 def build_prompt(
@@ -79,9 +88,11 @@ def build_prompt(
     suffix_ids, suffix_end = [], 0
     if layout != "prefix":
         suffix_ids, suffix_end = cut_right(tokenizer, suffix, int(max_prompt_tokens * suffix_share))
+    heal = prefix[len(prefix.rstrip(" \t")) :] if layout == "prefix" else ""
     # The prefix gets the rest, including what a short suffix leaves unused.
     prefix_ids, prefix_start = cut_left(
-        tokenizer, prefix, max_prompt_tokens - specials - len(suffix_ids), step, previous_prefix_start
+        tokenizer, prefix[: len(prefix) - len(heal)], max_prompt_tokens - specials - len(suffix_ids), step,
+        previous_prefix_start,
     )
 
     if layout == "prefix":
@@ -97,7 +108,7 @@ def build_prompt(
     else:  # spm
         f = tokenizer.fim
         ids = [f.prefix, f.suffix, *suffix_ids, f.middle, *prefix_ids]
-    return Prompt(ids, layout, prefix_start, suffix_end, len(prefix_ids), len(suffix_ids))
+    return Prompt(ids, layout, prefix_start, suffix_end, len(prefix_ids), len(suffix_ids), heal)
 
 
 def choose_layout(tokenizer: Tokenizer, fim: str) -> str:

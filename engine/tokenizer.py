@@ -6,6 +6,8 @@ Two layouts are accepted: `tokenizer.json`, or the older `vocab.json` +
 
 from __future__ import annotations
 
+import functools
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,11 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    @functools.cached_property
+    def token_texts(self) -> list[str]:
+        """The text of every id on its own ("" for special tokens; partial UTF-8 decodes to U+FFFD)."""
+        return self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
 
 
 def _find_fim(tokenizer: HFTokenizer) -> FimTokens | None:

@@ -124,3 +124,14 @@ def test_prefix_window_moves_rarely_and_in_large_steps(codegen_tok, stdlib_code)
 def test_cut_left_fallback_for_one_huge_line(codegen_tok):
     ids, start = cut_left(codegen_tok, "x" * 5000, budget=100, step=256)
     assert start == 0 and 75 <= len(ids) <= 100
+
+
+def test_left_to_right_leaves_trailing_blanks_to_heal(codegen_tok, starcoder_tok):
+    prompt = build_prompt(codegen_tok, "def f():\n    ", "", max_prompt_tokens=100)
+    assert prompt.heal == "    " and prompt.ids == codegen_tok.encode("def f():\n")
+    assert build_prompt(codegen_tok, "x = \t", "", max_prompt_tokens=100).heal == " \t"
+    assert build_prompt(codegen_tok, "x = 1\n", "", max_prompt_tokens=100).heal == ""  # a newline is not healed
+    assert build_prompt(starcoder_tok, "def f():\n    ", "", max_prompt_tokens=100, fim="off").heal == "    "
+    # FIM models are trained on prefixes cut at any character: nothing to heal.
+    assert build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="psm").heal == ""
+    assert build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="spm").heal == ""

@@ -245,3 +245,17 @@ def test_fim_completion_runs_on_both_layouts(bigcode):
     typed = complete(session, prefix + " a", suffix, params, fim="spm", typeahead=False)
     # SPM: the suffix and the untouched prefix tokens stay encoded; only the end changes.
     assert typed.stats.prefilled_tokens <= 3
+
+
+@pytest.mark.parametrize("prefix, blanks", [("def add(a, b):\n    ", "    "), ("x =\t ", "\t "), ("y = ", " ")])
+def test_trailing_blanks_are_spelled_by_the_model_not_the_prompt(codegen, prefix, blanks):
+    session = Session(codegen)
+    tok = codegen.tokenizer
+    result = complete(session, prefix, "", SamplingParams(max_new_tokens=6))
+    assert result.stats.prompt_tokens == len(tok.encode(prefix[: -len(blanks)]))
+    spelled = tok.decode(result.token_ids)
+    assert spelled.startswith(blanks) and result.text == spelled[len(blanks):]
+    # What the cursor sees is unchanged for typeahead: typing the suggestion's start is a hit.
+    if len(result.text) > 1:
+        hit = complete(session, prefix + result.text[:1], "", SamplingParams(max_new_tokens=6))
+        assert hit.stats.typeahead and hit.text == result.text[1:]
