@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_server_commands(commands) -> None:
     serve = commands.add_parser("serve", help="run the language server (stdio unless --tcp)")
-    serve.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    transport = serve.add_mutually_exclusive_group()
+    transport.add_argument("--tcp", metavar="HOST:PORT", help="listen on a TCP port instead of stdio")
+    # Clients such as vscode-languageclient's TransportKind.stdio append --stdio: accept it.
+    transport.add_argument("--stdio", action="store_true", help="stdio (the default; accepted for clients that pass it)")
     serve.set_defaults(run=run_serve)
 
     comp = commands.add_parser(

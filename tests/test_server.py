@@ -53,7 +53,8 @@ async def start_server(folders: list[Path], init_options=None, configuration=Non
     client = make_test_lsp_client()
     for scope, section in (configuration or {}).items():
         client.set_configuration(section, section="codegen-lsp", scope_uri=scope)
-    await client.start_io(sys.executable, "-m", "lsp_server", "-v", "serve", cwd=str(ROOT))
+    # --stdio as vscode-languageclient passes it; `codegen-lsp complete` and the editor tests start plain `serve`.
+    await client.start_io(sys.executable, "-m", "lsp_server", "-v", "serve", "--stdio", cwd=str(ROOT))
     params = types.InitializeParams(
         capabilities=capabilities(encodings),
         workspace_folders=[types.WorkspaceFolder(uri=f.as_uri(), name=f.name) for f in folders] or None,
