@@ -16,6 +16,11 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, max_len: int, device, dtype: torch.dtype):
+        if config.model_type == "codegen":
+            # CodeGen attends in float32 (as the original does): a 16-bit cache
+            # would be cast whole on every decode step, which costs more than
+            # the step's matmuls at a long context. Twice the memory instead.
+            dtype = torch.float32
         shape = (config.n_layer, 1, config.n_kv_heads, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

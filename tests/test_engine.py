@@ -124,3 +124,13 @@ def test_half_precision_stays_close_to_float32(codegen_dir, dtype):
     b, _ = Session(half).prefill(ids)
     assert torch.isfinite(b).all()
     assert (a - b).abs().max() < 0.1 * a.abs().max()
+
+
+def test_codegen_keeps_its_cache_in_float32(codegen_dir, bigcode_mq_dir):
+    # CodeGen attends in float32: a 16-bit cache would be cast whole on every step.
+    codegen = Session(load_model(str(codegen_dir), device="cpu", dtype="bfloat16"))
+    bigcode = Session(load_model(str(bigcode_mq_dir), device="cpu", dtype="bfloat16"))
+    for session in (codegen, bigcode):
+        session.prefill([1, 2, 3])
+    assert codegen.cache.k.dtype == codegen.cache.v.dtype == torch.float32
+    assert bigcode.cache.k.dtype == torch.bfloat16
