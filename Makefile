@@ -16,13 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The shipped demo model (models/demo) once it is there; a random checkpoint until then.
-DEMO_MODEL := $(if $(wildcard models/demo/config.json),,demo-checkpoint)
-
+# The suggestion of the shipped demo model (models/demo), as an editor would show it.
 demo: $(VENV)/.installed
-	$(if $(DEMO_MODEL),$(PY) -m engine.random_checkpoint $(DEMO_MODEL))
 	@echo "--- codegen-lsp complete examples/demo.py --line 5 --character 4 (the server's suggestion):"
-	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 5 --character 4 $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
+	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 5 --character 4
 
 test: $(VENV)/.installed editors-install
 	$(PY) -m pytest -q
