@@ -152,12 +152,14 @@ def main_folder(tmp_path_factory, codegen_dir) -> Path:
     (folder / "single" / "pyproject.toml").write_text(
         f'[tool.codegen-lsp]\nmodel = "{codegen_dir}"\ndebounce_ms = 0\nmax_new_tokens = 12\nmultiline = "never"\n'
     )
+    (folder / "debounced").mkdir()
+    (folder / "debounced" / ".codegen-lsp.toml").write_text(f'model = "{codegen_dir}"\ndebounce_ms = 300\nmax_new_tokens = 12\n')
     return folder
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(main_folder):
-    client = await start_server([main_folder, main_folder / "long", main_folder / "single"])
+    client = await start_server([main_folder, main_folder / "long", main_folder / "single", main_folder / "debounced"])
     await wait_for(lambda: ended_loads(client) >= 1, "the model to load")
     yield client
     await stop_server(client)
@@ -371,3 +373,22 @@ async def test_cancellation_and_supersession(client, main_folder):
         await asyncio.sleep(0.02)
     assert now["last"]["finish_reason"] == "cancelled"
     assert 0 < now["last"]["generated_tokens"] < 400
+
+
+async def test_debounce_runs_only_the_last_of_quick_keystrokes(client, main_folder, codegen_dir):
+    # Three keystrokes 50 ms apart in a folder with debounce_ms = 300: the first
+    # two requests are superseded while they wait, only the last one generates.
+    uri = (main_folder / "debounced" / "quick.py").as_uri()
+    open_doc(client, uri, "x = 1\n")
+    before = (await stats(client))["requests"]
+    pending = []
+    for i, char in enumerate("abc"):
+        change_doc(client, uri, i + 2, [edit(1, i, 1, i, char)])
+        pending.append(asyncio.ensure_future(inline(client, uri, 1, i + 1)))
+        await asyncio.sleep(0.05)
+    first, second, last = await asyncio.gather(*pending)
+    assert first == [] and second == []
+    want = Expected(codegen_dir, debounce_ms=300, max_new_tokens=12)("x = 1\nabc", 1, 3)
+    assert [i.insert_text for i in last] == ([want] if want else [])
+    assert (await stats(client))["requests"] == before + 1
+
