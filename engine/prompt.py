@@ -12,13 +12,15 @@ Layouts (FIM = fill in the middle, detected from the tokenizer's vocabulary):
 SantaCoder spells the same tokens with hyphens (<fim-prefix>, ...);
 `tokenizer.fim` holds whichever ids the vocabulary has.
 
-Left to right, trailing spaces and tabs before the cursor are left out of the
-prompt and become `heal`, text the continuation must start with (generation
-constrains its first tokens to spell it). Byte-level BPE tokenizers attach a
-space to the word after it ("    return" is "   " + " return"), so a prompt
-ending in indentation, the usual state after Enter, would end in a token the
-model has almost never seen before a word. FIM layouts need no healing: FIM
-training splits documents at arbitrary characters.
+Whitespace just before the cursor (line breaks and indentation) is left out
+of the prompt and becomes `heal`, text the continuation must start with
+(generation constrains its first tokens to spell it). Byte-level BPE
+tokenizers split a whitespace run so that its last space goes with the word
+after it, and its line break with the spaces ("):\n        self" is "):",
+"\n       ", " self"), so a prompt ending in indentation, the usual state
+after Enter, would end in tokens the model has rarely seen before code, and
+the word after them would have to start without its space. Ending the prompt
+on the last non-blank character puts the cut where tokens naturally end.
 
 Prefix and suffix are tokenized separately, so an edit in one never changes
 the other's tokens, and the token-level common prefix with the cached
@@ -88,7 +90,7 @@ def build_prompt(
     suffix_ids, suffix_end = [], 0
     if layout != "prefix":
         suffix_ids, suffix_end = cut_right(tokenizer, suffix, int(max_prompt_tokens * suffix_share))
-    heal = prefix[len(prefix.rstrip(" \t")) :] if layout == "prefix" else ""
+    heal = prefix[len(prefix.rstrip()) :]
     # The prefix gets the rest, including what a short suffix leaves unused.
     prefix_ids, prefix_start = cut_left(
         tokenizer, prefix[: len(prefix) - len(heal)], max_prompt_tokens - specials - len(suffix_ids), step,

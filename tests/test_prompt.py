@@ -126,12 +126,14 @@ def test_cut_left_fallback_for_one_huge_line(codegen_tok):
     assert start == 0 and 75 <= len(ids) <= 100
 
 
-def test_left_to_right_leaves_trailing_blanks_to_heal(codegen_tok, starcoder_tok):
+def test_trailing_whitespace_is_left_to_heal(codegen_tok, starcoder_tok):
     prompt = build_prompt(codegen_tok, "def f():\n    ", "", max_prompt_tokens=100)
-    assert prompt.heal == "    " and prompt.ids == codegen_tok.encode("def f():\n")
+    assert prompt.heal == "\n    " and prompt.ids == codegen_tok.encode("def f():")
     assert build_prompt(codegen_tok, "x = \t", "", max_prompt_tokens=100).heal == " \t"
-    assert build_prompt(codegen_tok, "x = 1\n", "", max_prompt_tokens=100).heal == ""  # a newline is not healed
-    assert build_prompt(starcoder_tok, "def f():\n    ", "", max_prompt_tokens=100, fim="off").heal == "    "
-    # FIM models are trained on prefixes cut at any character: nothing to heal.
-    assert build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="psm").heal == ""
-    assert build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="spm").heal == ""
+    assert build_prompt(codegen_tok, "x = 1\n\n", "", max_prompt_tokens=100).heal == "\n\n"
+    assert build_prompt(codegen_tok, "x = 1", "", max_prompt_tokens=100).heal == ""
+    f = starcoder_tok.fim
+    psm = build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="psm")
+    assert psm.heal == "\n    " and psm.ids[: psm.prefix_tokens + 2] == [f.prefix, *starcoder_tok.encode("def f():"), f.suffix]
+    spm = build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="spm")
+    assert spm.heal == "\n    " and spm.ids[-spm.prefix_tokens :] == starcoder_tok.encode("def f():")

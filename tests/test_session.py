@@ -247,8 +247,8 @@ def test_fim_completion_runs_on_both_layouts(bigcode):
     assert typed.stats.prefilled_tokens <= 3
 
 
-@pytest.mark.parametrize("prefix, blanks", [("def add(a, b):\n    ", "    "), ("x =\t ", "\t "), ("y = ", " ")])
-def test_trailing_blanks_are_spelled_by_the_model_not_the_prompt(codegen, prefix, blanks):
+@pytest.mark.parametrize("prefix, blanks", [("def add(a, b):\n    ", "\n    "), ("x =\t ", "\t "), ("y = 1\n", "\n")])
+def test_trailing_whitespace_is_spelled_by_the_model_not_the_prompt(codegen, prefix, blanks):
     session = Session(codegen)
     tok = codegen.tokenizer
     result = complete(session, prefix, "", SamplingParams(max_new_tokens=6))
