@@ -115,8 +115,16 @@ def generate(
 
 
 def _healing(logits: torch.Tensor, token_texts: list[str], pending: str, allowed: int) -> torch.Tensor:
-    """logits with every token that cannot continue spelling `pending` masked out."""
-    keep = [i for i, t in enumerate(token_texts[:allowed]) if t and (t.startswith(pending) or pending.startswith(t))]
+    """logits with every token that cannot continue spelling `pending` masked out.
+
+    A token may spell part of it, or all of it and go on with code; not all of
+    it and more whitespace: that would indent past the cursor.
+    """
+    n = len(pending)
+    keep = [
+        i for i, t in enumerate(token_texts[:allowed])
+        if t and (pending.startswith(t) or (t.startswith(pending) and not t[n].isspace()))
+    ]
     if not keep:  # no token spells it (not a byte-level vocabulary): decode unconstrained
         return logits
     masked = torch.full_like(logits, float("-inf"))

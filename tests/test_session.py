@@ -259,3 +259,14 @@ def test_trailing_whitespace_is_spelled_by_the_model_not_the_prompt(codegen, pre
     if len(result.text) > 1:
         hit = complete(session, prefix + result.text[:1], "", SamplingParams(max_new_tokens=6))
         assert hit.stats.typeahead and hit.text == result.text[1:]
+
+
+def test_healing_tokens_spell_the_blanks_and_never_indent_past_them():
+    from engine.generate import _healing
+
+    vocabulary = ["\n", "\n   ", "\n    ", "\n        ", "\n    x", " ", "x", "\n\n"]
+    kept = _healing(torch.zeros(len(vocabulary)), vocabulary, "\n    ", len(vocabulary))
+    assert [t for t, v in zip(vocabulary, kept.tolist()) if v == 0] == ["\n", "\n   ", "\n    ", "\n    x"]
+    # Half spelled: the rest of the indentation, alone or with code after it.
+    kept = _healing(torch.zeros(len(vocabulary)), vocabulary, " ", len(vocabulary))
+    assert [t for t, v in zip(vocabulary, kept.tolist()) if v == 0] == [" "]
