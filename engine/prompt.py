@@ -2,7 +2,8 @@
 
 Layouts (FIM = fill in the middle, detected from the tokenizer's vocabulary):
 
-- "psm":    <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>   (the default)
+- "psm":    <fim_prefix>{prefix}<fim_suffix>{suffix}<fim_middle>   (the default, unless
+            the checkpoint's tokenizer_config.json says "fim_layout": "spm")
 - "spm":    <fim_prefix><fim_suffix>{suffix}<fim_middle>{prefix}
             SantaCoder/StarCoder's SPM, "variant 2" of Bavarian et al. 2022,
             as bigcode's Megatron-LM FIM training writes it. The prefix comes
@@ -70,7 +71,7 @@ def build_prompt(
 ) -> Prompt:
     """Prompt ids for text before (prefix) and after (suffix) the cursor.
 
-    fim: auto (FIM in PSM layout when the vocabulary has FIM tokens), psm,
+    fim: auto (FIM when the vocabulary has FIM tokens, in the checkpoint's layout, PSM by default), psm,
     spm, or off (left to right). A model without FIM tokens always gets the
     prefix alone. cut_step_chars: distance between the anchors the prefix is
     cut at (default max_prompt_tokens // 2 characters). previous_prefix_start:
@@ -116,7 +117,7 @@ def build_prompt(
 def choose_layout(tokenizer: Tokenizer, fim: str) -> str:
     if fim == "off" or tokenizer.fim is None:
         return "prefix"
-    return "psm" if fim == "auto" else fim
+    return tokenizer.fim.layout if fim == "auto" else fim
 
 
 def cut_left(

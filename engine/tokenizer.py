@@ -23,16 +23,24 @@ FIM_SPELLINGS = {
 }
 
 
+FIM_LAYOUTS = ("psm", "spm")
+
+
 @dataclass(frozen=True)
 class FimTokens:
     prefix: int
     suffix: int
     middle: int
     pad: int | None
+    # What fim = "auto" builds: PSM, unless tokenizer_config.json names the
+    # layout the model was found to fill better ("fim_layout", our key).
+    layout: str = "psm"
 
 
 class Tokenizer:
-    def __init__(self, tokenizer: HFTokenizer, eos_token: str | None, bos_token: str | None = None):
+    def __init__(
+        self, tokenizer: HFTokenizer, eos_token: str | None, bos_token: str | None = None, fim_layout: str = "psm"
+    ):
         self._tok = tokenizer
         # Text from the user's files is never parsed into special tokens: a
         # file that contains "<fim_prefix>" must not change the prompt layout.
@@ -41,7 +49,7 @@ class Tokenizer:
         self.eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
         self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
-        self.fim = _find_fim(tokenizer)
+        self.fim = _find_fim(tokenizer, fim_layout)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -58,11 +66,11 @@ class Tokenizer:
         return self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
 
 
-def _find_fim(tokenizer: HFTokenizer) -> FimTokens | None:
+def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:
     for prefix, suffix, middle, pad in FIM_SPELLINGS.values():
         ids = [tokenizer.token_to_id(t) for t in (prefix, suffix, middle)]
         if None not in ids:
-            return FimTokens(*ids, pad=tokenizer.token_to_id(pad))
+            return FimTokens(*ids, pad=tokenizer.token_to_id(pad), layout=layout)
     return None
 
 
@@ -87,7 +95,7 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
         eos = tokenizer.id_to_token(eos_token_id)
     if eos is None and tokenizer.token_to_id("<|endoftext|>") is not None:
         eos = "<|endoftext|>"
-    return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"))
+    return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"), fim_layout=_fim_layout(directory))
 
 
 def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
@@ -128,6 +136,14 @@ def _special_tokens(directory: Path) -> dict[str, str]:
             if isinstance(value, str) and value:
                 found[key] = value
     return found
+
+
+def _fim_layout(directory: Path) -> str:
+    path = directory / "tokenizer_config.json"
+    layout = _read_json(path).get("fim_layout", "psm") if path.is_file() else "psm"
+    if layout not in FIM_LAYOUTS:
+        raise EngineError(f"{path}: fim_layout must be one of {', '.join(FIM_LAYOUTS)}, got {layout!r}")
+    return layout
 
 
 def _read_json(path: Path) -> dict:

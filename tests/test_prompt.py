@@ -137,3 +137,23 @@ def test_trailing_whitespace_is_left_to_heal(codegen_tok, starcoder_tok):
     assert psm.heal == "\n    " and psm.ids[: psm.prefix_tokens + 2] == [f.prefix, *starcoder_tok.encode("def f():"), f.suffix]
     spm = build_prompt(starcoder_tok, "def f():\n    ", "\n", max_prompt_tokens=100, fim="spm")
     assert spm.heal == "\n    " and spm.ids[-spm.prefix_tokens :] == starcoder_tok.encode("def f():")
+
+
+def test_a_checkpoint_may_name_the_layout_auto_builds(bigcode_mq_dir, tmp_path):
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (bigcode_mq_dir / name).is_file():
+            shutil.copy(bigcode_mq_dir / name, tmp_path / name)
+    config_path = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config_path.write_text(json.dumps({**config, "fim_layout": "spm"}))
+    tok = load_tokenizer(tmp_path)
+    assert tok.fim.layout == "spm"
+    auto = build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256)
+    assert auto.layout == "spm" and auto.ids == build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim="spm").ids
+    assert build_prompt(tok, PREFIX, SUFFIX, max_prompt_tokens=256, fim="psm").layout == "psm"  # a setting still wins
+
+    config_path.write_text(json.dumps({**config, "fim_layout": "mps"}))
+    with pytest.raises(EngineError, match="fim_layout must be one of psm, spm, got 'mps'"):
+        load_tokenizer(tmp_path)
