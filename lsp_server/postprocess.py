@@ -1,5 +1,6 @@
 """Make raw model output fit the cursor: one line or a block, stop rules per
-language, and no repeating of what the text after the cursor already holds.
+language, no repeating of what the text after the cursor already holds or of
+the suggestion's own lines, and (Python) whole lines that leave the code valid.
 
 Plain functions of plain strings, so each rule is unit-tested on hand-written
 cases.
@@ -7,7 +8,9 @@ cases.
 
 from __future__ import annotations
 
+import ast
 import re
+import warnings
 
 CLOSERS = ")]}\"'`>;,"
 # A new top-level statement ends a Python suggestion: it belongs to the next block.
@@ -104,6 +107,45 @@ def trim_repeated_lines(text: str, suffix: str) -> str:
     return text
 
 
+def trim_own_repeats(text: str) -> str:
+    """Cut a block before its first line that repeats an earlier one, indentation
+    and all: greedy decoding of a small model falls into such loops."""
+    lines = text.split("\n")
+    seen = set()
+    for i, line in enumerate(lines):
+        if line.strip() and line.rstrip() in seen:
+            return "\n".join(lines[:i])
+        seen.add(line.rstrip())
+    return text
+
+
+def parses(source: str) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # invalid escapes and the like are not our business
+        try:
+            ast.parse(source)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return False
+    return True
+
+
+def keep_what_parses(text: str, prefix: str, suffix: str) -> str:
+    """Python: the most whole lines of a block that leave the text around them valid.
+
+    A block that rambles on (an unclosed bracket, a half-written last line)
+    is cut back to where the file parses again. If no cut parses, the block is
+    dropped when the file parses without it (it could only break valid code),
+    and kept otherwise (the code around the cursor is itself mid-edit, or cut
+    by the context window: parsing cannot judge it).
+    """
+    lines = text.split("\n")
+    for n in range(len(lines), 0, -1):
+        block = "\n".join(lines[:n])
+        if parses(prefix + block + suffix):
+            return block
+    return "" if parses(prefix + suffix) else text
+
+
 def trim_closers(text: str, suffix: str) -> str:
     """Drop closing brackets and quotes at the end of the suggestion that the cursor
     line already has right after the cursor: `foo(|)` + `a, b)` gives `a, b`."""
@@ -129,6 +171,9 @@ def postprocess(text: str, prefix: str, suffix: str, language: str, multiline: b
     else:
         text = cut_at_dedent(text, prefix, suffix, language)
         text = trim_repeated_lines(text, suffix)
+        text = trim_own_repeats(text)
+        if language == "python" and "\n" in text.strip("\n"):
+            text = keep_what_parses(text.rstrip(), prefix, suffix)
         text = text.rstrip()
     text = trim_closers(text, suffix)
     if not text.strip():

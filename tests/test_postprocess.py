@@ -8,6 +8,7 @@ from lsp_server.postprocess import (
     postprocess,
     stop_sequences,
     trim_closers,
+    trim_own_repeats,
     trim_repeated_lines,
     wants_multiline,
 )
@@ -104,3 +105,32 @@ def test_postprocess_block_with_everything():
 
 def test_postprocess_normalises_crlf():
     assert postprocess("\r\n    return 1\r\n", "def f():", "", "python", True) == "\n    return 1"
+
+
+def test_a_block_stops_before_it_repeats_itself():
+    text = "\n    x = f(x)\n    y = g(x)\n    x = f(x)\n    y = g(x)"
+    assert trim_own_repeats(text) == "\n    x = f(x)\n    y = g(x)"
+    assert trim_own_repeats("a\n\nb\n\nc") == "a\n\nb\n\nc"  # blank lines are not a loop
+
+
+@pytest.mark.parametrize("text, expected", [
+    # A half-written last line (the token limit) is dropped.
+    ("if n < 2:\n        return n\n    return fib(n - 1) + fib(", "if n < 2:\n        return n"),
+    # An unclosed bracket is cut back to the last line that leaves the file valid.
+    ("total = 0\n    for x in [\n        1,", "total = 0"),
+    # Everything parses: all of it stays.
+    ("a = n\n    return a", "a = n\n    return a"),
+])
+def test_a_python_block_keeps_the_lines_that_parse(text, expected):
+    prefix, suffix = "def fib(n):\n    ", "\n\n\nprint(fib(3))\n"
+    assert postprocess(text, prefix, suffix, "python", True) == expected
+
+
+def test_a_block_is_kept_when_the_code_around_it_does_not_parse_anyway():
+    prefix, suffix = "def f(:\n    ", "\n"  # the user's own syntax error, above the cursor
+    assert postprocess("a = 1\n    b = (", prefix, suffix, "python", True) == "a = 1\n    b = ("
+
+
+def test_a_python_block_that_cannot_parse_is_dropped_when_the_file_parses_without_it():
+    prefix, suffix = 'def fib(n):\n    """The n-th Fibonacci number."""\n    ', "\n"
+    assert postprocess("return [\n        return [", prefix, suffix, "python", True) == ""
