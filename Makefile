@@ -18,8 +18,8 @@ install: $(VENV)/.installed
 
 # The suggestion of the shipped demo model (models/demo), as an editor would show it.
 demo: $(VENV)/.installed
-	@echo "--- codegen-lsp complete examples/demo.py --line 5 --character 4 (the server's suggestion):"
-	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 5 --character 4
+	@echo "--- codegen-lsp complete examples/demo.py --line 3 --character 8 (the suggestion on the empty line inside fibonacci()):"
+	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 3 --character 8
 
 test: $(VENV)/.installed editors-install
 	$(PY) -m pytest -q

@@ -1,5 +1,6 @@
 """The demo model shipped in models/demo/: layout, size, tokenizer, and agreement with transformers."""
 
+import ast
 import json
 
 import pytest
@@ -134,3 +135,81 @@ async def test_the_server_suggests_from_the_demo_model_when_no_model_is_set(tmp_
         assert [i.insert_text for i in items] == [want]
     finally:
         await stop_server(client)
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except SyntaxError:
+        return False
+    return True
+
+
+# Functions of held-out files (never trained on), cut at the cursor "|".
+HELD_OUT_ENDS_OF_LINES = {  # the rest of the line to write
+    "pdb.py": (
+        "def _safe_repr(self, obj, expr):\n    try:\n        return repr(obj)\n    except Exception |\n"
+        '        return _rstr(f"*** repr({expr}) failed: {self._format_exc(e)} ***")\n'
+    ),
+    "asyncore.py": (
+        "def set_file(self, fd):\n    self.socket = file_wrapper(fd|\n    self._fileno = self.socket.fileno()\n"
+        "    self.add_channel()\n"
+    ),
+    "lib2to3/pgen2/pgen.py": (
+        "def addarc(self, next, label=None):\n    assert label is None or isinstance(label, str)\n"
+        "    assert isinstance(next, NFAState)\n    self.arcs.append((label, |\n"
+    ),
+}
+HELD_OUT_GAPS = {  # a whole line masked: FIM must write something that closes it
+    "mimetypes.py": (
+        "def read_mime_types(file):\n    try:\n        f = open(file, encoding='utf-8')\n    except OSError:\n        |\n"
+        "    with f:\n        db = MimeTypes()\n        db.readfp(f, True)\n        return db.types_map[True]\n"
+    ),
+    "unittest/mock.py": (
+        "def _to_stream(read_data):\n    if isinstance(read_data, bytes):\n        return io.BytesIO(read_data)\n"
+        "    else:\n        |\n"
+    ),
+    "types.py": "def __iter__(self):\n    if self.__isgen:\n        |\n    return self\n",
+}
+
+
+async def test_the_server_completes_held_out_code_with_the_demo_model(tmp_path):
+    from test_server import ended_loads, inline, open_doc, start_server, stop_server, wait_for
+
+    (tmp_path / ".codegen-lsp.toml").write_text("debounce_ms = 0\n")
+    client = await start_server([tmp_path])
+    try:
+        await wait_for(lambda: ended_loads(client) >= 1, "the demo model to load")
+        for n, (name, snippet) in enumerate({**HELD_OUT_ENDS_OF_LINES, **HELD_OUT_GAPS}.items()):
+            prefix, suffix = snippet.split("|")
+            if name in HELD_OUT_GAPS:
+                assert not _parses(prefix + suffix), name  # writing nothing would not do
+            uri = (tmp_path / f"held_out_{n}.py").as_uri()
+            open_doc(client, uri, prefix + suffix)
+            lines = prefix.split("\n")
+            items = await inline(client, uri, len(lines) - 1, len(lines[-1]))
+            assert len(items) == 1 and items[0].insert_text.strip(), name
+            assert _parses(prefix + items[0].insert_text + suffix), (name, items[0].insert_text)
+    finally:
+        await stop_server(client)
+
+
+def test_make_demo_prints_a_suggestion_from_the_demo_model():
+    # The command `make demo` runs (Makefile), with --json to read the stats too.
+    import re
+    import subprocess
+    import sys
+
+    root = DEMO_MODEL_DIR.parents[1]
+    recipe = (root / "Makefile").read_text().split("\ndemo:", 1)[1]
+    args = re.search(r"codegen-lsp complete (examples/\S+ --line \d+ --character \d+)\n", recipe).group(1).split()
+    run = subprocess.run(
+        [sys.executable, "-m", "lsp_server", "complete", *args, "--json"], capture_output=True, text=True, cwd=root, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["stats"]["model"] == "the demo model"
+    source = (root / args[0]).read_text().split("\n")
+    line, character = int(args[2]), int(args[4])
+    source[line] = source[line][:character] + result["text"] + source[line][character:]
+    assert result["text"].strip() and _parses("\n".join(source))
