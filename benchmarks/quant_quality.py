@@ -1,6 +1,6 @@
 """How far each quantization mode moves the logits from float32, on real-code prompts.
 
-    .venv/bin/python benchmarks/quant_quality.py [--models small-codegen small-bigcode codegen-350M-mono]
+    .venv/bin/python benchmarks/quant_quality.py [--models small-codegen small-bigcode codegen-350M-mono demo]
         [--prompts 4] [--prompt-tokens 256] [--new-tokens 64]
 
 For each mode: maximum and mean absolute logit error against float32 (also
@@ -10,7 +10,8 @@ mode is fed float32's greedy tokens, so one early disagreement does not decide
 all later ones. "same prefix" is the free-running view: how many tokens the
 two greedy continuations share from the start.
 
-No trained weights are on these machines, so the signal is weak:
+The only trained weights on these machines are the shipped demo model
+("demo", 9.4M parameters); the others give a weaker signal:
 - small-*: small models (made with transformers, as in tests/) with the wide
   random weights the tests use, so logits are far from uniform;
 - codegen-350M-mono: the real shapes with N(0, 0.02) weights, whose logits
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.common import CACHE, SHARED_TOKENIZERS, checkpoint  # noqa: E402
 from engine import load_model  # noqa: E402
 from engine.bench import greedy_with_logits as run  # noqa: E402
-from engine.loading import build_quantized_model  # noqa: E402
+from engine.loading import DEMO_MODEL_DIR, build_quantized_model  # noqa: E402
 from engine.quantize import DEFAULT_GROUP_SIZE, QuantSettings  # noqa: E402
 from engine.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
 
@@ -56,6 +57,8 @@ def prompt_sources(n: int) -> list[str]:
 
 
 def model_dir(name: str) -> Path:
+    if name == "demo":
+        return DEMO_MODEL_DIR
     if name == "codegen-350M-mono":
         return checkpoint(name, CODEGEN_350M_MONO, [SHARED_TOKENIZERS / "codegen" / "tokenizer.json"])
     import checkpoints  # tests/checkpoints.py: transformers' save_pretrained layout, wide random weights
@@ -80,7 +83,7 @@ def load(directory: Path, dtype: str = "float32", quantization: str = "none", qu
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["small-codegen", "small-bigcode", "codegen-350M-mono"])
+    parser.add_argument("--models", nargs="+", default=["small-codegen", "small-bigcode", "codegen-350M-mono", "demo"])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=256)
