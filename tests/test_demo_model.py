@@ -1,6 +1,5 @@
 """The demo model shipped in models/demo/: layout, size, tokenizer, and agreement with transformers."""
 
-import ast
 import json
 
 import pytest
@@ -11,6 +10,7 @@ from engine import SamplingParams, Session, generate, load_model
 from engine.kv_cache import KVCache
 from engine.loading import DEMO_MODEL_DIR
 from engine.tokenizer import load_tokenizer
+from lsp_server.postprocess import parses
 
 PROMPTS = [
     "import os\nimport sys\n\n\ndef main(argv):\n",
@@ -137,14 +137,6 @@ async def test_the_server_suggests_from_the_demo_model_when_no_model_is_set(tmp_
         await stop_server(client)
 
 
-def _parses(source: str) -> bool:
-    try:
-        ast.parse(source)
-    except SyntaxError:
-        return False
-    return True
-
-
 # Functions of held-out files (never trained on), cut at the cursor "|".
 HELD_OUT_ENDS_OF_LINES = {  # the rest of the line to write
     "pdb.py": (
@@ -183,13 +175,13 @@ async def test_the_server_completes_held_out_code_with_the_demo_model(tmp_path):
         for n, (name, snippet) in enumerate({**HELD_OUT_ENDS_OF_LINES, **HELD_OUT_GAPS}.items()):
             prefix, suffix = snippet.split("|")
             if name in HELD_OUT_GAPS:
-                assert not _parses(prefix + suffix), name  # writing nothing would not do
+                assert not parses(prefix + suffix), name  # writing nothing would not do
             uri = (tmp_path / f"held_out_{n}.py").as_uri()
             open_doc(client, uri, prefix + suffix)
             lines = prefix.split("\n")
             items = await inline(client, uri, len(lines) - 1, len(lines[-1]))
             assert len(items) == 1 and items[0].insert_text.strip(), name
-            assert _parses(prefix + items[0].insert_text + suffix), (name, items[0].insert_text)
+            assert parses(prefix + items[0].insert_text + suffix), (name, items[0].insert_text)
     finally:
         await stop_server(client)
 
@@ -212,4 +204,4 @@ def test_make_demo_prints_a_suggestion_from_the_demo_model():
     source = (root / args[0]).read_text().split("\n")
     line, character = int(args[2]), int(args[4])
     source[line] = source[line][:character] + result["text"] + source[line][character:]
-    assert result["text"].strip() and _parses("\n".join(source))
+    assert result["text"].strip() and parses("\n".join(source))

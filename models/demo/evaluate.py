@@ -18,13 +18,11 @@ Generation goes through engine.completion.complete, as the language server does.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,6 +37,7 @@ from engine.generate import SamplingParams  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 from engine.session import Session  # noqa: E402
+from lsp_server.postprocess import parses  # noqa: E402
 from train import chunks_of, read_text, stdlib_files  # noqa: E402
 
 MAX_NEW_TOKENS = 32
@@ -85,16 +84,6 @@ def sample_lines(texts: list[str], n: int, seed: int) -> list[tuple[str, int, in
                 candidates.append((text, start, start + len(line.rstrip("\r\n"))))
             start += len(line)
     return random.Random(seed).sample(candidates, n)
-
-
-def parses(source: str) -> bool:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # invalid escape sequences and the like
-        try:
-            ast.parse(source)
-        except (SyntaxError, ValueError):
-            return False
-    return True
 
 
 def evaluate_checkpoint(
