@@ -32,15 +32,11 @@ class FimTokens:
     suffix: int
     middle: int
     pad: int | None
-    # What fim = "auto" builds: PSM, unless tokenizer_config.json names the
-    # layout the model was found to fill better ("fim_layout", our key).
-    layout: str = "psm"
+    layout: str  # what fim = "auto" builds (see _fim_layout)
 
 
 class Tokenizer:
-    def __init__(
-        self, tokenizer: HFTokenizer, eos_token: str | None, bos_token: str | None = None, fim_layout: str = "psm"
-    ):
+    def __init__(self, tokenizer: HFTokenizer, eos_token: str | None, bos_token: str | None, fim_layout: str):
         self._tok = tokenizer
         # Text from the user's files is never parsed into special tokens: a
         # file that contains "<fim_prefix>" must not change the prompt layout.
@@ -139,6 +135,8 @@ def _special_tokens(directory: Path) -> dict[str, str]:
 
 
 def _fim_layout(directory: Path) -> str:
+    """PSM, unless tokenizer_config.json names the layout the model was found
+    to fill better ("fim_layout", our key; transformers loads it and leaves it unused)."""
     path = directory / "tokenizer_config.json"
     layout = _read_json(path).get("fim_layout", "psm") if path.is_file() else "psm"
     if layout not in FIM_LAYOUTS:
