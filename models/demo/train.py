@@ -227,7 +227,7 @@ def train(args) -> None:
         return [len(e.ids) for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
 
     chunks = [c for t in map(read_text, train_files) if t for c in chunks_of(t, count_tokens)]
-    docs = [fim_pieces(c, rng, args.fim_rate, 0.5, args.fim_line_rate) for c in chunks]
+    docs = [fim_pieces(c, rng, args.fim_rate, args.fim_spm_rate, args.fim_line_rate) for c in chunks]
     stream, starts = encode_pieces(tokenizer, docs)
     stream.extend([tokenizer.token_to_id(EOS)] * (args.context + 1))  # the last chunks' rows end in padding
     stream, starts = torch.tensor(stream), torch.tensor(starts)
@@ -310,6 +310,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--fim-rate", type=float, default=0.5)
+    p.add_argument("--fim-spm-rate", type=float, default=0.5, help="share of FIM chunks in the SPM layout")
     p.add_argument("--fim-line-rate", type=float, default=0.5, help="share of FIM chunks split at line ends")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (no bfloat16 autocast)")
