@@ -72,7 +72,9 @@ def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:
 
 def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenizer:
     directory = Path(directory)
-    specials = _special_tokens(directory)
+    config_path = directory / "tokenizer_config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    specials = _special_tokens(directory, config)
     if (directory / "tokenizer.json").is_file():
         try:
             tokenizer = HFTokenizer.from_file(str(directory / "tokenizer.json"))
@@ -91,7 +93,7 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
         eos = tokenizer.id_to_token(eos_token_id)
     if eos is None and tokenizer.token_to_id("<|endoftext|>") is not None:
         eos = "<|endoftext|>"
-    return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"), fim_layout=_fim_layout(directory))
+    return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"), fim_layout=_fim_layout(config, config_path))
 
 
 def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
@@ -117,14 +119,12 @@ def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
     return tokenizer
 
 
-def _special_tokens(directory: Path) -> dict[str, str]:
-    """bos/eos/unk/pad tokens declared by tokenizer_config.json or special_tokens_map.json."""
+def _special_tokens(directory: Path, config: dict) -> dict[str, str]:
+    """bos/eos/unk/pad tokens declared by special_tokens_map.json or tokenizer_config.json (`config`, read
+    by the caller), the latter winning."""
     found: dict[str, str] = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        path = directory / name
-        if not path.is_file():
-            continue
-        data = _read_json(path)
+    map_path = directory / "special_tokens_map.json"
+    for data in (_read_json(map_path) if map_path.is_file() else {}, config):
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             value = data.get(key)
             if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
@@ -134,11 +134,10 @@ def _special_tokens(directory: Path) -> dict[str, str]:
     return found
 
 
-def _fim_layout(directory: Path) -> str:
-    """PSM, unless tokenizer_config.json names the layout the model was found
+def _fim_layout(config: dict, path: Path) -> str:
+    """PSM, unless tokenizer_config.json (`config`, read from `path`) names the layout the model was found
     to fill better ("fim_layout", our key; transformers loads it and leaves it unused)."""
-    path = directory / "tokenizer_config.json"
-    layout = _read_json(path).get("fim_layout", "psm") if path.is_file() else "psm"
+    layout = config.get("fim_layout", "psm")
     if layout not in FIM_LAYOUTS:
         raise EngineError(f"{path}: fim_layout must be one of {', '.join(FIM_LAYOUTS)}, got {layout!r}")
     return layout
