@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.prompt import FIM_MODES
+
 SECTION = "codegen-lsp"
 PROJECT_FILE = ".codegen-lsp.toml"
 
@@ -56,7 +58,7 @@ CHOICES = {
     "dtype": ("auto", "float32", "float16", "bfloat16"),
     "quantization": ("none", "int8", "int4"),
     "compile": ("auto", "true", "false"),
-    "fim": ("auto", "off", "psm", "spm"),
+    "fim": FIM_MODES,
     "multiline": ("auto", "always", "never"),
 }
 RANGES = {
