@@ -68,9 +68,8 @@ def middle_loss(lm, prefix: str, middle: str, suffix: str, fim: str, budget: int
     prompt = build_prompt(tok, prefix, suffix, max_prompt_tokens=budget, fim=fim)
     # The prompt leaves the whitespace before the cursor to the model (prompt.heal): score it too.
     target = tok.encode(prompt.heal + middle)[:MAX_NEW_TOKENS]
-    prompt = prompt.ids
-    ids = torch.tensor([prompt + target])
-    logits = lm.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0, len(prompt) - 1 :, : tok.vocab_size]
+    ids = torch.tensor([prompt.ids + target])
+    logits = lm.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0, len(prompt.ids) - 1 :, : tok.vocab_size]
     return F.cross_entropy(logits, torch.tensor(target), reduction="sum").item(), len(target)
 
 
