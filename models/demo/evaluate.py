@@ -38,7 +38,7 @@ from engine.loading import load_model  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 from engine.session import Session  # noqa: E402
 from lsp_server.postprocess import parses  # noqa: E402
-from train import chunks_of, read_text, stdlib_files  # noqa: E402
+from train import CHUNK_MARGIN, chunks_of, read_text, stdlib_files  # noqa: E402
 
 MAX_NEW_TOKENS = 32
 
@@ -51,7 +51,7 @@ def loss_and_accuracy(lm, texts: list[str]) -> tuple[float, float, int]:
     def count_tokens(lines: list[str]) -> list[int]:
         return [len(tok.encode(line)) for line in lines]
 
-    for chunk in (c for t in texts for c in chunks_of(t, count_tokens)):
+    for chunk in (c for t in texts for c in chunks_of(t, count_tokens, window - CHUNK_MARGIN)):
         ids = torch.tensor([(tok.encode(chunk) + [tok.eos_id])[:window]])
         logits = lm.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0, :, : tok.vocab_size]
         targets = ids[0, 1:]
@@ -117,18 +117,23 @@ def evaluate_checkpoint(
     middle_hits = {"off": 0, "psm": 0, "spm": 0}
     middle_parses = dict.fromkeys(middle_hits, 0)
     middle_nats = {fim: [0.0, 0] for fim in middle_hits}
-    empty_middle_parses = 0
+    empty_middle_parses = spm_only = left_to_right_only = 0
     for text, start, end in sample_lines(texts, n_lines, seed + 2):
         indent = start + len(text[start:end]) - len(text[start:end].lstrip())
         prefix, middle, suffix = text[:indent], text[indent:end], text[end:]
         empty_middle_parses += parses(prefix + suffix)
+        hit = {}
         for fim in middle_hits:
             written = write(prefix, suffix, fim)
-            middle_hits[fim] += written.rstrip() == middle.rstrip()
+            hit[fim] = written.rstrip() == middle.rstrip()
+            middle_hits[fim] += hit[fim]
             middle_parses[fim] += parses(prefix + written + suffix)
             nats, count = middle_loss(lm, prefix, middle, suffix, fim, budget)
             middle_nats[fim][0] += nats
             middle_nats[fim][1] += count
+        # Paired: the lines one prompt gets right and the other does not (a sign test's counts).
+        spm_only += hit["spm"] and not hit["off"]
+        left_to_right_only += hit["off"] and not hit["spm"]
 
     return {
         "held_out_files": len(texts),
@@ -144,6 +149,8 @@ def evaluate_checkpoint(
         "middle_line_exact_match_left_to_right": round(middle_hits["off"] / n_lines, 4),
         "middle_line_exact_match_fim_psm": round(middle_hits["psm"] / n_lines, 4),
         "middle_line_exact_match_fim_spm": round(middle_hits["spm"] / n_lines, 4),
+        "middle_lines_only_fim_spm_gets_right": spm_only,
+        "middle_lines_only_left_to_right_gets_right": left_to_right_only,
         "middle_line_parses_left_to_right": round(middle_parses["off"] / n_lines, 4),
         "middle_line_parses_fim_psm": round(middle_parses["psm"] / n_lines, 4),
         "middle_line_parses_fim_spm": round(middle_parses["spm"] / n_lines, 4),

@@ -4,21 +4,28 @@
     .venv/bin/python models/demo/train.py --probe 20      # time 20 steps, write nothing
     .venv/bin/python models/demo/train.py --evaluate-only # figures of the checkpoint in --out
 
-Recipe (SantaCoder-style, scaled down to a 2-core CPU: 52 minutes of training,
-17 of evaluation):
+Recipe (SantaCoder-style, scaled down to a 2-core CPU: 50 minutes of training,
+8 of evaluation):
 - Data: the .py files of the running interpreter's standard library (no
   site-packages, no generated encodings/ tables), split by file into train and
   held-out (a hash of the path, so the split is fixed). The test suites
   (test/, tests/, idle_test/: two thirds of the code) are always trained on,
   never held out, so the held-out figures are about library code. Files are
-  cut at line ends into chunks of at most CHUNK_TOKENS tokens, so that one chunk with its FIM
-  tokens fills the context: a FIM middle is then trained at every position
-  the server's prompts (up to the window less the new tokens) put it at.
+  cut at line ends into chunks of at most context - CHUNK_MARGIN tokens, so
+  that one chunk with its FIM tokens fills the context: a FIM middle is then
+  trained at every position the server's prompts (up to the window less the
+  new tokens) put it at. Training makes two passes over the chunks, each with
+  its own FIM draws.
+- Size: a small model (3.9M parameters) with a 256-token context sees twice as
+  many tokens, and four times as many FIM examples, in the same time as a
+  9.4M one with 512 tokens; the larger one never learned to use the suffix
+  (models/demo/README.md, Limits).
 - Tokenizer: byte-level BPE trained with `tokenizers` on the training files,
   special tokens in the StarCoder spelling.
-- Fill-in-the-middle on half of the training chunks (SantaCoder: fim_rate 0.5,
-  fim_spm_rate 0.5). Half of them have SantaCoder's split points, drawn
-  uniformly over characters; the other half a middle of 1 to 4 whole lines,
+- Fill-in-the-middle on half of the training chunks (SantaCoder: fim_rate 0.5),
+  three quarters of them in the SPM layout, the one the server builds for
+  this model. A quarter have SantaCoder's split points, drawn uniformly over
+  characters; three quarters a middle of 1 to 4 whole lines,
   cut just before line breaks, which is what an editor asks for on an empty
   line once the prompt builder has moved the trailing whitespace into the
   middle (engine/prompt.py):
@@ -61,9 +68,10 @@ SKIP_DIRS = {"site-packages", "__pycache__", "encodings"}  # encodings/: generat
 TEST_DIRS = {"test", "tests", "idle_test"}  # trained on, never held out: the figures are about library code
 MAX_FILE_BYTES = 200_000  # skips a few generated tables (pydoc_data/topics.py, ...)
 HELD_OUT_PER_20 = 1  # 1 file in 20 is held out
-# Counted line by line (a chunk's own tokenization differs by a few tokens): a
-# chunk, its FIM tokens and <|endoftext|> fit the 512-token context.
-CHUNK_TOKENS = 480
+# Chunks leave this many tokens of the context free: counted line by line (a
+# chunk's own tokenization differs by a few tokens), a chunk, its FIM tokens
+# and <|endoftext|> fit the context.
+CHUNK_MARGIN = 32
 
 
 # ---------------------------------------------------------------- data
@@ -89,7 +97,7 @@ def read_text(path: Path) -> str | None:
         return None
 
 
-def chunks_of(text: str, count_tokens, limit: int = CHUNK_TOKENS) -> list[str]:
+def chunks_of(text: str, count_tokens, limit: int) -> list[str]:
     """Consecutive pieces of text, cut at line ends, each of at most `limit` tokens (unless one line is longer).
 
     count_tokens: list of lines -> their token counts.
@@ -226,15 +234,18 @@ def train(args) -> None:
     def count_tokens(lines: list[str]) -> list[int]:
         return [len(e.ids) for e in tokenizer.encode_batch(lines, add_special_tokens=False)]
 
-    chunks = [c for t in map(read_text, train_files) if t for c in chunks_of(t, count_tokens)]
-    docs = [fim_pieces(c, rng, args.fim_rate, args.fim_spm_rate, args.fim_line_rate) for c in chunks]
+    chunks = [c for t in map(read_text, train_files) if t for c in chunks_of(t, count_tokens, args.context - CHUNK_MARGIN)]
+    # Each pass over the chunks draws its own FIM transformations (and order),
+    # so a chunk seen again teaches a different split.
+    epochs = math.ceil(args.steps * args.batch / len(chunks))
+    docs = [fim_pieces(c, rng, args.fim_rate, args.fim_spm_rate, args.fim_line_rate) for _ in range(epochs) for c in chunks]
     stream, starts = encode_pieces(tokenizer, docs)
     stream.extend([tokenizer.token_to_id(EOS)] * (args.context + 1))  # the last chunks' rows end in padding
     stream, starts = torch.tensor(stream), torch.tensor(starts)
     n_fim = sum(d[0] == FIM_PREFIX for d in docs)
     lengths = (starts[1:] - starts[:-1]).tolist()
-    print(f"tokenizer {tokenizer.get_vocab_size()} ids; {len(chunks)} chunks ({n_fim} FIM), "
-          f"{len(stream) / 1e6:.2f}M tokens, {sum(map(len, chunks)) / len(stream):.2f} chars/token, "
+    print(f"tokenizer {tokenizer.get_vocab_size()} ids; {len(chunks)} chunks x {epochs} passes ({n_fim} FIM), "
+          f"{len(stream) / 1e6:.2f}M tokens, {epochs * sum(map(len, chunks)) / len(stream):.2f} chars/token, "
           f"chunks of {sum(lengths) / len(lengths):.0f} tokens on average, "
           f"{sum(n > args.context + 1 for n in lengths)} longer than the context; "
           f"{time.time() - t0:.0f}s", flush=True)
@@ -252,7 +263,8 @@ def train(args) -> None:
         lr=args.lr, betas=(0.9, 0.95),
     )
     steps = args.probe or args.steps
-    order = torch.randperm(len(starts), generator=torch.Generator().manual_seed(args.seed))
+    generator = torch.Generator().manual_seed(args.seed)
+    order = torch.cat([e * len(chunks) + torch.randperm(len(chunks), generator=generator) for e in range(epochs)])
     input_pos = torch.arange(args.context)
     model.train()
     t_train, smoothed = time.time(), None
@@ -300,18 +312,18 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parent))
     p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--n-embd", type=int, default=384)
-    p.add_argument("--n-layer", type=int, default=5)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--context", type=int, default=512, help="training context = n_positions")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=2400)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1.5e-3)
+    p.add_argument("--n-embd", type=int, default=256)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--context", type=int, default=256, help="training context = n_positions")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=4500)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--fim-rate", type=float, default=0.5)
-    p.add_argument("--fim-spm-rate", type=float, default=0.5, help="share of FIM chunks in the SPM layout")
-    p.add_argument("--fim-line-rate", type=float, default=0.5, help="share of FIM chunks split at line ends")
+    p.add_argument("--fim-spm-rate", type=float, default=0.75, help="share of FIM chunks in the SPM layout")
+    p.add_argument("--fim-line-rate", type=float, default=0.75, help="share of FIM chunks split at line ends")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (no bfloat16 autocast)")
     p.add_argument("--threads", type=int, default=2)
