@@ -11,7 +11,7 @@ all later ones. "same prefix" is the free-running view: how many tokens the
 two greedy continuations share from the start.
 
 The only trained weights on these machines are the shipped demo model
-("demo", 9.4M parameters); the others give a weaker signal:
+("demo", 3.9M parameters); the others give a weaker signal:
 - small-*: small models (made with transformers, as in tests/) with the wide
   random weights the tests use, so logits are far from uniform;
 - codegen-350M-mono: the real shapes with N(0, 0.02) weights, whose logits
@@ -95,12 +95,13 @@ def main() -> None:
         directory = model_dir(name)
         reference = load(directory)
         vocab = min(reference.tokenizer.vocab_size, reference.config.vocab_size)
-        prompts = [reference.tokenizer.encode(text)[: args.prompt_tokens] for text in prompt_sources(args.prompts)]
+        length = min(args.prompt_tokens, reference.config.n_positions - args.new_tokens)  # the demo's window is 256
+        prompts = [reference.tokenizer.encode(text)[:length] for text in prompt_sources(args.prompts)]
         prompts = [[i % vocab for i in p] for p in prompts]
         expected = [run(reference, p, args.new_tokens) for p in prompts]
         del reference
         gc.collect()
-        print(f"\n{name}: {len(prompts)} stdlib prompts x {args.prompt_tokens} tokens, {args.new_tokens} greedy tokens each")
+        print(f"\n{name}: {len(prompts)} stdlib prompts x {length} tokens, {args.new_tokens} greedy tokens each")
         print(f"{'mode':22}{'max |err|':>10}{'mean |err|':>11}{'max/std':>9}{'agree':>12}{'same prefix':>13}")
         for mode in args.modes:
             lm = load(directory, **MODES[mode])

@@ -73,7 +73,7 @@ def test_round_trip_on_real_code(stdlib_code):
 
 def test_it_predicts_real_code(demo, stdlib_code):
     # A random-weight model of this vocabulary scores ~8.3 nats per token.
-    ids = torch.tensor([demo.tokenizer.encode(stdlib_code)[:500]])
+    ids = torch.tensor([demo.tokenizer.encode(stdlib_code)[: demo.config.n_positions]])
     with torch.inference_mode():
         logits = demo.model(ids[:, :-1], torch.arange(ids.shape[1] - 1), cache=None)[0]
     loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
@@ -92,7 +92,7 @@ def _hf_greedy(ref, ids: list[int], steps: int, stop_ids: list[int]) -> list[int
 def test_greedy_tokens_and_logits_equal_transformers(demo, stdlib_code):
     ref = checkpoints.hf_model(DEMO_MODEL_DIR)
     tok = demo.tokenizer
-    prompts = [tok.encode(p) for p in PROMPTS] + [tok.encode(stdlib_code)[:300]]
+    prompts = [tok.encode(p) for p in PROMPTS] + [tok.encode(stdlib_code)[: demo.config.n_positions - 32]]
     f = tok.fim
     prompts.append([f.prefix, *tok.encode("def add(a, b):\n    "), f.suffix, *tok.encode("\n\nprint(add(1, 2))\n"), f.middle])
     for ids in prompts:
