@@ -7,7 +7,6 @@ Nothing is downloaded and no code from the checkpoint is ever run.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
@@ -23,8 +22,11 @@ from engine.codegen import CodeGen
 from engine.compile import compile_decode, want_compile
 from engine.config import ModelConfig
 from engine.errors import EngineError
+from engine.files import check_regular, read_json_object, read_text
 from engine.gpt_bigcode import GPTBigCode
-from engine.quantize import QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, save_quantized
+from engine.quantize import (
+    QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, remove_stale_temporaries, save_quantized,
+)  # fmt: skip
 from engine.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -88,8 +90,10 @@ def resolve_model_dir(spec: str) -> Path:
 def _find_snapshot(repo: Path, revision: str) -> Path | None:
     snapshots = repo / "snapshots"
     ref = repo / "refs" / revision
-    if ref.is_file():
-        revision = ref.read_text().strip()
+    if ref.exists():
+        revision = read_text(ref, limit=4096).strip()
+    if Path(revision).name != revision or revision in ("", ".", ".."):
+        return None  # a snapshot is a folder of snapshots/, named by its commit
     if (snapshots / revision).is_dir():
         return snapshots / revision
     # No ref for "main" (e.g. a cache copied by hand): use the only snapshot there is.
@@ -103,24 +107,27 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint: safetensors (single or sharded) or pytorch_model.bin."""
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = directory / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (OSError, ValueError, KeyError, AttributeError) as exc:
-                raise EngineError(f"cannot read {index}: {exc}") from None
+        if index.exists():
+            weight_map = read_json_object(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise EngineError(f"{index}: expected a weight_map of tensor names to file names")
             state: dict[str, torch.Tensor] = {}
-            for shard in shards:
+            for shard in sorted(set(weight_map.values())):
+                # A shard is a file beside the index, never a path that leads elsewhere.
+                if Path(shard).name != shard or shard in ("", ".", ".."):
+                    raise EngineError(f"{index}: shard {shard!r} is not a file name in the checkpoint directory")
                 state.update(_read_weights_file(directory / shard))
             return state
     for name in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / name).is_file():
+        if (directory / name).exists():
             return _read_weights_file(directory / name)
     raise EngineError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin")
 
 
 def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
+    if not path.exists():
         raise EngineError(f"weights file listed in the index is missing: {path}")
+    check_regular(path)
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
@@ -223,11 +230,12 @@ def load_model(
 def build_quantized_model(config: ModelConfig, directory: Path, settings: QuantSettings, dtype: torch.dtype, device: torch.device):
     """A quantized model on device, from the disk cache when it holds this checkpoint and settings."""
     path = cache_path(directory, settings, dtype)
+    remove_stale_temporaries(path.parent)
     model = None
-    if path.is_file():
+    if path.exists():
         with torch.device("meta"):
             skeleton = ARCHITECTURES[config.model_type](config)
-        model = load_quantized(skeleton, config, settings, path)
+        model = load_quantized(skeleton, config, settings, dtype, path)
     if model is not None:
         log.info("quantized weights read from %s", path)
     else:

@@ -37,10 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
 from engine.errors import EngineError
+from engine.files import check_regular
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ MODES = ("none", "int8", "int4")
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
 # cost 1 bit per weight in memory (0.25 for 128).
 DEFAULT_GROUP_SIZE = 32
-CACHE_FORMAT = 1  # bump when the on-disk layout of quantized weights changes
+CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
+TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
 
 
 @dataclass(frozen=True)
@@ -295,33 +298,111 @@ def cache_path(directory: Path, settings: QuantSettings, dtype: torch.dtype) -> 
     return cache_dir() / "quantized" / f"{Path(directory).name}-{settings.mode}-{digest}.safetensors"
 
 
-def save_quantized(model: nn.Module, path: Path) -> None:
-    """Write the quantized state dict; a tied LM head that stayed float is left out, as in the checkpoint."""
+def tensor_layout(state: dict[str, torch.Tensor]) -> dict[str, list]:
+    """name -> [dtype, shape] of every tensor: what a cache file must hold for a model."""
+    return {name: [str(t.dtype).removeprefix("torch."), list(t.shape)] for name, t in sorted(state.items())}
+
+
+def _layout_digest(layout: dict[str, list]) -> str:
+    return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()
+
+
+def _cached_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict a cache file holds: a tied LM head that stayed float is left out, as in the checkpoint."""
     state = model.state_dict()
     if model.lm_head.weight is model.transformer.wte.weight:
         state.pop("lm_head.weight", None)
+    return state
+
+
+def save_quantized(model: nn.Module, path: Path) -> None:
+    """Write the quantized state dict with its format and layout digest, atomically: a reader sees the
+    old file or the whole new one, never a half-written one (a kill leaves only a temporary file,
+    which remove_stale_temporaries deletes at the next start)."""
+    state = {k: v.contiguous() for k, v in _cached_state(model).items()}
+    metadata = {"format": "pt", "codegen_lsp_format": str(CACHE_FORMAT), "layout_sha256": _layout_digest(tensor_layout(state))}
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata={"format": "pt"})
-    os.replace(partial, path)  # readers never see a half-written file
-
-
-def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: QuantSettings, path: Path) -> nn.Module | None:
-    """The quantized model from a cache file, or None when the file is unusable."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        state = load_file(str(path))
-    except Exception as exc:  # truncated or corrupt: quantize again
-        log.warning("ignoring unreadable quantized cache %s: %s", path, exc)
-        return None
-    model = empty_quantized_model(model_on_meta, settings)
-    expected = set(model.state_dict())
+        save_file(state, str(partial), metadata=metadata)
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())  # the data is on disk before the name points to it
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete half-written cache files whose writer is gone (killed while writing)."""
+    for partial in [*folder.glob(f"*{TEMPORARY_SUFFIX}"), *folder.glob("*.tmp[0-9]*")]:  # the latter: before format 2
+        pid = partial.name.removesuffix(TEMPORARY_SUFFIX).rpartition(".")[2].removeprefix("tmp")
+        if pid.isdigit() and _process_alive(int(pid)):
+            continue
+        try:
+            partial.unlink()
+            log.info("removed a half-written cache file %s", partial)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", partial, exc)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours
+        return True
+    return pid != 0
+
+
+def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: QuantSettings, dtype: torch.dtype, path: Path) -> nn.Module | None:
+    """The quantized model from a cache file, or None when the file is not exactly what this model needs.
+
+    Before any tensor is read, the file's format, the digest of its header's layout and every
+    tensor's name, dtype and shape are checked against the model built from config.json.
+    """
+    model = empty_quantized_model(model_on_meta.to(dtype), settings)
     tied = config.tie_word_embeddings and not isinstance(model.lm_head, (Int8Linear, Int4Linear))
     if tied:
-        expected.discard("lm_head.weight")
-    if set(state) != expected:
-        log.warning("quantized cache %s does not match the model; quantizing again", path)
+        model.lm_head.weight = model.transformer.wte.weight
+    expected = tensor_layout(_cached_state(model))
+    try:
+        check_regular(path)
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            found = {name: [str(f.get_slice(name).get_dtype()), list(f.get_slice(name).get_shape())] for name in f.keys()}
+    except Exception as exc:  # truncated, corrupt, not a file: quantize again
+        log.warning("ignoring unreadable quantized cache %s: %s", path, exc)
+        return None
+    found = {name: [_SAFETENSORS_DTYPES.get(dtype, dtype), shape] for name, (dtype, shape) in sorted(found.items())}
+    problem = None
+    if metadata.get("codegen_lsp_format") != str(CACHE_FORMAT):
+        problem = f"format {metadata.get('codegen_lsp_format')!r}, expected {CACHE_FORMAT}"
+    elif metadata.get("layout_sha256") != _layout_digest(found):
+        problem = "its header does not match the digest written with it"
+    elif found != expected:
+        problem = f"it does not match the model ({_differences(found, expected)})"
+    if problem:
+        log.warning("quantized cache %s: %s; quantizing again", path, problem)
+        return None
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        log.warning("ignoring unreadable quantized cache %s: %s", path, exc)
         return None
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:
+    if tied:  # assign=True replaced wte.weight alone
         model.lm_head.weight = model.transformer.wte.weight
     return model.eval().requires_grad_(False)
+
+
+def _differences(found: dict[str, list], expected: dict[str, list]) -> str:
+    for name in sorted(set(found) | set(expected)):
+        if found.get(name) != expected.get(name):
+            return f"{name}: {found.get(name) or 'missing'} in the file, {expected.get(name) or 'not used'} expected"
+    return "no difference"
+
+
+# safetensors' dtype names -> torch's.
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8",
+                       "I32": "int32", "I64": "int64", "F64": "float64", "BOOL": "bool", "I16": "int16"}  # fmt: skip

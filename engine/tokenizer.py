@@ -7,14 +7,13 @@ Two layouts are accepted: `tokenizer.json`, or the older `vocab.json` +
 from __future__ import annotations
 
 import functools
-
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
 from engine.errors import EngineError
+from engine.files import TOKENIZER_FILE_LIMIT, check_regular, read_json_object, read_text
 
 FIM_SPELLINGS = {
     # StarCoder family and SantaCoder spell the same four tokens differently.
@@ -73,14 +72,15 @@ def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:
 def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenizer:
     directory = Path(directory)
     config_path = directory / "tokenizer_config.json"
-    config = _read_json(config_path) if config_path.is_file() else {}
+    config = read_json_object(config_path) if config_path.exists() else {}
     specials = _special_tokens(directory, config)
-    if (directory / "tokenizer.json").is_file():
+    if (directory / "tokenizer.json").exists():
+        text = read_text(directory / "tokenizer.json", TOKENIZER_FILE_LIMIT)
         try:
-            tokenizer = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+            tokenizer = HFTokenizer.from_str(text)
         except Exception as exc:  # the library raises plain Exception on bad JSON
             raise EngineError(f"cannot read {directory / 'tokenizer.json'}: {_first_line(exc)}") from None
-    elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+    elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
         tokenizer = _from_vocab_and_merges(directory)
     else:
         raise EngineError(f"no tokenizer in {directory}: expected tokenizer.json, or vocab.json and merges.txt")
@@ -98,6 +98,9 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
 
 def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
     """Rebuild GPT-2-style byte-level BPE plus the added tokens, as CodeGen's repos ship it."""
+    for name in ("vocab.json", "merges.txt"):
+        if check_regular(directory / name).st_size > TOKENIZER_FILE_LIMIT:
+            raise EngineError(f"{directory / name} is larger than a tokenizer file can be")
     try:
         bpe = models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt"))
     except Exception as exc:
@@ -106,8 +109,10 @@ def _from_vocab_and_merges(directory: Path) -> HFTokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     added_path = directory / "added_tokens.json"
-    if added_path.is_file():
-        added = _read_json(added_path)
+    if added_path.exists():
+        added = read_json_object(added_path)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in added.values()):
+            raise EngineError(f"{added_path}: every added token needs a whole-number id")
         # Added in id order so each gets the id the file gives it; the
         # tokenizer matches them before byte-level splitting, longest first.
         for content, token_id in sorted(added.items(), key=lambda item: item[1]):
@@ -124,7 +129,7 @@ def _special_tokens(directory: Path, config: dict) -> dict[str, str]:
     by the caller), the latter winning."""
     found: dict[str, str] = {}
     map_path = directory / "special_tokens_map.json"
-    for data in (_read_json(map_path) if map_path.is_file() else {}, config):
+    for data in (read_json_object(map_path) if map_path.exists() else {}, config):
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             value = data.get(key)
             if isinstance(value, dict):  # {"content": "<|endoftext|>", ...}
@@ -141,16 +146,6 @@ def _fim_layout(config: dict, path: Path) -> str:
     if layout not in FIM_LAYOUTS:
         raise EngineError(f"{path}: fim_layout must be one of {', '.join(FIM_LAYOUTS)}, got {layout!r}")
     return layout
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise EngineError(f"{path} is not a JSON object")
-    return data
 
 
 def _first_line(exc: Exception) -> str:
