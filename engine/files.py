@@ -48,13 +48,13 @@ def read_bytes(path: Path, limit: int = SMALL_FILE_LIMIT) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise EngineError(f"{path} is not a regular file ({_kind(st.st_mode)})")
         if st.st_size > limit:
-            raise EngineError(f"{path} is {st.st_size / MB:.1f} MB, more than the {limit / MB:.0f} MB such a file can be")
+            raise EngineError(f"{path} is {_size(st.st_size)}, more than the {_size(limit)} such a file can be")
         try:
             data = f.read(limit + 1)
         except OSError as exc:
             raise EngineError(f"cannot read {path}: {exc}") from None
     if len(data) > limit:  # grew since the check
-        raise EngineError(f"{path} is more than the {limit / MB:.0f} MB such a file can be")
+        raise EngineError(f"{path} is more than the {_size(limit)} such a file can be")
     return data
 
 
@@ -73,6 +73,10 @@ def read_json_object(path: Path, limit: int = SMALL_FILE_LIMIT) -> dict:
     if not isinstance(data, dict):
         raise EngineError(f"{path} is not a JSON object")
     return data
+
+
+def _size(n: int) -> str:
+    return f"{n / MB:.1f} MB" if n >= MB else f"{n / 1024:.0f} KB"
 
 
 def _kind(mode: int) -> str:

@@ -163,8 +163,9 @@ class SessionStore:
         with self._lock:
             session = self._sessions.pop(key, None)
         if session is not None:
-            session.on_grow = None
-            session.free()
+            with session.lock:  # a request running on it finishes first
+                session.on_grow = None
+                session.free()
 
     def keys(self) -> list[str]:
         """Keys from least to most recently used."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import threading
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from engine import EngineError, LoadedModel, load_model
 from engine.session import SessionStore
@@ -20,6 +22,11 @@ from lsp_server.settings import Settings
 log = logging.getLogger(__name__)
 
 EngineKey = tuple[str, str, str, str, str]
+T = TypeVar("T")
+# A load that takes longer is reported as failed: a checkpoint on a hung network
+# drive must not leave the user waiting without a word. Quantizing a 15B model
+# on a laptop CPU takes minutes, hence the generous bound.
+LOAD_TIMEOUT_S = 900.0
 
 
 @dataclass
@@ -40,7 +47,8 @@ def describe(settings: Settings) -> str:
 
 
 class Models:
-    def __init__(self) -> None:
+    def __init__(self, load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
+        self.load_timeout_s = load_timeout_s
         self.engines: dict[EngineKey, Engine] = {}
         self.loading: dict[EngineKey, asyncio.Future] = {}
         self.failed: dict[EngineKey, str] = {}
@@ -55,11 +63,10 @@ class Models:
     async def load(self, settings: Settings) -> Engine:
         """Load in a background thread; raises EngineError (remembered, with the setting's source)."""
         key = settings.engine_key()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self._load_blocking, settings)
+        future = in_daemon_thread(self._load_blocking, settings)
         self.loading[key] = future
         try:
-            engine = await future
+            engine = await within(future, self.load_timeout_s, f"loading took more than {self.load_timeout_s:.0f} s")
         except EngineError as exc:
             source = settings.sources.get("model", "default settings")
             message = f"cannot load {describe(settings)} ({source}: model): {exc}"
@@ -96,5 +103,42 @@ class Models:
         self.failed.clear()
 
     def drop_document(self, uri: str) -> None:
-        for engine in self.engines.values():
+        """Free the document's caches (call it on the generation worker: sessions are its alone)."""
+        for engine in list(self.engines.values()):
             engine.sessions.drop(uri)
+
+
+def in_daemon_thread(work: Callable[..., T], *args) -> asyncio.Future:
+    """work(*args) in a new daemon thread, as a future of the running loop.
+
+    A daemon thread, not the loop's default executor: the interpreter (and
+    asyncio.run) wait for executor threads at exit, so a load stuck on a slow
+    disk would keep a server whose editor has gone alive.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome: str, value) -> None:
+        if not future.done():  # it may have been cancelled by a timeout
+            getattr(future, outcome)(value)
+
+    def run() -> None:
+        try:
+            outcome, value = "set_result", work(*args)
+        except BaseException as exc:  # delivered to the awaiting coroutine
+            outcome, value = "set_exception", exc
+        try:
+            loop.call_soon_threadsafe(settle, outcome, value)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    threading.Thread(target=run, name=f"codegen-lsp-{getattr(work, '__name__', 'work')}", daemon=True).start()
+    return future
+
+
+async def within(future: asyncio.Future, timeout_s: float, message: str):
+    """The future's result, or EngineError(message) once timeout_s has passed."""
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except asyncio.TimeoutError:
+        raise EngineError(message) from None

@@ -48,6 +48,19 @@ class Scheduler:
             if self.latest.get(document) is cancel:
                 del self.latest[document]
 
+    def cancel(self, document: str) -> None:
+        """Stop the document's running or waiting request (it answers empty)."""
+        if (cancel := self.latest.get(document)) is not None:
+            cancel.set()
+
+    def on_worker(self, work: Callable[[], object]) -> None:
+        """Run work in the worker after what is queued: the one place where sessions change hands,
+        so a session is never freed while a generation reads it."""
+        try:
+            self.worker.submit(work)
+        except RuntimeError:  # shut down: the process is ending and frees everything
+            pass
+
     @staticmethod
     def _unless_cancelled(work: Callable[[threading.Event], T], cancel: threading.Event) -> T:
         # A request may be superseded while it waits for the worker: skip it.
@@ -55,7 +68,12 @@ class Scheduler:
             raise Superseded()
         return work(cancel)
 
-    def shutdown(self) -> None:
-        for cancel in self.latest.values():
+    def shutdown(self, wait_s: float = 0.0) -> bool:
+        """Cancel everything and stop the worker; wait up to wait_s for the running generation
+        to see its flag. True if the worker has stopped."""
+        for cancel in list(self.latest.values()):
             cancel.set()
-        self.worker.shutdown(wait=False, cancel_futures=True)
+        stopper = threading.Thread(target=self.worker.shutdown, kwargs={"cancel_futures": True}, daemon=True)
+        stopper.start()
+        stopper.join(wait_s)
+        return not stopper.is_alive()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from lsp_server.suggest import Suggestion, suggest
 log = logging.getLogger("codegen-lsp.server")
 
 STATS_METHOD = "codegen/stats"
+EXIT_GRACE_S = 2.0  # how long a generation gets to see its cancel flag before the process ends
 STAT_FIELDS = ("prompt_tokens", "reused_tokens", "prefilled_tokens", "generated_tokens")
 
 
@@ -117,6 +119,7 @@ class CodegenServer(LanguageServer):
         self.progress_count = 0
         self.tasks: set[asyncio.Task] = set()
         self.starting: set[tuple] = set()  # engine keys whose load task is setting up progress
+        self.shutdown_requested = False
 
     # -- plumbing ----------------------------------------------------------
 
@@ -263,8 +266,13 @@ class CodegenServer(LanguageServer):
         except Superseded:
             log.info("request %s superseded", request)
             return None
-        except EngineError as exc:
+        except EngineError as exc:  # e.g. settings that leave no room in the model's window
             log.warning("request %s: %s", request, exc)
+            self.report(str(exc), types.MessageType.Warning)
+            return None
+        except Exception as exc:  # a bug must cost one suggestion, not every request after it
+            log.exception("request %s failed", request)
+            self.report(f"cannot complete with {engine.name}: {type(exc).__name__}: {exc}")
             return None
         s = result.stats
         log.info(
@@ -319,8 +327,10 @@ def did_change(ls: CodegenServer, params: types.DidChangeTextDocumentParams) -> 
 
 @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CodegenServer, params: types.DidCloseTextDocumentParams) -> None:
-    ls.documents.close(params.text_document.uri)
-    ls.models.drop_document(params.text_document.uri)
+    uri = params.text_document.uri
+    ls.documents.close(uri)
+    ls.scheduler.cancel(uri)
+    ls.scheduler.on_worker(lambda: ls.models.drop_document(uri))
 
 
 @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
@@ -363,13 +373,33 @@ def stats(ls: CodegenServer, params: Any = None) -> dict[str, Any]:
 
 @server.feature(types.SHUTDOWN)
 def shutdown(ls: CodegenServer, params: Any = None) -> None:
+    ls.shutdown_requested = True
     ls.scheduler.shutdown()
 
 
-def serve(tcp: str | None = None) -> None:
-    """Run the server over stdio, or on HOST:PORT."""
+class UnknownCancelFilter(logging.Filter):
+    """A client cancels requests that were already answered all the time; pygls logs each at
+    WARNING on stderr, which editors show as errors (Neovim's LSP log says ERROR)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Cancel notification for unknown message id")
+
+
+def serve(tcp: str | None = None) -> int:
+    """Run the server over stdio, or on HOST:PORT; the exit code once the client has gone.
+
+    Over stdio the process ends as soon as the client does (exit, or stdin closed),
+    whatever a model load or a generation is doing: nothing may outlive its editor.
+    """
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(UnknownCancelFilter())
     if tcp:
         host, _, port = tcp.rpartition(":")
         server.start_tcp(host or "127.0.0.1", int(port))
-    else:
-        server.start_io()
+        return 0
+    server.start_io()
+    log.info("client gone: exiting")
+    server.scheduler.shutdown(wait_s=EXIT_GRACE_S)
+    logging.shutdown()
+    # Without shutdown first, exit code 1 (LSP); os._exit, since the interpreter would
+    # otherwise wait for a worker thread in the middle of a long prefill.
+    os._exit(0 if server.shutdown_requested else 1)

@@ -15,10 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import EngineError
+from engine.files import read_text
 from engine.prompt import FIM_MODES
 
 SECTION = "codegen-lsp"
 PROJECT_FILE = ".codegen-lsp.toml"
+# A settings file holds a dozen short keys: anything near this size is not one.
+SETTINGS_FILE_LIMIT = 256 * 1024
+MAX_MODEL_SPEC = 4096  # PATH_MAX on Linux: no path or hub id is longer
+MAX_PROBLEMS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -76,22 +82,29 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
         if value is None:
             return "", None
         if not isinstance(value, str):
-            return None, f"expected a string (a directory or hub id), got {value!r}"
+            return None, f"expected a string (a directory or hub id), got {_short(value)}"
+        if len(value) > MAX_MODEL_SPEC or any(c in value for c in "\0\n\r"):
+            return None, f"not a directory or hub id (at most {MAX_MODEL_SPEC} characters on one line): {_short(value)}"
         return value.strip(), None
     if key in CHOICES:
         if key == "compile" and isinstance(value, bool):
             value = "true" if value else "false"
         if not isinstance(value, str) or value.lower() not in CHOICES[key]:
-            return None, f"expected one of {', '.join(CHOICES[key])}, got {value!r}"
+            return None, f"expected one of {', '.join(CHOICES[key])}, got {_short(value)}"
         return value.lower(), None
     low, high = RANGES[key]
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        return None, f"expected a whole number from {low} to {high}, got {value!r}"
+        return None, f"expected a whole number from {low} to {high}, got {_short(value)}"
     return value, None
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def apply(base: Settings, raw: Any, source: str, root: Path | None = None) -> tuple[Settings, list[str]]:
-    """base updated with the keys of raw; bad keys are skipped and described in the messages.
+    """base updated with the keys of raw; bad keys are skipped, and described in one message.
 
     A relative model path in a project file is taken relative to its folder.
     """
@@ -99,20 +112,29 @@ def apply(base: Settings, raw: Any, source: str, root: Path | None = None) -> tu
         return base, []
     if not isinstance(raw, dict):
         return base, [f"{source}: expected a table of settings, got {type(raw).__name__}"]
-    updates, problems = {}, []
+    updates, problems, unknown = {}, [], 0
     for key, value in raw.items():
         if key not in KEYS:
-            problems.append(f"{source}: unknown setting {key!r} (known: {', '.join(KEYS)})")
+            unknown += 1
+            problems.append(f"unknown setting {_short(key)}")
             continue
         checked, problem = _check(key, value)
         if problem:
-            problems.append(f"{source}: {key}: {problem}")
+            problems.append(f"{key}: {problem}")
             continue
         if key == "model" and checked and root is not None and (root / checked).exists():
             checked = str((root / checked).resolve())
         updates[key] = checked
     sources = {**base.sources, **{key: source for key in updates}}
-    return dataclasses.replace(base, **updates, sources=sources), problems
+    return dataclasses.replace(base, **updates, sources=sources), [_summary(source, problems, unknown)] if problems else []
+
+
+def _summary(source: str, problems: list[str], unknown: int) -> str:
+    """One message for all the problems of one source: however many there are, the user sees one."""
+    shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+    more = f" (and {len(problems) - MAX_PROBLEMS_SHOWN} more)" if len(problems) > MAX_PROBLEMS_SHOWN else ""
+    known = f"; known settings: {', '.join(KEYS)}" if unknown else ""
+    return f"{source}: {shown}{more}{known}"
 
 
 def editor_section(options: Any) -> Any:
@@ -129,23 +151,24 @@ def read_project_file(root: Path) -> list[tuple[str, Any]]:
     """
     found = []
     pyproject = root / "pyproject.toml"
-    if pyproject.is_file():
+    if pyproject.exists():
         data = _read_toml(pyproject)
         if isinstance(data, str):
             found.append((str(pyproject), data))
         elif isinstance(data.get("tool"), dict) and SECTION in data["tool"]:
             found.append((str(pyproject), data["tool"][SECTION]))
     project = root / PROJECT_FILE
-    if project.is_file():
+    if project.exists():
         found.append((str(project), _read_toml(project)))
     return found
 
 
 def _read_toml(path: Path) -> dict | str:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return tomllib.loads(read_text(path, limit=SETTINGS_FILE_LIMIT))
+    except EngineError as exc:
+        return f"cannot read settings: {exc}"
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
         return f"{path}: cannot read settings: {exc}"
 
 

@@ -35,10 +35,40 @@ def test_bad_keys_are_reported_and_the_rest_applies(tmp_path):
     assert settings.max_new_tokens == 12 and settings.debounce_ms == 0 and settings.compile == "true"
     assert settings.device == "auto"
     path = str(tmp_path / ".codegen-lsp.toml")
-    assert len(problems) == 3 and all(p.startswith(path + ": ") for p in problems)
-    assert any("max_new_tokens" in p for p in problems)
-    assert any("'modle'" in p for p in problems)
-    assert any("device" in p and "tpu" in p for p in problems)
+    (message,) = problems  # one message per file, naming each bad key
+    assert message.startswith(path + ": ")
+    assert "max_new_tokens" in message and "'modle'" in message and "device" in message and "tpu" in message
+
+
+def test_a_file_full_of_bad_keys_gives_one_short_message(tmp_path):
+    (tmp_path / ".codegen-lsp.toml").write_text("".join(f"key{i} = {i}\n" for i in range(15_000)) + "debounce_ms = 7\n")
+    settings, problems = resolve([], tmp_path)
+    assert settings.debounce_ms == 7
+    (message,) = problems
+    assert "'key0'" in message and "'key2'" in message and "'key3'" not in message
+    assert "(and 14997 more)" in message and len(message) < 1000
+
+
+def test_oversized_or_special_settings_files_are_refused(tmp_path):
+    import os
+
+    project = tmp_path / ".codegen-lsp.toml"
+    project.write_text('model = "' + "m" * 10_000_000 + '"\n')
+    settings, problems = resolve([], tmp_path)
+    assert settings == Settings()
+    assert problems == [f"cannot read settings: {project} is 9.5 MB, more than the 256 KB such a file can be"]
+    project.unlink()
+    os.mkfifo(project)  # opening it would block forever
+    settings, problems = resolve([], tmp_path)
+    assert settings == Settings() and problems == [f"cannot read settings: {project} is not a regular file (a FIFO)"]
+
+
+def test_model_spec_longer_than_a_path_or_with_control_characters():
+    for spec in ["m" * 5000, "models/a\nb", "a\0b"]:
+        settings, problems = apply(Settings(), {"model": spec, "debounce_ms": 3}, "editor")
+        assert settings.model == "" and settings.debounce_ms == 3
+        (message,) = problems
+        assert message.startswith("editor: model: not a directory or hub id") and len(message) < 300
 
 
 def test_broken_toml_is_reported(tmp_path):

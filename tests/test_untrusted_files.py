@@ -122,7 +122,7 @@ def test_an_oversized_metadata_file_is_not_read(codegen_dir, tmp_path):
     ckpt = copy_checkpoint(codegen_dir, tmp_path)
     with open(ckpt / "tokenizer_config.json", "wb") as f:
         f.truncate(17 * 2**20)  # sparse: no disk used
-    with pytest.raises(EngineError, match="tokenizer_config.json is 17.0 MB, more than the 16 MB such a file can be"):
+    with pytest.raises(EngineError, match="tokenizer_config.json is 17.0 MB, more than the 16.0 MB such a file can be"):
         load_model(str(ckpt), device="cpu")
 
 
