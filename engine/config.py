@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -62,7 +63,7 @@ class ModelConfig:
 
         def size(key: str, value) -> int:
             low, high = BOUNDS[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or int(value) != value:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
                 raise EngineError(f"{source}: {key} must be a whole number from {low} to {high}, got {value!r}")
             if not low <= value <= high:
                 raise EngineError(f"{source}: {key} = {int(value)} is out of range (allowed {low} to {high})")
@@ -110,7 +111,7 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> "ModelConfig":
-        if not Path(path).exists():
+        if not os.path.lexists(path):
             raise EngineError(f"no config.json in {Path(path).parent}")
         config = cls.from_dict(read_json_object(path), source=str(path))
         _check_memory(config, path)

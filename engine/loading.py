@@ -67,7 +67,10 @@ def hub_cache_dir() -> Path:
 
 def resolve_model_dir(spec: str) -> Path:
     """A local directory, or the snapshot of a hub id in the local Hugging Face cache."""
-    path = Path(spec).expanduser()
+    try:
+        path = Path(spec).expanduser()
+    except RuntimeError as exc:  # "~user/..." for a user that does not exist
+        raise EngineError(f"model path not found: {spec} ({exc})") from None
     if path.exists():
         if not path.is_dir():
             raise EngineError(f"model path is not a directory: {spec}")

@@ -70,6 +70,7 @@ def greedy_ids(lm, n=6):
         ({"n_head": 3}, r"n_embd 64 is not divisible by n_head 3"),
         ({"n_embd": 64.5}, r"n_embd must be a whole number from 1 to 65536, got 64.5"),
         ({"n_layer": "2"}, r"n_layer must be a whole number"),
+        ({"n_positions": float("inf")}, r"n_positions must be a whole number from 1 to 1048576, got inf"),
         ({"n_layer": True}, r"n_layer must be a whole number"),
         ({"rotary_dim": 7}, r"rotary_dim 7 must be even and at most the head size 16"),
         ({"rotary_dim": 32}, r"rotary_dim 32 must be even and at most the head size 16"),
@@ -108,6 +109,22 @@ def test_a_fifo_in_the_checkpoint_is_refused_not_waited_on(codegen_dir, tmp_path
     os.mkfifo(ckpt / name)
     with pytest.raises(EngineError, match=f"{name} is not a regular file \\(a FIFO\\)"):
         load_in_thread(str(ckpt), device="cpu")
+
+
+def test_symlink_loops_devices_and_unknown_home_folders(codegen_dir, tmp_path):
+    ckpt = copy_checkpoint(codegen_dir, tmp_path)
+    (ckpt / "config.json").unlink()
+    (ckpt / "config.json").symlink_to("config.json")
+    with pytest.raises(EngineError, match="cannot read .*config.json: .*Too many levels of symbolic links"):
+        load_model(str(ckpt), device="cpu")
+    (ckpt / "config.json").unlink()
+    shutil.copy(codegen_dir / "config.json", ckpt / "config.json")
+    (ckpt / "model.safetensors").unlink()
+    (ckpt / "model.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(EngineError, match="model.safetensors is not a regular file \\(a character device\\)"):
+        load_model(str(ckpt), device="cpu")
+    with pytest.raises(EngineError, match="model path not found: ~no-such-user-here/model"):
+        load_model("~no-such-user-here/model", device="cpu")
 
 
 def test_a_directory_where_weights_should_be(codegen_dir, tmp_path):
