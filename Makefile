@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The suggestion of the shipped demo model (models/demo), as an editor would show it.
+# The suggestion of the shipped demo model (engine/demo_model), as an editor would show it.
 demo: $(VENV)/.installed
 	@echo "--- codegen-lsp complete examples/demo.py --line 3 --character 8 (the suggestion on the empty line inside fibonacci()):"
 	$(VENV)/bin/codegen-lsp complete examples/demo.py --line 3 --character 8

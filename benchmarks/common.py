@@ -5,18 +5,18 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
-from engine.random_checkpoint import write_random_checkpoint
+from benchmarks.random_checkpoint import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_TOKENIZERS = ROOT.parent / "shared" / "tokenizers"
+CODEGEN_TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "codegen" / "tokenizer.json"
 CACHE = Path("/tmp/codegen-lsp-bench")
 
 
-def checkpoint(name: str, config: dict, tokenizer_files: list[Path]) -> Path:
+def checkpoint(name: str, config: dict, tokenizer_files: Iterable[Path] = (CODEGEN_TOKENIZER,)) -> Path:
     """A random-weight checkpoint with the given config, written once and reused across runs."""
     directory = CACHE / name
     if not (directory / "model.safetensors").is_file():

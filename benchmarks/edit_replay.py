@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks.common import SHARED_TOKENIZERS, checkpoint  # noqa: E402
+from benchmarks.common import checkpoint  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine import SamplingParams, Session, load_model  # noqa: E402
 from engine.completion import complete  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
-from engine.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 
 ONE_TOKEN = SamplingParams(max_new_tokens=1)
 
@@ -156,7 +156,7 @@ def main() -> None:
     print(f"float32, CPU, {torch.get_num_threads()} threads, random weights; "
           f"one new token per keystroke; TTFT = wall time of the request, prompt building included")
 
-    directory = checkpoint("codegen-350M-mono", CODEGEN_350M_MONO, [SHARED_TOKENIZERS / "codegen" / "tokenizer.json"])
+    directory = checkpoint("codegen-350M-mono", CODEGEN_350M_MONO)
     lm = load_model(str(directory), device="cpu", dtype="float32", compile="false")
     states = end_of_file_states(lm.tokenizer, source, args.max_prompt_tokens - 40, args.keystrokes)
     on = replay_with_reuse(lm, states, "auto", args.max_prompt_tokens)

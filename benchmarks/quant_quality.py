@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmarks.common import CACHE, SHARED_TOKENIZERS, checkpoint  # noqa: E402
+from benchmarks.common import CACHE, checkpoint  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
 from engine import load_model  # noqa: E402
 from engine.bench import greedy_with_logits as run  # noqa: E402
 from engine.loading import DEMO_MODEL_DIR, build_quantized_model  # noqa: E402
 from engine.quantize import DEFAULT_GROUP_SIZE, QuantSettings  # noqa: E402
-from engine.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
 
 MODES = {  # label -> load_model keyword arguments
     "bfloat16": dict(dtype="bfloat16"),
@@ -60,7 +60,7 @@ def model_dir(name: str) -> Path:
     if name == "demo":
         return DEMO_MODEL_DIR
     if name == "codegen-350M-mono":
-        return checkpoint(name, CODEGEN_350M_MONO, [SHARED_TOKENIZERS / "codegen" / "tokenizer.json"])
+        return checkpoint(name, CODEGEN_350M_MONO)
     import checkpoints  # tests/checkpoints.py: transformers' save_pretrained layout, wide random weights
 
     directory = CACHE / name

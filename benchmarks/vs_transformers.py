@@ -26,13 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, SHARED_TOKENIZERS, checkpoint, median_seconds, real_code  # noqa: E402
+from benchmarks.common import CACHE, checkpoint, median_seconds, real_code  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
-from engine.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
 
-CODEGEN_TOKENIZER = [SHARED_TOKENIZERS / "codegen" / "tokenizer.json"]
 # No SantaCoder tokenizer on these machines: its checkpoint carries CodeGen's,
 # and prompt ids are folded below its vocabulary (only speed is measured).
 MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER}
@@ -86,7 +85,7 @@ class Transformers:
 
 def compare(name: str, modes: list[str], args) -> None:
     config = MODELS[name]
-    directory = checkpoint(name, config, CODEGEN_TOKENIZER)
+    directory = checkpoint(name, config)
     ids = load_tokenizer(directory).encode(real_code(40000))
     limit = config["eos_token_id"] if config["model_type"] == "gpt_bigcode" else config["vocab_size"]
     prompt = [i % limit for i in ids][: args.prompt_tokens]  # below the vocab and its special tokens

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = {"codegen": CodeGen, "gpt_bigcode": GPTBigCode}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # The small model shipped with the project, used when no model is configured.
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "demo_model"
 
 
 @dataclass

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
-GPT2_DIR = SHARED / "gpt2"
-CODEGEN_TOKENIZER_JSON = SHARED / "codegen" / "tokenizer.json"
+TOKENIZERS = Path(__file__).resolve().parent / "data" / "tokenizers"  # README.md there: sources, license
+GPT2_DIR = TOKENIZERS / "gpt2"
+CODEGEN_TOKENIZER_JSON = TOKENIZERS / "codegen" / "tokenizer.json"
 ENDOFTEXT = "<|endoftext|>"
 STARCODER_FIM = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 SANTACODER_FIM = ["<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]

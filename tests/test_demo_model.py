@@ -1,6 +1,7 @@
-"""The demo model shipped in models/demo/: layout, size, tokenizer, and agreement with transformers."""
+"""The demo model shipped in engine/demo_model/: layout, size, tokenizer, and agreement with transformers."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,7 +194,7 @@ def test_make_demo_prints_a_suggestion_from_the_demo_model():
     import subprocess
     import sys
 
-    root = DEMO_MODEL_DIR.parents[1]
+    root = Path(__file__).resolve().parents[1]
     recipe = (root / "Makefile").read_text().split("\ndemo:", 1)[1]
     args = re.search(r"codegen-lsp complete (examples/\S+ --line \d+ --character \d+)\n", recipe).group(1).split()
     run = subprocess.run(

@@ -1,6 +1,6 @@
 """Held-out figures of the demo model, computed through the engine (the server's own code paths).
 
-    .venv/bin/python models/demo/evaluate.py [checkpoint_dir] [--lines 1000]
+    .venv/bin/python models/demo/evaluate.py [checkpoint_dir (engine/demo_model)] [--lines 1000]
 
 - loss (nats/token) and next-token accuracy over every held-out chunk, read left to right;
 - line completion: exact match of the rest of a line given everything before
@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE))
 
 from engine.completion import complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
-from engine.loading import load_model  # noqa: E402
+from engine.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 from engine.session import Session  # noqa: E402
 from lsp_server.postprocess import parses  # noqa: E402
@@ -165,7 +165,7 @@ def evaluate_checkpoint(
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description="Held-out figures of a demo checkpoint")
-    p.add_argument("directory", nargs="?", default=str(HERE))
+    p.add_argument("directory", nargs="?", default=str(DEMO_MODEL_DIR))
     p.add_argument("--lines", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1234)

@@ -1,6 +1,6 @@
-"""Train the demo model shipped in models/demo/: a small GPTBigCode on the Python standard library.
+"""Train the demo model shipped in engine/demo_model/: a small GPTBigCode on the Python standard library.
 
-    .venv/bin/python models/demo/train.py                 # train, evaluate, write models/demo/
+    .venv/bin/python models/demo/train.py                 # train, evaluate, write engine/demo_model/
     .venv/bin/python models/demo/train.py --probe 20      # time 20 steps, write nothing
     .venv/bin/python models/demo/train.py --evaluate-only # figures of the checkpoint in --out
 
@@ -19,7 +19,7 @@ Recipe (SantaCoder-style, scaled down to a 2-core CPU: 50 minutes of training,
 - Size: a small model (3.9M parameters) with a 256-token context sees twice as
   many tokens, and four times as many FIM examples, in the same time as a
   9.4M one with 512 tokens; the larger one never learned to use the suffix
-  (models/demo/README.md, Limits).
+  (engine/demo_model/README.md, Limits).
 - Tokenizer: byte-level BPE trained with `tokenizers` on the training files,
   special tokens in the StarCoder spelling.
 - Fill-in-the-middle on half of the training chunks (SantaCoder: fim_rate 0.5),
@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import ModelConfig  # noqa: E402
 from engine.gpt_bigcode import GPTBigCode  # noqa: E402
+from engine.loading import DEMO_MODEL_DIR  # noqa: E402
 
 EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
 SPECIAL_TOKENS = [EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD]  # ids 0..4
@@ -310,7 +311,7 @@ def evaluate(args) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent))
+    p.add_argument("--out", default=str(DEMO_MODEL_DIR))
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--n-layer", type=int, default=4)

@@ -1,7 +1,6 @@
 """Write a random-weight checkpoint in the exact Hugging Face layout.
 
-Used by benchmarks (real model shapes, no real weights on these machines) and
-by tests that need a checkpoint without transformers.
+For benchmarks: real model shapes, no real weights on these machines.
 """
 
 from __future__ import annotations
@@ -9,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Iterable
 
 import torch
 from safetensors.torch import save_file
@@ -29,7 +29,7 @@ SANTACODER = {
 }
 
 
-def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: list[Path], seed: int = 0) -> Path:
+def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: Iterable[Path], seed: int = 0) -> Path:
     """config.json + model.safetensors with N(0, 0.02) weights, plus the given tokenizer files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -52,11 +52,3 @@ def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: list
         shutil.copy(path, directory / Path(path).name)
     return directory
 
-
-if __name__ == "__main__":
-    # A tiny random CodeGen checkpoint for `make demo` until a trained demo model ships.
-    import sys
-
-    tokenizer = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "codegen" / "tokenizer.json"
-    tiny = dict(CODEGEN_350M_MONO, n_embd=128, n_layer=2, n_head=4, rotary_dim=16, torch_dtype="float32")
-    print(write_random_checkpoint(Path(sys.argv[1]), tiny, [tokenizer]), file=sys.stderr)
