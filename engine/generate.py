@@ -88,7 +88,7 @@ def generate(
         for step in range(min(params.max_new_tokens, room)):
             logits = logits.to("cpu", non_blocking=False)
             if len(text) < len(heal):
-                logits = _healing(logits, tokenizer.token_texts, heal[len(text) :], allowed)
+                logits = _healing(logits, tokenizer.spelling(heal[len(text) :], allowed))
             token = sample(logits, params, allowed, rng)
             if step == 0:
                 stats.time_to_first_token_ms = (time.perf_counter() - start) * 1000
@@ -114,17 +114,8 @@ def generate(
     return Generation(text=text[len(heal) :], token_ids=generated, finish_reason=finish, stats=stats)
 
 
-def _healing(logits: torch.Tensor, token_texts: list[str], pending: str, allowed: int) -> torch.Tensor:
-    """logits with every token that cannot continue spelling `pending` masked out.
-
-    A token may spell part of it, or all of it and go on with code; not all of
-    it and more whitespace: that would indent past the cursor.
-    """
-    n = len(pending)
-    keep = [
-        i for i, t in enumerate(token_texts[:allowed])
-        if t and (pending.startswith(t) or (t.startswith(pending) and not t[n].isspace()))
-    ]
+def _healing(logits: torch.Tensor, keep: list[int]) -> torch.Tensor:
+    """logits with every token but `keep` masked out."""
     if not keep:  # no token spells it (not a byte-level vocabulary): decode unconstrained
         return logits
     masked = torch.full_like(logits, float("-inf"))

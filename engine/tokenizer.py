@@ -45,6 +45,7 @@ class Tokenizer:
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
         self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
         self.fim = _find_fim(tokenizer, fim_layout)
+        self._spelling: dict[tuple[str, int], list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -55,10 +56,36 @@ class Tokenizer:
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def spelling(self, pending: str, allowed: int) -> list[int]:
+        """Ids below `allowed` that can go on spelling `pending` (token healing, engine/generate.py).
+
+        Kept per (pending, allowed): the blanks before a cursor are few and recur
+        on every keystroke, while a scan of a 50k vocabulary costs milliseconds.
+        """
+        key = (pending, allowed)
+        if key not in self._spelling:
+            if len(self._spelling) >= 256:
+                self._spelling.clear()
+            self._spelling[key] = tokens_spelling(self.token_texts, pending, allowed)
+        return self._spelling[key]
+
     @functools.cached_property
     def token_texts(self) -> list[str]:
         """The text of every id on its own ("" for special tokens; partial UTF-8 decodes to U+FFFD)."""
         return self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
+
+
+def tokens_spelling(token_texts: list[str], pending: str, allowed: int) -> list[int]:
+    """The ids below `allowed` whose text can go on spelling `pending`.
+
+    A token may spell part of it, or all of it and go on with code; not all of
+    it and more whitespace: that would indent past the cursor.
+    """
+    n = len(pending)
+    return [
+        i for i, t in enumerate(token_texts[:allowed])
+        if t and (pending.startswith(t) or (t.startswith(pending) and not t[n].isspace()))
+    ]
 
 
 def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:

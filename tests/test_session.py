@@ -262,11 +262,10 @@ def test_trailing_whitespace_is_spelled_by_the_model_not_the_prompt(codegen, pre
 
 
 def test_healing_tokens_spell_the_blanks_and_never_indent_past_them():
-    from engine.generate import _healing
+    from engine.tokenizer import tokens_spelling
 
     vocabulary = ["\n", "\n   ", "\n    ", "\n        ", "\n    x", " ", "x", "\n\n"]
-    kept = _healing(torch.zeros(len(vocabulary)), vocabulary, "\n    ", len(vocabulary))
-    assert [t for t, v in zip(vocabulary, kept.tolist()) if v == 0] == ["\n", "\n   ", "\n    ", "\n    x"]
+    kept = tokens_spelling(vocabulary, "\n    ", len(vocabulary))
+    assert [vocabulary[i] for i in kept] == ["\n", "\n   ", "\n    ", "\n    x"]
     # Half spelled: the rest of the indentation, alone or with code after it.
-    kept = _healing(torch.zeros(len(vocabulary)), vocabulary, " ", len(vocabulary))
-    assert [t for t, v in zip(vocabulary, kept.tolist()) if v == 0] == [" "]
+    assert [vocabulary[i] for i in tokens_spelling(vocabulary, " ", len(vocabulary))] == [" "]
