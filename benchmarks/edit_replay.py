@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from benchmarks.common import checkpoint  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine import SamplingParams, Session, load_model  # noqa: E402
-from engine.completion import complete  # noqa: E402
+from engine.completion import DocumentState, complete  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 
 ONE_TOKEN = SamplingParams(max_new_tokens=1)
@@ -58,12 +58,12 @@ def keystrokes(prefix: str, typed: str, suffix: str) -> list[tuple[str, str]]:
 
 
 def replay_with_reuse(lm, states, fim: str, max_prompt_tokens: int) -> Row:
-    session = Session(lm)
-    complete(session, *states[0], ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens)  # the document opens
+    session, state = Session(lm), DocumentState()
+    complete(session, state, *states[0], ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens)  # the document opens
     row = Row("reuse on", [], [], [])
     for prefix, suffix in states[1:]:
         start = time.perf_counter()
-        result = complete(session, prefix, suffix, ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens,
+        result = complete(session, state, prefix, suffix, ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens,
                           typeahead=False)
         row.ttft_ms.append((time.perf_counter() - start) * 1000)
         row.prompt_tokens.append(result.stats.prompt_tokens)
@@ -75,7 +75,7 @@ def replay_without_reuse(lm, states, fim: str, max_prompt_tokens: int) -> Row:
     row = Row("reuse off", [], [], [])
     for prefix, suffix in states:
         start = time.perf_counter()
-        result = complete(Session(lm), prefix, suffix, ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens)
+        result = complete(Session(lm), DocumentState(), prefix, suffix, ONE_TOKEN, fim=fim, max_prompt_tokens=max_prompt_tokens)
         row.ttft_ms.append((time.perf_counter() - start) * 1000)
         row.prompt_tokens.append(result.stats.prompt_tokens)
         row.prefilled.append(result.stats.prefilled_tokens)

@@ -3,8 +3,9 @@
 `complete` is the entry point the language server calls. It builds the
 prompt around the cursor (engine.prompt), runs the model on the document's
 session (engine.session, which reuses whatever the cache already holds) and
-remembers the suggestion, so that typing the suggestion's first characters
-is answered from memory:
+remembers, in the document's `DocumentState`, where the prompt was cut and
+the suggestion, so that typing the suggestion's first characters is
+answered from memory:
 
     prefix "def add(a, b):\\n    return"   suggestion " a + b"
     user types " a"                          -> " + b", no model call
@@ -43,8 +44,19 @@ class LastCompletion:
     settings: tuple  # (fim, max_prompt_tokens): a change of settings is a miss
 
 
+@dataclass
+class DocumentState:
+    """What the completion layer keeps of one document between requests (the KV cache is the
+    session's). Offsets are into the document's whole prefix and suffix, as given to complete()."""
+
+    prefix_start: int | None = None  # the prompt held prefix[prefix_start:] ...
+    suffix_end: int = 0  # ... and suffix[:suffix_end]
+    last: LastCompletion | None = None  # the latest suggestion, for typeahead
+
+
 def complete(
     session: Session,
+    state: DocumentState,
     prefix: str,
     suffix: str,
     params: SamplingParams,
@@ -60,24 +72,24 @@ def complete(
     Raises EngineError for settings that cannot make a prompt.
     """
     with session.lock:
-        return _complete(session, prefix, suffix, params, max_prompt_tokens, fim, cancel, typeahead)
+        return _complete(session, state, prefix, suffix, params, max_prompt_tokens, fim, cancel, typeahead)
 
 
-def _complete(session, prefix, suffix, params, max_prompt_tokens, fim, cancel, typeahead) -> Generation:
+def _complete(session, state, prefix, suffix, params, max_prompt_tokens, fim, cancel, typeahead) -> Generation:
     start = time.perf_counter()
     window = session.max_len
     if params.max_new_tokens >= window:
         raise EngineError(f"max_new_tokens {params.max_new_tokens} leaves no room in the window of {window}")
     settings = (fim, max_prompt_tokens)
-    last = session.last_completion if typeahead else None
-    session.last_completion = None  # set again below once this request has an answer
+    last = state.last if typeahead else None
+    state.last = None  # set again below once this request has an answer
 
     if last is not None and last.settings == settings and last.suffix == suffix and prefix.startswith(last.prefix):
         typed = prefix[len(last.prefix) :]
         if last.text.startswith(typed):
             rest = last.text[len(typed) :]
             if rest:
-                session.last_completion = replace(last, prefix=prefix, text=rest)
+                state.last = replace(last, prefix=prefix, text=rest)
                 elapsed = (time.perf_counter() - start) * 1000
                 stats = GenerationStats(typeahead=True, time_to_first_token_ms=elapsed, total_ms=elapsed)
                 return Generation(text=rest, token_ids=[], finish_reason=last.finish_reason, stats=stats)
@@ -85,17 +97,17 @@ def _complete(session, prefix, suffix, params, max_prompt_tokens, fim, cancel, t
             if context is not None and len(context) + params.max_new_tokens <= window:
                 # The whole suggestion was typed and the model had more to say: go on from its end.
                 result = generate(session, context, params, cancel)
-                _remember(session, prefix, suffix, context, result, settings)
+                _remember(state, prefix, suffix, context, result, settings)
                 return result
 
     prompt = build_prompt(
         session.lm.tokenizer, prefix, suffix,
         max_prompt_tokens=min(max_prompt_tokens, window - params.max_new_tokens), fim=fim,
-        previous_prefix_start=session.prefix_start,
+        previous_prefix_start=state.prefix_start,
     )
-    session.prefix_start = prompt.prefix_start
+    state.prefix_start, state.suffix_end = prompt.prefix_start, prompt.suffix_end
     result = generate(session, prompt.ids, params, cancel, heal=prompt.heal)
-    _remember(session, prefix, suffix, prompt.ids, result, settings)
+    _remember(state, prefix, suffix, prompt.ids, result, settings)
     s = result.stats
     log.debug("completion %s: prompt %d (%s), reused %d, prefilled %d, generated %d, ttft %.0f ms, total %.0f ms",
               result.finish_reason, s.prompt_tokens, prompt.layout, s.reused_tokens, s.prefilled_tokens,
@@ -103,8 +115,8 @@ def _complete(session, prefix, suffix, params, max_prompt_tokens, fim, cancel, t
     return result
 
 
-def _remember(session: Session, prefix: str, suffix: str, prompt_ids: list[int], result: Generation, settings) -> None:
+def _remember(state: DocumentState, prefix: str, suffix: str, prompt_ids: list[int], result: Generation, settings) -> None:
     if result.finish_reason == "cancelled":
         return  # never shown to the user: nothing to type ahead into
     context = prompt_ids + result.token_ids if result.finish_reason == "length" else None
-    session.last_completion = LastCompletion(prefix, suffix, result.text, result.finish_reason, context, settings)
+    state.last = LastCompletion(prefix, suffix, result.text, result.finish_reason, context, settings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -51,8 +51,6 @@ class Session:
         self.ids: list[int] = []  # tokens whose keys and values are in the cache, in order
         self.cache: KVCache | None = None
         self.lock = threading.Lock()
-        self.last_completion: Any = None  # what engine.completion remembers for typeahead
-        self.prefix_start: int | None = None  # where engine.prompt last cut this document's prefix
         self.on_grow: Callable[[Session], None] | None = None  # set by SessionStore to keep its budget
 
     @property
@@ -67,8 +65,6 @@ class Session:
         """Drop the cache (and with it everything encoded)."""
         self.ids = []
         self.cache = None
-        self.last_completion = None
-        self.prefix_start = None
 
     def _reserve(self, length: int) -> None:
         """Make room for `length` positions, growing in steps and keeping what is cached."""

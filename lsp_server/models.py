@@ -12,10 +12,11 @@ import asyncio
 import gc
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from engine import EngineError, LoadedModel, load_model
+from engine.completion import DocumentState
 from engine.session import SessionStore
 from lsp_server.settings import Settings
 
@@ -31,15 +32,20 @@ LOAD_TIMEOUT_S = 900.0
 
 @dataclass
 class Engine:
-    """One loaded model and the KV-cache sessions of the documents it serves."""
+    """One loaded model, the KV-cache sessions of the documents it serves and what the
+    completion layer keeps of each document (cut points, last suggestion)."""
 
     key: EngineKey
     lm: LoadedModel
     sessions: SessionStore
+    documents: dict[str, DocumentState] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.key[0] or "the demo model"
+
+    def document_state(self, uri: str) -> DocumentState:
+        return self.documents.setdefault(uri, DocumentState())
 
 
 def describe(settings: Settings) -> str:
@@ -106,6 +112,7 @@ class Models:
         """Free the document's caches (call it on the generation worker: sessions are its alone)."""
         for engine in list(self.engines.values()):
             engine.sessions.drop(uri)
+            engine.documents.pop(uri, None)
 
 
 def in_daemon_thread(work: Callable[..., T], *args) -> asyncio.Future:

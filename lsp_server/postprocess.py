@@ -32,8 +32,10 @@ def language_of(language_id: str, uri: str) -> str:
 
 def current_line(prefix: str, suffix: str) -> tuple[str, str]:
     """The cursor line's text before and after the cursor (without its line break)."""
-    before = re.split(r"\r\n|\r|\n", prefix)[-1]
-    after = re.split(r"\r\n|\r|\n", suffix, maxsplit=1)[0]
+    # Searches from the cursor outwards: the line is found without reading the rest of the file.
+    before = prefix[max(prefix.rfind("\n"), prefix.rfind("\r")) + 1 :]
+    ends = [i for i in (suffix.find("\n"), suffix.find("\r")) if i >= 0]
+    after = suffix[: min(ends)] if ends else suffix
     return before, after
 
 

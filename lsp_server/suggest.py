@@ -1,8 +1,8 @@
 """One suggestion from plain values: document text, cursor offset, settings.
 
-The middle layer between the protocol handlers and the engine: it cuts the
-text around the cursor, picks one line or a block and the stop rules, runs the
-engine's completion (prompt building, FIM, KV reuse) and postprocesses.
+The middle layer between the protocol handlers and the engine: it picks one
+line or a block and the stop rules, runs the engine's completion (the window
+around the cursor, prompt building, FIM, KV reuse) and postprocesses.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from lsp_server.postprocess import postprocess, stop_sequences, wants_multiline
 from lsp_server.settings import Settings
 
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# Characters of context kept per prompt token before the engine counts tokens:
-# generous (CodeGen has 31-space tokens), but it spares tokenizing megabytes.
-CHARS_PER_TOKEN = 16
 
 
 @dataclass
@@ -37,21 +34,6 @@ def clean(text: str) -> str:
     return LONE_SURROGATE.sub("\ufffd", text)
 
 
-def context_window(prefix: str, suffix: str, max_prompt_tokens: int) -> tuple[str, str]:
-    """Cut a huge prefix/suffix to a character budget, at line starts that stay put
-    while the user types (so the cached prompt stays reusable)."""
-    budget = max_prompt_tokens * CHARS_PER_TOKEN
-    if len(prefix) > budget:
-        step = budget // 4
-        cut = (len(prefix) - budget) // step * step + step
-        newline = prefix.find("\n", cut)
-        prefix = prefix[newline + 1 :] if 0 <= newline < cut + step else prefix[cut:]
-    if len(suffix) > budget // 2:
-        newline = suffix.rfind("\n", 0, budget // 2)
-        suffix = suffix[: newline + 1] if newline > 0 else suffix[: budget // 2]
-    return prefix, suffix
-
-
 def suggest(
     engine: Engine,
     document: str,
@@ -61,16 +43,22 @@ def suggest(
     settings: Settings,
     cancel: threading.Event | None = None,
 ) -> Suggestion:
-    prefix, suffix = context_window(clean(text[:offset]), clean(text[offset:]), settings.max_prompt_tokens)
+    # The whole text goes to the engine, which cuts the one window (engine/prompt.py) and
+    # keeps its cut points in the document's state, as offsets into this very text.
+    prefix, suffix = clean(text[:offset]), clean(text[offset:])
     multiline = wants_multiline(prefix, suffix, language, settings.multiline)
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline))
-    session = engine.sessions.get(document)
+    state = engine.document_state(document)
     generation = complete(
-        session, prefix, suffix, params, max_prompt_tokens=settings.max_prompt_tokens, fim=settings.fim, cancel=cancel
-    )
+        engine.sessions.get(document), state, prefix, suffix, params,
+        max_prompt_tokens=settings.max_prompt_tokens, fim=settings.fim, cancel=cancel,
+    )  # fmt: skip
     shown = ""
     if generation.finish_reason != "cancelled":
-        shown = postprocess(generation.text, prefix, suffix, language, multiline)
+        # Postprocessing sees the text the model saw; without FIM, as much after the cursor as before.
+        before = prefix[state.prefix_start or 0 :]
+        after = suffix[: state.suffix_end or len(before)]
+        shown = postprocess(generation.text, before, after, language, multiline)
         if "\r\n" in text[max(0, offset - 2000) : offset + 2000]:
             shown = shown.replace("\n", "\r\n")  # insert the document's own line breaks
     return Suggestion(shown, generation.text, generation.finish_reason, generation.stats)

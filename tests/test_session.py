@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine.session as session_module
 from engine import SamplingParams, Session, generate, load_model
-from engine.completion import complete
+from engine.completion import DocumentState, complete
 from engine.session import Cancelled, SessionStore
 
 LINES = ["import os\n", "x = 1\n", "y = x + 2\n", "def f(a):\n", "z = [1, 2, 3]\n", "print(z)\n"]
@@ -108,11 +108,12 @@ def test_exact_reuse_counts_per_edit(codegen):
 
 def test_typing_past_the_window_keeps_reuse_high(codegen, stdlib_code):
     session = Session(codegen)
+    state = DocumentState()
     params = SamplingParams(max_new_tokens=2)
     text = stdlib_code
     prompt_total = reused_total = full_prefills = 0
     for end in range(900, 1300, 2):  # 200 keystrokes, the window (96 tokens) is full all along
-        stats = complete(session, text[:end], "", params, max_prompt_tokens=96, typeahead=False).stats
+        stats = complete(session, state, text[:end], "", params, max_prompt_tokens=96, typeahead=False).stats
         assert stats.prompt_tokens <= 96
         prompt_total += stats.prompt_tokens
         reused_total += stats.reused_tokens
@@ -205,21 +206,22 @@ def test_cancel_from_another_thread(codegen, stdlib_code):
 
 def test_typeahead_hit_miss_and_continuation(codegen):
     session = Session(codegen)
+    state = DocumentState()
     params = SamplingParams(max_new_tokens=6)
     prefix = "def add(a, b):\n    return"
-    first = complete(session, prefix, "", params)
+    first = complete(session, state, prefix, "", params)
     assert first.finish_reason == "length" and len(first.text) >= 2 and first.stats.generated_tokens == 6
     assert not first.stats.typeahead
 
-    hit = complete(session, prefix + first.text[:1], "", params)
+    hit = complete(session, state, prefix + first.text[:1], "", params)
     assert hit.text == first.text[1:]
     assert hit.stats.typeahead and hit.stats.prefilled_tokens == 0 and hit.stats.generated_tokens == 0
 
-    hit2 = complete(session, prefix + first.text[:2], "", params)
+    hit2 = complete(session, state, prefix + first.text[:2], "", params)
     assert hit2.text == first.text[2:] and hit2.stats.typeahead
 
     # The whole suggestion typed: decoding goes on from its end, whose tokens are cached.
-    more = complete(session, prefix + first.text, "", params)
+    more = complete(session, state, prefix + first.text, "", params)
     assert not more.stats.typeahead and more.stats.prefilled_tokens == 1
     longer = generate(Session(codegen), codegen.tokenizer.encode(prefix), SamplingParams(max_new_tokens=12))
     assert first.text + more.text == longer.text
@@ -227,22 +229,23 @@ def test_typeahead_hit_miss_and_continuation(codegen):
     # A character that does not match the suggestion, or a changed suffix, asks the model.
     typed = prefix + first.text + more.text
     wrong = "#" if not more.text.startswith("#") else "@"
-    complete(session, typed, "", params)  # refresh the suggestion
-    miss = complete(session, typed + wrong, "", params)
+    complete(session, state, typed, "", params)  # refresh the suggestion
+    miss = complete(session, state, typed + wrong, "", params)
     assert not miss.stats.typeahead and miss.stats.generated_tokens > 0
-    again = complete(session, typed + wrong, "\n", params)
+    again = complete(session, state, typed + wrong, "\n", params)
     assert not again.stats.typeahead and again.stats.generated_tokens > 0
 
 
 def test_fim_completion_runs_on_both_layouts(bigcode):
     session = Session(bigcode)
+    state = DocumentState()
     params = SamplingParams(max_new_tokens=3)
     prefix, suffix = "def add(a, b):\n    return", "\n\nprint(add(1, 2))\n"
-    psm = complete(session, prefix, suffix, params, fim="psm")
+    psm = complete(session, state, prefix, suffix, params, fim="psm")
     assert psm.stats.prompt_tokens == len(bigcode.tokenizer.encode(prefix)) + len(bigcode.tokenizer.encode(suffix)) + 3
-    spm = complete(session, prefix, suffix, params, fim="spm")
+    spm = complete(session, state, prefix, suffix, params, fim="spm")
     assert spm.stats.reused_tokens == 1  # only <fim_prefix> is shared by the two layouts
-    typed = complete(session, prefix + " a", suffix, params, fim="spm", typeahead=False)
+    typed = complete(session, state, prefix + " a", suffix, params, fim="spm", typeahead=False)
     # SPM: the suffix and the untouched prefix tokens stay encoded; only the end changes.
     assert typed.stats.prefilled_tokens <= 3
 
@@ -250,14 +253,15 @@ def test_fim_completion_runs_on_both_layouts(bigcode):
 @pytest.mark.parametrize("prefix, blanks", [("def add(a, b):\n    ", "\n    "), ("x =\t ", "\t "), ("y = 1\n", "\n")])
 def test_trailing_whitespace_is_spelled_by_the_model_not_the_prompt(codegen, prefix, blanks):
     session = Session(codegen)
+    state = DocumentState()
     tok = codegen.tokenizer
-    result = complete(session, prefix, "", SamplingParams(max_new_tokens=6))
+    result = complete(session, state, prefix, "", SamplingParams(max_new_tokens=6))
     assert result.stats.prompt_tokens == len(tok.encode(prefix[: -len(blanks)]))
     spelled = tok.decode(result.token_ids)
     assert spelled.startswith(blanks) and result.text == spelled[len(blanks):]
     # What the cursor sees is unchanged for typeahead: typing the suggestion's start is a hit.
     if len(result.text) > 1:
-        hit = complete(session, prefix + result.text[:1], "", SamplingParams(max_new_tokens=6))
+        hit = complete(session, state, prefix + result.text[:1], "", SamplingParams(max_new_tokens=6))
         assert hit.stats.typeahead and hit.text == result.text[1:]
 
 
@@ -269,3 +273,25 @@ def test_healing_tokens_spell_the_blanks_and_never_indent_past_them():
     assert [vocabulary[i] for i in kept] == ["\n", "\n   ", "\n    ", "\n    x"]
     # Half spelled: the rest of the indentation, alone or with code after it.
     assert [vocabulary[i] for i in tokens_spelling(vocabulary, " ", len(vocabulary))] == [" "]
+
+
+def test_one_window_cut_whose_offsets_are_the_documents(codegen_dir, stdlib_code):
+    """The server hands the engine the whole document; the engine's cut points are offsets into
+    it, so they stay meaningful while the user types through a large file."""
+    from lsp_server.models import Models
+    from lsp_server.settings import Settings, apply
+    from lsp_server.suggest import suggest
+
+    settings, _ = apply(Settings(), {"model": str(codegen_dir), "max_prompt_tokens": 128, "max_new_tokens": 2}, "test")
+    engine = Models._load_blocking(settings)
+    text = stdlib_code * 200  # ~400 KB
+    middle = len(text) // 2
+    prompt = reused = 0
+    for end in range(middle, middle + 600, 6):  # 100 keystrokes
+        result = suggest(engine, "doc", text[:end], end, "python", settings)
+        state = engine.documents["doc"]
+        assert 0 < state.prefix_start <= end and text[state.prefix_start - 1] == "\n"
+        assert len(engine.lm.tokenizer.encode(text[state.prefix_start : end].rstrip())) <= 128
+        prompt += result.stats.prompt_tokens
+        reused += result.stats.reused_tokens
+    assert reused / prompt > 0.85

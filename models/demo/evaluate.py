@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from engine.completion import complete  # noqa: E402
+from engine.completion import DocumentState, complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
 from engine.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
@@ -101,7 +101,7 @@ def evaluate_checkpoint(
     budget = prompt_tokens or lm.config.n_positions - MAX_NEW_TOKENS
 
     def write(prefix: str, suffix: str, fim: str) -> str:
-        return complete(session, prefix, suffix, params, max_prompt_tokens=budget, fim=fim, typeahead=False).text
+        return complete(session, DocumentState(), prefix, suffix, params, max_prompt_tokens=budget, fim=fim, typeahead=False).text
 
     rng = random.Random(seed + 1)
     line_hits = line_parses = empty_line_parses = 0

@@ -1,0 +1,289 @@
+"""Ours vs llama.cpp and CTranslate2 on the same random weights: decode and prefill, in one run.
+
+    .venv/bin/python benchmarks/vs_peers.py --setup   # once: the peers' environment (15-20 min on 2 cores)
+    .venv/bin/python benchmarks/vs_peers.py [--models santacoder codegen-350M-mono] [--contexts 512 1500]
+        [--rounds 3] [--new-tokens 32] [--threads 2]
+
+The peers live in their own virtual environment (default ~/.cache/codegen-lsp/bench-peers,
+or $CODEGEN_LSP_PEERS): llama-cpp-python built from source by pip, its sdist's
+convert_hf_to_gguf.py, ctranslate2 and its converter. The project never imports them.
+Each peer runs in a worker process (benchmarks/peer_worker.py) that keeps its model
+loaded, so rounds interleave: ours, peers, peers reversed, ours, ... The machine's read
+bandwidth is measured in the same run, and each decode figure is given with the share
+of that bandwidth its weights per token need (the roofline), and the load average.
+
+Random weights with the shapes of bigcode/gpt_bigcode-santacoder (llama.cpp arch
+"starcoder", CTranslate2) and Salesforce/codegen-350M-mono (CTranslate2 only: llama.cpp
+has no CodeGen). SantaCoder's own BPE is not on these machines: its checkpoint carries
+GPT-2's BPE cut to the model's 49,280 rows; llama.cpp's converter is told it is GPT-2's
+pre-tokenizer (it is). Only speed is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_code  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
+from engine import Session, load_model  # noqa: E402
+from engine.bench import weight_bytes_per_token  # noqa: E402
+
+PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()
+PEER_PYTHON = PEERS / "venv" / "bin" / "python"
+GPT2 = ROOT / "tests" / "data" / "tokenizers" / "gpt2"
+MODELS = {
+    "santacoder": dict(SANTACODER, architectures=["GPTBigCodeForCausalLM"], layer_norm_epsilon=1e-5),
+    "codegen-350M-mono": dict(CODEGEN_350M_MONO, architectures=["CodeGenForCausalLM"]),
+}
+# Bits each format stores per weight of a linear layer (block scales included).
+BITS = {"llama.cpp F32": 32, "llama.cpp Q8_0": 8.5, "llama.cpp Q4_0": 4.5, "CTranslate2 int8": 8 + 32 / 2048}
+
+
+def setup() -> None:
+    """The peers' environment: torch from its pinned wheel first, then the peers (llama.cpp builds)."""
+    if not PEER_PYTHON.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS / "venv")], check=True)
+    pip = [str(PEER_PYTHON), "-m", "pip", "install", "-q"]
+    subprocess.run(pip + ["torch==2.13.0"], check=True)
+    subprocess.run(pip + ["ctranslate2", "gguf", "transformers>=5.0", "numpy", "sentencepiece"], check=True)
+    subprocess.run(pip + ["llama-cpp-python"], check=True, env=dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count())))
+    version = subprocess.run([str(PEER_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
+                             check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    src = PEERS / "src"
+    subprocess.run([str(PEER_PYTHON), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                    f"llama-cpp-python=={version}", "-d", str(src)], check=True)  # fmt: skip
+    subprocess.run(["tar", "xzf", str(next(src.glob(f"llama_cpp_python-{version}.tar.gz"))), "-C", str(src)], check=True)
+
+
+def converter_dir() -> Path:
+    found = sorted(PEERS.glob("src/llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    if not found or not PEER_PYTHON.exists():
+        sys.exit(f"no peers' environment in {PEERS}: run `benchmarks/vs_peers.py --setup` first")
+    return found[-1].parent
+
+
+# ---------------------------------------------------------------- the same weights for everyone
+
+
+def gpt2_tokenizer_of(rows: int) -> Path:
+    """GPT-2's BPE cut to `rows` ids (the first merges, <|endoftext|> last), as tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = CACHE / "tokenizers" / f"gpt2-{rows}" / "tokenizer.json"
+    if not path.is_file():
+        vocab = {t: i for t, i in json.loads((GPT2 / "vocab.json").read_text()).items() if i < rows - 1}
+        merges = [tuple(m.split()) for m in (GPT2 / "merges.txt").read_text().splitlines()[1:] if m][: rows - 1 - 256]
+        assert all(a + b in vocab for a, b in merges), "GPT-2 ids are no longer merge order"
+        vocab["<|endoftext|>"] = rows - 1
+        tokenizer = Tokenizer(models.BPE(vocab, merges))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(path))
+    return path
+
+
+def peers_checkpoint(name: str) -> Path:
+    config = MODELS[name]
+    tokenizer = gpt2_tokenizer_of(config["vocab_size"]) if name == "santacoder" else CODEGEN_TOKENIZER
+    directory = checkpoint(f"{name}-peers", config, [tokenizer])
+    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
+    return directory
+
+
+def peer(args: list[str], what: str) -> None:
+    print(f"[setup] {what}", file=sys.stderr, flush=True)
+    subprocess.run([str(PEER_PYTHON), *args], check=True)
+
+
+def gguf_files(name: str, directory: Path) -> dict[str, Path]:
+    """F32 from llama.cpp's converter, then Q8_0 and Q4_0 by llama.cpp's own quantizer."""
+    out = CACHE / "gguf"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {kind: out / f"{name}-{kind}.gguf" for kind in ("F32", "Q8_0", "Q4_0")}
+    converter = converter_dir()
+    if not files["F32"].is_file():
+        # The converter knows byte-level GPT-2 BPE only by a hash of one text's token ids, which
+        # a vocabulary cut to 49,280 rows may change; its pre-tokenizer is GPT-2's all the same.
+        peer(["-c", (
+            "import runpy, sys\n"
+            f"sys.path[:0] = [{str(converter)!r}, {str(converter / 'gguf-py')!r}]\n"
+            "import conversion.base as base\n"
+            "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
+            f"sys.argv = ['convert_hf_to_gguf.py', {str(directory)!r}, '--outtype', 'f32', '--outfile', {str(files['F32'])!r}]\n"
+            f"runpy.run_path({str(converter / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
+        )], f"GGUF F32 of {name}")  # fmt: skip
+    for kind, ftype in (("Q8_0", "LLAMA_FTYPE_MOSTLY_Q8_0"), ("Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_0")):
+        if not files[kind].is_file():
+            peer(["-c", (
+                "import llama_cpp\n"
+                "params = llama_cpp.llama_model_quantize_default_params()\n"
+                f"params.ftype = llama_cpp.{ftype}\n"
+                f"assert llama_cpp.llama_model_quantize({str(files['F32']).encode()!r}, {str(files[kind]).encode()!r}, params) == 0\n"
+            )], f"GGUF {kind} of {name}")  # fmt: skip
+    return files
+
+
+def ctranslate2_dir(name: str, directory: Path) -> Path:
+    out = CACHE / "ctranslate2" / f"{name}-int8"
+    if not (out / "model.bin").is_file():
+        peer(["-m", "ctranslate2.converters.transformers", "--model", str(directory), "--output_dir", str(out),
+              "--quantization", "int8", "--force"], f"CTranslate2 int8 of {name}")  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- runners
+
+
+class Ours:
+    def __init__(self, directory: Path, quantization: str):
+        load_model(str(directory), device="cpu", quantization=quantization, compile="false")  # fills the disk cache
+        self.lm = load_model(str(directory), device="cpu", quantization=quantization, compile="false")
+        self.weight_bytes = weight_bytes_per_token(self.lm.model)
+
+    @torch.inference_mode()
+    def measure(self, prompt: list[int], new_tokens: int) -> dict:
+        session = Session(self.lm)
+        start = time.perf_counter()
+        logits, _ = session.prefill(prompt)
+        token = int(torch.argmax(logits))
+        prefilled = time.perf_counter()
+        for _ in range(new_tokens):
+            token = int(torch.argmax(session.step(token)))
+        done = time.perf_counter()
+        return {"prefill_s": prefilled - start, "decode_ms_per_token": (done - prefilled) / new_tokens * 1000}
+
+    def close(self) -> None:
+        pass
+
+
+class Peer:
+    """A peer_worker.py process with its model loaded."""
+
+    def __init__(self, engine: str, path: Path, threads: int, extra: str, weight_bytes: float):
+        worker = Path(__file__).resolve().parent / "peer_worker.py"
+        self.process = subprocess.Popen([str(PEER_PYTHON), str(worker), engine, str(path), str(threads), extra],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        assert json.loads(self.process.stdout.readline())["ready"]
+        self.weight_bytes = weight_bytes
+
+    def measure(self, prompt: list[int], new_tokens: int) -> dict:
+        self.process.stdin.write(json.dumps({"prompt": prompt, "new_tokens": new_tokens}) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+@dataclass
+class Figures:
+    prefill_tokens_per_s: dict[int, list[float]] = field(default_factory=dict)
+    decode_ms: dict[int, list[float]] = field(default_factory=dict)
+    load: dict[int, list[float]] = field(default_factory=dict)
+
+
+def read_bandwidth_gb_s() -> float:
+    """Reading 2 GB with torch's threads: what a decode step that reads every weight can reach."""
+    data = torch.ones(1 << 29)
+    data.sum()
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.nbytes / statistics.median(times) / 1e9
+
+
+def linear_weights(directory: Path) -> int:
+    """Weights of the linear layers (LM head included): what every format reads per token."""
+    lm = load_model(str(directory), device="cpu")
+    return sum(m.weight.numel() for m in lm.model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float) -> None:
+    directory = peers_checkpoint(name)
+    n_linear = linear_weights(directory)
+    runners: dict[str, object] = {
+        "ours int8": Ours(directory, "int8"),
+        "ours int4 (g32)": Ours(directory, "int4"),
+        "CTranslate2 int8": Peer("ctranslate2", ctranslate2_dir(name, directory), threads, "int8", n_linear * BITS["CTranslate2 int8"] / 8),
+    }  # fmt: skip
+    if name == "santacoder":
+        context = max(contexts) + new_tokens + 8
+        for kind, path in gguf_files(name, directory).items():
+            if kind != "F32":
+                runners[f"llama.cpp {kind}"] = Peer("llama.cpp", path, threads, str(context), n_linear * BITS[f"llama.cpp {kind}"] / 8)
+    tokenizer = runners["ours int8"].lm.tokenizer
+    code = tokenizer.encode(real_code(40 * max(contexts)))
+    figures = {runner: Figures() for runner in runners}
+    for round_ in range(rounds):
+        order = list(runners) if round_ % 2 == 0 else list(reversed(runners))
+        for context in contexts:
+            prompt = code[:context]
+            for runner in order:
+                result = runners[runner].measure(prompt, new_tokens)
+                f = figures[runner]
+                f.prefill_tokens_per_s.setdefault(context, []).append(len(prompt) / result["prefill_s"])
+                f.decode_ms.setdefault(context, []).append(result["decode_ms_per_token"])
+                f.load.setdefault(context, []).append(os.getloadavg()[0])
+        print(f"[{name}] round {round_ + 1}/{rounds} done", file=sys.stderr, flush=True)
+    for runner in runners.values():
+        runner.close()
+
+    first = contexts[0]
+    header = [f"decode ms/token @{c} (roofline %)" for c in contexts] + [f"prefill tok/s @{first}", "weights MB/token", "load"]
+    print(f"\n### {name} shape, {threads} threads, median of {rounds} interleaved rounds, {new_tokens} new tokens\n")
+    print("| | " + " | ".join(header) + " |")
+    print("|---" * (len(header) + 1) + "|")
+    for runner, f in figures.items():
+        weight_bytes = runners[runner].weight_bytes
+        cells = []
+        for c in contexts:
+            ms = statistics.median(f.decode_ms[c])
+            roofline = 100 * weight_bytes / (ms / 1000) / (bandwidth * 1e9)
+            cells.append(f"{ms:.1f} ({roofline:.0f} %)")
+        cells.append(f"{statistics.median(f.prefill_tokens_per_s[first]):.1f}")
+        cells.append(f"{weight_bytes / 1e6:.0f}")
+        cells.append(f"{statistics.median(sum(f.load.values(), [])):.2f}")
+        print(f"| {runner} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", action="store_true", help="create the peers' environment and exit")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 1500])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.setup:
+        setup()
+        return
+    converter_dir()  # fail early, with the command to run, when there is no peers' environment
+    torch.set_num_threads(args.threads)
+    bandwidth = read_bandwidth_gb_s()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    print(f"{cpu}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
+          f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
+    for name in args.models:
+        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth)
+
+
+if __name__ == "__main__":
+    main()
