@@ -99,7 +99,7 @@ def peers_checkpoint(name: str) -> Path:
     config = MODELS[name]
     tokenizer = gpt2_tokenizer_of(config["vocab_size"]) if name == "santacoder" else CODEGEN_TOKENIZER
     directory = checkpoint(f"{name}-peers", config, [tokenizer])
-    (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
+    (directory / "tokenizer_config.json").write_text(json.dumps(dict.fromkeys(("eos_token", "bos_token", "unk_token"), "<|endoftext|>")))
     return directory
 
 
