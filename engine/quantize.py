@@ -9,13 +9,15 @@ that holds integer weights and transforms the state dict to match.
 
 Which kernel runs depends on the device and on the number of tokens M:
 
-- CPU, one token (decode): PyTorch's packed weight-only kernels
-  (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`), with
-  bfloat16 activations (with float32 ones they are 2-30x slower).
-- CPU, many tokens (prefill): int8 dequantizes to the activation dtype and
-  uses a dense matmul, which beats the packed kernel there; int4 keeps the
-  packed kernel with bfloat16 activations (within 1.6x of a dense float32
-  matmul at M = 128, and no unpacked copy has to be kept).
+- CPU: each layer shape gets the fastest correct of the kernels this machine
+  runs, measured at the first load and remembered (engine/cpu_kernels.py):
+  ours (engine/kernels/cpu_matvec.cpp, built at first use where a compiler is
+  found), PyTorch's packed weight-only kernels (`aten._weight_int8pack_mm`,
+  `aten._weight_int4pack_mm_for_cpu`, with bfloat16 activations, as with
+  float32 ones they are 2-30x slower), or dequantize-and-matmul. int8 runs its
+  choice for up to DECODE_TOKENS tokens and a dense matmul of the dequantized
+  weight beyond (prefill); int4 runs its choice for every M (ours and PyTorch's
+  both beat dequantizing int4 weights at every M).
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
 - Anything else: dequantize and run a plain F.linear, so every mode runs on
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
@@ -54,6 +57,9 @@ MODES = ("none", "int8", "int4")
 DEFAULT_GROUP_SIZE = 32
 CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
+# int8 runs its decode kernel up to this many tokens per call (a few suggestion tokens re-fed, a
+# short edit's prefill) and a dense matmul beyond, where MKL's blocking wins.
+DECODE_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -97,17 +103,46 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self.use_int8pack = False  # set by prepare(): the CPU decode kernel is there
+        self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
         self.register_buffer("scales_bf16", None, persistent=False)
 
-    def prepare(self) -> None:
-        """Choose kernels for the device the module now lives on."""
-        self.use_int8pack = self.weight.device.type == "cpu" and _has_op("_weight_int8pack_mm")
-        if self.use_int8pack:
-            self.scales_bf16 = self.scales.to(torch.bfloat16)
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.weight.device.type != "cpu":
+            return ["dequantize"]
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
+        theirs = ["int8pack"] if _has_op("_weight_int8pack_mm") else []
+        return ours + theirs + ["dequantize"]
+
+    def prepare(self, kernel: str | None = None) -> None:
+        """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
+        if kernel is None:
+            kernel = "int8pack" if self.weight.device.type == "cpu" and _has_op("_weight_int8pack_mm") else "dequantize"
+        self.kernel = kernel
+        self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
+
+    def with_kernel(self, kernel: str) -> "Int8Linear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = Int8Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        twin.weight, twin.scales, twin.bias = self.weight, self.scales, self.bias
+        twin.prepare(kernel)
+        return twin
+
+    def shape_key(self) -> str:
+        return f"int8 {self.in_features}->{self.out_features}"
+
+    def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 x W^T + b for the given output rows."""
+        bias = None if self.bias is None else self.bias[rows].float()
+        return F.linear(x.float(), dequantize_int8(self.weight[rows], self.scales[rows]), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_int8pack and x.numel() == self.in_features:  # one token: decode
+        tokens = x.numel() // self.in_features
+        if self.kernel.startswith("cpp-") and tokens <= DECODE_TOKENS:
+            y = torch.ops.codegen_lsp_cpu.int8_matvec(
+                _float_rows(x, self.in_features), self.weight, self.scales, _float(self.bias), self.kernel.removeprefix("cpp-"))
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        if self.kernel == "int8pack" and tokens == 1:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
@@ -115,6 +150,15 @@ class Int8Linear(nn.Module):
             # weight a plain cast, which torch.compile fuses into the matmul.
             y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
         return y + self.bias if self.bias is not None else y
+
+
+def _float_rows(x: torch.Tensor, width: int) -> torch.Tensor:
+    """x as a contiguous float32 (M, width) matrix, what our CPU kernels take (no copy when it is one)."""
+    return x.reshape(-1, width).float().contiguous()
+
+
+def _float(bias: torch.Tensor | None) -> torch.Tensor | None:
+    return None if bias is None else bias.float()
 
 
 # ---------------------------------------------------------------- int4
@@ -151,6 +195,24 @@ def dequantize_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_
     return w.reshape(N, K)
 
 
+def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
+
+    - weights: blocks of 8 rows (zero rows pad the last), then 16 bytes per 4 columns: bytes 2r and
+      2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2, 4c+3 in their high ones;
+    - per block and group, the 8 rows' scales, then their offsets (zero - 8 * scale), float32.
+    """
+    N, K = packed.shape[0], packed.shape[1] * 2
+    blocks = -(-N // 8)
+    q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
+    q = F.pad(q, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 4).permute(0, 2, 1, 3)  # block, column quad, row, column
+    weights = (q[..., :2] | (q[..., 2:] << 4)).contiguous()
+    scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
+    per_row = F.pad(torch.stack([scales, zeros - 8 * scales], dim=1), (0, blocks * 8 - N))  # (K/g, 2, N padded)
+    scales_and_offsets = per_row.view(K // group_size, 2, blocks, 8).permute(2, 0, 1, 3).contiguous()
+    return weights, scales_and_offsets
+
+
 class Int4Linear(nn.Module):
     """y = x W^T + b with W stored as grouped int4 (see quantize_int4)."""
 
@@ -162,36 +224,74 @@ class Int4Linear(nn.Module):
             "scales_and_zeros", torch.empty(in_features // group_size, out_features, 2, dtype=torch.float32, device=device)
         )
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self.kernel = "dequantize"  # set by prepare(): "cpu", "cuda" or "dequantize"
+        self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)
 
-    def prepare(self) -> None:
-        """Repack the weight into the layout of this device's int4 kernel, if it has one."""
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.weight.device.type != "cpu":
+            return ["dequantize"]
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
+        theirs = ["int4pack"] if _has_op("_weight_int4pack_mm_for_cpu") else []
+        return ours + theirs + ["dequantize"]
+
+    def prepare(self, kernel: str | None = None) -> None:
+        """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""
         device = self.weight.device
-        if device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
-            self.kernel = "cpu"
-            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.weight), 1)
-            self.kernel_scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
-        elif device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
-            self.kernel = "cuda"
+        if kernel is None:
+            if device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
+                kernel = "int4pack"
+            elif device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
+                kernel = "cuda"
+            else:
+                kernel = "dequantize"
+        self.kernel = kernel
+        self.packed = self.kernel_scales_and_zeros = None
+        if kernel.startswith("cpp-"):
+            self.packed, self.kernel_scales_and_zeros = pack_int4_for_cpu(self.weight, self.scales_and_zeros, self.group_size)
+        elif kernel == "int4pack":
+            # It takes a multiple of 16 rows (an LM head of 50,257 has not): zero rows pad the
+            # weight, and forward() cuts their outputs off.
+            padding = -self.out_features % 16
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(F.pad(self.weight, (0, 0, 0, padding))), 1)
+            self.kernel_scales_and_zeros = F.pad(self.scales_and_zeros, (0, 0, 0, padding)).to(torch.bfloat16)
+        elif kernel == "cuda":
             inner_k_tiles = 8 if self.in_features % 1024 == 0 else 4 if self.in_features % 512 == 0 else 2
             self.packed = torch.ops.aten._convert_weight_to_int4pack(self.weight, inner_k_tiles)
             self.kernel_scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
-        else:
-            self.kernel = "dequantize"
 
     def _cuda_shapes_ok(self) -> bool:
         # The tensor-core kernel tiles N by 8 and K by 16 * inner_k_tiles (>= 2).
         return self.out_features % 8 == 0 and self.in_features % 256 == 0
 
+    def with_kernel(self, kernel: str) -> "Int4Linear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = Int4Linear(self.in_features, self.out_features, self.bias is not None, self.group_size, device="meta")
+        twin.weight, twin.scales_and_zeros, twin.bias = self.weight, self.scales_and_zeros, self.bias
+        twin.prepare(kernel)
+        return twin
+
+    def shape_key(self) -> str:
+        return f"int4 g{self.group_size} {self.in_features}->{self.out_features}"
+
+    def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 x W^T + b for the given output rows."""
+        weight = dequantize_int4(self.weight[rows], self.scales_and_zeros[:, rows], self.group_size)
+        return F.linear(x.float(), weight, None if self.bias is None else self.bias[rows].float())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.out_features)
-        if self.kernel == "cpu":
+        if self.kernel.startswith("cpp-"):
+            y = torch.ops.codegen_lsp_cpu.int4_matvec(
+                _float_rows(x, self.in_features), self.packed, self.kernel_scales_and_zeros, self.out_features,
+                self.group_size, _float(self.bias), self.kernel.removeprefix("cpp-"))
+            return y.to(x.dtype).reshape(shape)
+        if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
-            )
+            )[:, : self.out_features]
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
@@ -258,9 +358,13 @@ def empty_quantized_model(model: nn.Module, settings: QuantSettings) -> nn.Modul
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:
-    """Pick kernels (and repack weights for them) once the model sits on its device."""
-    for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
+    """Pick kernels (and repack weights for them) once the model sits on its device: on the CPU,
+    the fastest correct one per layer shape (engine/cpu_kernels.py)."""
+    quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    on_cpu = [m for m in quantized if m.weight.device.type == "cpu"]
+    cpu_kernels.choose_kernels(on_cpu, cache_dir() / "quantized")
+    for module in quantized:
+        if module.weight.device.type != "cpu":
             module.prepare()
     return model
 
