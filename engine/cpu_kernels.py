@@ -39,6 +39,10 @@ import torch.nn as nn
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_matvec.cpp"
+# -fopenmp: at::parallel_for is inline OpenMP code, serial without it; the library then shares
+# torch's own libgomp (same soname, already loaded), so torch.set_num_threads applies.
+COMPILER_FLAGS = ["-O3", "-ffp-contract=fast", "-Wno-psabi"] + (["-fopenmp"] if sys.platform == "linux" else [])
+LINKER_FLAGS = ["-fopenmp"] if sys.platform == "linux" else []
 CHOICES_FILE = "cpu-kernels.json"
 # A candidate passes when max |y - reference| <= TOLERANCE * max |reference| on random input:
 # float32 and 16-bit activations are near 1e-5, bfloat16 activations (PyTorch's packed kernels)
@@ -52,7 +56,8 @@ _loaded: bool | None = None  # None: not tried in this process yet
 
 
 def source_digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    """What identifies a build of the kernels: their source and flags."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILER_FLAGS + LINKER_FLAGS).encode()).hexdigest()[:16]
 
 
 def load_kernels(folder: Path) -> bool:
@@ -77,10 +82,11 @@ def _load(folder: Path) -> bool:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("CPU decode kernels unavailable, using PyTorch's instead: %s", message[:300])
         return False
-    for name, rows in (("int8_matvec", lambda x, weight, *rest: weight.shape[0]),
-                       ("int4_matvec", lambda x, weight, scales, out_features, *rest: out_features)):
-        # Shapes for torch.compile, which traces the op without running it.
-        torch.library.register_fake(f"codegen_lsp_cpu::{name}")(lambda x, *args, rows=rows: x.new_empty(x.shape[0], rows(x, *args)))
+    # Output shapes for torch.compile, which traces the ops without running them.
+    torch.library.register_fake("codegen_lsp_cpu::int8_matvec")(
+        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
+    torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
+        lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     return True
 
 
@@ -104,7 +110,7 @@ def _build(library: Path) -> None:
         with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as scratch, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = cpp_extension.load(
-                "codegen_lsp_cpu_matvec", [str(SOURCE)], extra_cflags=["-O3", "-ffp-contract=fast", "-Wno-psabi"],
+                "codegen_lsp_cpu_matvec", [str(SOURCE)], extra_cflags=COMPILER_FLAGS, extra_ldflags=LINKER_FLAGS,
                 build_directory=scratch, is_python_module=False, verbose=False,
             )
             partial = library.with_name(f"{library.name}.{os.getpid()}.partial")
@@ -207,7 +213,8 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
     return min(seconds, key=seconds.get)
 
 
-def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS) -> dict[str, float]:
+def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS,
+                            round_seconds: float = ROUND_SECONDS) -> dict[str, float]:
     """Each function's median seconds per call over interleaved rounds (A, B, C, A, B, C, ...), so
     that another process's load weighs on all of them alike."""
     repeats = {}
@@ -215,7 +222,7 @@ def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int 
         call()  # warm-up
         start = time.perf_counter()
         call()
-        repeats[name] = max(1, int(ROUND_SECONDS / max(time.perf_counter() - start, 1e-9)))
+        repeats[name] = max(1, int(round_seconds / max(time.perf_counter() - start, 1e-9)))
     samples = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():

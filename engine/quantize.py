@@ -94,8 +94,25 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return q.float() * scales[:, None]
 
 
+def pack_int8_for_cpu(weight: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 -> the layout of our CPU int8 kernel (engine/kernels/cpu_matvec.cpp): blocks of 4
+    rows (zero rows pad the last), then 16 columns of each of the 4 rows in turn."""
+    N, K = weight.shape
+    blocks = -(-N // 4)
+    return F.pad(weight, (0, 0, 0, blocks * 4 - N)).view(blocks, 4, K // 16, 16).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
+    blocks, chunks = packed.shape[:2]
+    return packed.permute(0, 2, 1, 3).reshape(blocks * 4, chunks * 16)[:rows]
+
+
 class Int8Linear(nn.Module):
-    """y = x W^T + b with W stored as int8 and one float32 scale per output channel."""
+    """y = x W^T + b with W stored as int8 and one float32 scale per output channel.
+
+    The weight lives in one layout at a time: `weight` (N, K) as in the checkpoint, or, for our CPU
+    kernels, `packed` (pack_int8_for_cpu) with `weight` None, so memory holds one copy either way.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype=None, device=None):
         super().__init__()
@@ -104,27 +121,38 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
+        self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.scales.device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The int8 weight in its (N, K) layout, whichever layout the module holds."""
+        return self.weight if self.packed is None else unpack_int8_for_cpu(self.packed, self.out_features)
 
     def kernel_candidates(self) -> list[str]:
         """The decode kernels that run here, the fallback last."""
-        if self.weight.device.type != "cpu":
+        if self.device.type != "cpu":
             return ["dequantize"]
-        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if self.in_features % 32 == 0 else []
         theirs = ["int8pack"] if _has_op("_weight_int8pack_mm") else []
         return ours + theirs + ["dequantize"]
 
     def prepare(self, kernel: str | None = None) -> None:
         """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
         if kernel is None:
-            kernel = "int8pack" if self.weight.device.type == "cpu" and _has_op("_weight_int8pack_mm") else "dequantize"
+            kernel = "int8pack" if self.device.type == "cpu" and _has_op("_weight_int8pack_mm") else "dequantize"
+        weight = self.checkpoint_weight()
         self.kernel = kernel
+        self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
 
     def with_kernel(self, kernel: str) -> "Int8Linear":
         """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
         twin = Int8Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
-        twin.weight, twin.scales, twin.bias = self.weight, self.scales, self.bias
+        twin.weight, twin.scales, twin.bias = self.checkpoint_weight(), self.scales, self.bias
         twin.prepare(kernel)
         return twin
 
@@ -134,31 +162,20 @@ class Int8Linear(nn.Module):
     def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """float32 x W^T + b for the given output rows."""
         bias = None if self.bias is None else self.bias[rows].float()
-        return F.linear(x.float(), dequantize_int8(self.weight[rows], self.scales[rows]), bias)
+        return F.linear(x.float(), dequantize_int8(self.checkpoint_weight()[rows], self.scales[rows]), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
         if self.kernel.startswith("cpp-") and tokens <= DECODE_TOKENS:
-            y = torch.ops.codegen_lsp_cpu.int8_matvec(
-                _float_rows(x, self.in_features), self.weight, self.scales, _float(self.bias), self.kernel.removeprefix("cpp-"))
-            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+            return torch.ops.codegen_lsp_cpu.int8_matvec(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
         if self.kernel == "int8pack" and tokens == 1:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
             # Scaling the output rather than the weight keeps the dequantized
             # weight a plain cast, which torch.compile fuses into the matmul.
-            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+            y = F.linear(x, self.checkpoint_weight().to(x.dtype)) * self.scales.to(x.dtype)
         return y + self.bias if self.bias is not None else y
-
-
-def _float_rows(x: torch.Tensor, width: int) -> torch.Tensor:
-    """x as a contiguous float32 (M, width) matrix, what our CPU kernels take (no copy when it is one)."""
-    return x.reshape(-1, width).float().contiguous()
-
-
-def _float(bias: torch.Tensor | None) -> torch.Tensor | None:
-    return None if bias is None else bias.float()
 
 
 # ---------------------------------------------------------------- int4
@@ -195,26 +212,36 @@ def dequantize_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_
     return w.reshape(N, K)
 
 
-def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
-
-    - weights: blocks of 8 rows (zero rows pad the last), then 16 bytes per 4 columns: bytes 2r and
-      2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2, 4c+3 in their high ones;
-    - per block and group, the 8 rows' scales, then their offsets (zero - 8 * scale), float32.
-    """
+    blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
+    per 4 columns: bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2,
+    4c+3 in their high ones), then the 8 rows' scales and offsets (zero - 8 * scale) as float32."""
     N, K = packed.shape[0], packed.shape[1] * 2
-    blocks = -(-N // 8)
+    blocks, groups = -(-N // 8), K // group_size
     q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
     q = F.pad(q, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 4).permute(0, 2, 1, 3)  # block, column quad, row, column
-    weights = (q[..., :2] | (q[..., 2:] << 4)).contiguous()
+    weights = (q[..., :2] | (q[..., 2:] << 4)).reshape(blocks, groups, 4 * group_size)
     scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
     per_row = F.pad(torch.stack([scales, zeros - 8 * scales], dim=1), (0, blocks * 8 - N))  # (K/g, 2, N padded)
-    scales_and_offsets = per_row.view(K // group_size, 2, blocks, 8).permute(2, 0, 1, 3).contiguous()
-    return weights, scales_and_offsets
+    per_block = per_row.view(groups, 2, blocks, 8).permute(2, 0, 1, 3).reshape(blocks, groups, 16)
+    return torch.cat([weights, per_block.contiguous().view(torch.uint8)], dim=-1)
+
+
+def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
+    """pack_int4_for_cpu's output -> quantize_int4's (N, K/2) bytes."""
+    blocks, groups, group_bytes = weights.shape
+    q = weights[..., : group_bytes - 64].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
+    q = torch.cat([q & 15, q >> 4], dim=-1).permute(0, 2, 1, 3).reshape(blocks * 8, -1)[:rows]
+    return (q[:, ::2] << 4) | q[:, 1::2]
 
 
 class Int4Linear(nn.Module):
-    """y = x W^T + b with W stored as grouped int4 (see quantize_int4)."""
+    """y = x W^T + b with W stored as grouped int4 (see quantize_int4).
+
+    For our CPU kernels the weight moves to `packed` (pack_int4_for_cpu) and `weight` is None: one
+    copy in memory. PyTorch's packed kernels keep a copy in their layout beside `weight`.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, dtype=None, device=None):
         super().__init__()
@@ -228,9 +255,17 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        return self.scales_and_zeros.device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The weight in quantize_int4's (N, K/2) layout, whichever layout the module holds."""
+        return self.weight if self.weight is not None else unpack_int4_for_cpu(self.packed, self.out_features)
+
     def kernel_candidates(self) -> list[str]:
         """The decode kernels that run here, the fallback last."""
-        if self.weight.device.type != "cpu":
+        if self.device.type != "cpu":
             return ["dequantize"]
         ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
         theirs = ["int4pack"] if _has_op("_weight_int4pack_mm_for_cpu") else []
@@ -238,27 +273,26 @@ class Int4Linear(nn.Module):
 
     def prepare(self, kernel: str | None = None) -> None:
         """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""
-        device = self.weight.device
         if kernel is None:
-            if device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
+            if self.device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
                 kernel = "int4pack"
-            elif device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
+            elif self.device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
                 kernel = "cuda"
             else:
                 kernel = "dequantize"
-        self.kernel = kernel
-        self.packed = self.kernel_scales_and_zeros = None
+        weight = self.checkpoint_weight()
+        self.kernel, self.weight, self.packed, self.kernel_scales_and_zeros = kernel, weight, None, None
         if kernel.startswith("cpp-"):
-            self.packed, self.kernel_scales_and_zeros = pack_int4_for_cpu(self.weight, self.scales_and_zeros, self.group_size)
+            self.packed, self.weight = pack_int4_for_cpu(weight, self.scales_and_zeros, self.group_size), None
         elif kernel == "int4pack":
             # It takes a multiple of 16 rows (an LM head of 50,257 has not): zero rows pad the
             # weight, and forward() cuts their outputs off.
             padding = -self.out_features % 16
-            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(F.pad(self.weight, (0, 0, 0, padding))), 1)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(F.pad(weight, (0, 0, 0, padding))), 1)
             self.kernel_scales_and_zeros = F.pad(self.scales_and_zeros, (0, 0, 0, padding)).to(torch.bfloat16)
         elif kernel == "cuda":
             inner_k_tiles = 8 if self.in_features % 1024 == 0 else 4 if self.in_features % 512 == 0 else 2
-            self.packed = torch.ops.aten._convert_weight_to_int4pack(self.weight, inner_k_tiles)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack(weight, inner_k_tiles)
             self.kernel_scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
 
     def _cuda_shapes_ok(self) -> bool:
@@ -268,7 +302,7 @@ class Int4Linear(nn.Module):
     def with_kernel(self, kernel: str) -> "Int4Linear":
         """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
         twin = Int4Linear(self.in_features, self.out_features, self.bias is not None, self.group_size, device="meta")
-        twin.weight, twin.scales_and_zeros, twin.bias = self.weight, self.scales_and_zeros, self.bias
+        twin.weight, twin.scales_and_zeros, twin.bias = self.checkpoint_weight(), self.scales_and_zeros, self.bias
         twin.prepare(kernel)
         return twin
 
@@ -277,16 +311,14 @@ class Int4Linear(nn.Module):
 
     def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """float32 x W^T + b for the given output rows."""
-        weight = dequantize_int4(self.weight[rows], self.scales_and_zeros[:, rows], self.group_size)
+        weight = dequantize_int4(self.checkpoint_weight()[rows], self.scales_and_zeros[:, rows], self.group_size)
         return F.linear(x.float(), weight, None if self.bias is None else self.bias[rows].float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (*x.shape[:-1], self.out_features)
         if self.kernel.startswith("cpp-"):
-            y = torch.ops.codegen_lsp_cpu.int4_matvec(
-                _float_rows(x, self.in_features), self.packed, self.kernel_scales_and_zeros, self.out_features,
-                self.group_size, _float(self.bias), self.kernel.removeprefix("cpp-"))
-            return y.to(x.dtype).reshape(shape)
+            return torch.ops.codegen_lsp_cpu.int4_matvec(
+                x, self.packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
+        shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -297,7 +329,7 @@ class Int4Linear(nn.Module):
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
             )
         else:
-            w = dequantize_int4(self.weight, self.scales_and_zeros, self.group_size)
+            w = dequantize_int4(self.checkpoint_weight(), self.scales_and_zeros, self.group_size)
             y = F.linear(x, w.to(x.dtype))
         y = y.to(x.dtype).reshape(shape)
         return y + self.bias if self.bias is not None else y
@@ -361,10 +393,10 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
     """Pick kernels (and repack weights for them) once the model sits on its device: on the CPU,
     the fastest correct one per layer shape (engine/cpu_kernels.py)."""
     quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
-    on_cpu = [m for m in quantized if m.weight.device.type == "cpu"]
+    on_cpu = [m for m in quantized if m.device.type == "cpu"]
     cpu_kernels.choose_kernels(on_cpu, cache_dir() / "quantized")
     for module in quantized:
-        if module.weight.device.type != "cpu":
+        if module.device.type != "cpu":
             module.prepare()
     return model
 

@@ -86,6 +86,16 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
             check_rows(layer, tokens, y, BOUNDS[name.partition("-")[0]])
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_switching_kernels_keeps_one_exact_copy_of_the_weight(mode):
+    layer = random_layer(mode, 256, 37)
+    original = layer.weight.clone()
+    for name in kernels_to_test(layer) + ["dequantize"]:
+        layer.prepare(name)
+        assert (layer.weight is None) == name.startswith("cpp-"), name  # ours keep their packed copy alone
+        assert torch.equal(layer.checkpoint_weight(), original), name
+
+
 @pytest.mark.parametrize("group_size", [64, 128, 256])
 def test_int4_kernels_take_every_group_size(group_size):
     layer = random_layer("int4", 1024, 520, group_size=group_size)

@@ -1,16 +1,19 @@
 // Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
-// token, or a few): y[m] = x[m] W^T + bias, with x and y float32.
+// token, or a few): y[m] = x[m] W^T + bias, computed in float32.
 //
 // Decode reads every weight once per token, so these kernels must stream weights at memory speed
-// while spending few instructions per weight:
+// while spending few instructions per weight. Both take the weights repacked by engine/quantize.py
+// (pack_int8_for_cpu, pack_int4_for_cpu) into blocks of rows interleaved so that each thread reads
+// one sequential stream (several streams at once, one per row, read at half the speed on an EPYC),
+// and prefetch it well ahead (the hardware prefetcher alone left a thread at 60 % of its share).
 //
-// - int8 takes the weights as stored (N, K), widens 8 or 16 of them to float32 in one instruction
-//   and accumulates in float32, 4 rows at a time so each activation load serves them all.
-// - int4 needs nibble unpacking and one scale per small group, which cost too much in float32. It
-//   takes the weights repacked by engine/quantize.py into blocks of 8 rows where 16 bytes hold 4
-//   columns of all 8 rows, and x as 16-bit integers (one scale per group: |error| <= max |x in the
-//   group| / 65534, far below the weights' own error). One 16-bit multiply-add then multiplies 16
-//   weights by 16 activations into 8 exact int32 sums, one per row: no per-weight conversion.
+// - int8: blocks of 4 rows, 16 columns of each in turn. 8 or 16 weights widen to float32 in one
+//   instruction and accumulate in float32; each activation load serves the 4 rows.
+// - int4 needs nibble unpacking and one scale per small group, which cost too much in float32:
+//   blocks of 8 rows where 16 bytes hold 4 columns of all 8, each group followed by its scales,
+//   and x as 16-bit integers (one scale per group: |error| <= max |x in the group| / 65534, far
+//   below the weights' own error). One 16-bit multiply-add then multiplies 16 weights by 16
+//   activations into 8 exact int32 sums, one per row: no per-weight conversion.
 //
 // Each kernel is compiled three times: for AVX-512 (with VNNI, which also adds int4's products in
 // the same instruction), for AVX2 + FMA, and for the baseline of the build target (plain C++). The
@@ -91,64 +94,62 @@ struct Avx512 {
 };
 #endif
 
+constexpr int64_t PREFETCH_BYTES = 4096;  // how far ahead of its reads a thread asks for weights
+
 // ---------------------------------------------------------------- int8
-// w int8 (N, K) row-major; y[m, n] = (x[m] . w[n]) * scales[n] + bias[n].
+// Block b of 4 rows (zero rows pad the last), columns 16c..16c+15: 64 bytes, row r's at 16r.
+// y[m, n] = (x[m] . w[n]) * scales[n] + bias[n].
 
 struct Int8Args {
   const float* x;  // (M, K)
-  const int8_t* w;
+  const int8_t* w;  // (N/4, K/16, 4, 16)
   const float* scales;
   const float* bias;  // or nullptr
   float* y;           // (M, N)
   int64_t M, N, K;
 };
 
-template <class Isa, int R>
-inline void int8_rows(const Int8Args& a, int64_t n) {
+template <class Isa>
+inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   constexpr int W = Isa::W;
   using F = typename Vec<W>::f32;
-  const int8_t* w = a.w + n * a.K;
-  const int64_t K = a.K;
-  for (int64_t m = 0; m < a.M; ++m) {  // the rows stay in L1/L2 from one token to the next
-    const float* x = a.x + m * K;
-    F acc[R][2] = {};  // two per row: an FMA's latency is longer than its issue interval
-    int64_t k = 0;
-    for (; k + 2 * W <= K; k += 2 * W) {
-      const F x0 = load<F>(x + k), x1 = load<F>(x + k + W);
-      for (int r = 0; r < R; ++r) {
-        acc[r][0] += __builtin_convertvector(Isa::widen_int8(w + r * K + k), F) * x0;
-        acc[r][1] += __builtin_convertvector(Isa::widen_int8(w + r * K + k + W), F) * x1;
+  for (int64_t b = begin; b < end; ++b) {
+    for (int64_t m = 0; m < a.M; ++m) {  // the block stays in L1/L2 from one token to the next
+      const int8_t* w = a.w + b * 4 * a.K;
+      const float* x = a.x + m * a.K;
+      F acc[4][2] = {};  // two per row: an FMA's latency is longer than its issue interval
+      for (int64_t k = 0; k < a.K; k += 32, w += 128) {  // the caller checks 32 divides K
+        __builtin_prefetch(w + PREFETCH_BYTES);
+        __builtin_prefetch(w + PREFETCH_BYTES + 64);
+        for (int i = 0; i < 32 / W; ++i) {
+          const F xi = load<F>(x + k + i * W);
+          const int chunk = i * W / 16, column = i * W % 16;
+          for (int r = 0; r < 4; ++r)
+            acc[r][i % 2] += __builtin_convertvector(Isa::widen_int8(w + chunk * 64 + r * 16 + column), F) * xi;
+        }
       }
-    }
-    for (int r = 0; r < R; ++r) {
-      float dot = sum(acc[r][0] + acc[r][1]);
-      for (int64_t t = k; t < K; ++t) dot += float(w[r * K + t]) * x[t];
-      a.y[m * a.N + n + r] = dot * a.scales[n + r] + (a.bias ? a.bias[n + r] : 0.f);
+      for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
+        const int64_t n = b * 4 + r;
+        a.y[m * a.N + n] = sum(acc[r][0] + acc[r][1]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+      }
     }
   }
 }
 
-template <class Isa>
-inline void int8_range(const Int8Args& a, int64_t begin, int64_t end) {  // rows [begin, end)
-  int64_t n = begin;
-  for (; n + 4 <= end; n += 4) int8_rows<Isa, 4>(a, n);
-  for (; n < end; ++n) int8_rows<Isa, 1>(a, n);
-}
-
 // ---------------------------------------------------------------- int4
-// Block b of 8 rows, columns 4c..4c+3: 16 bytes; bytes 2r and 2r+1 hold row r's columns 4c and
-// 4c+1 in their low nibbles, 4c+2 and 4c+3 in their high ones. With w = q * scale + offset
-// per group g (q in [0, 15]):
+// Block b of 8 rows (zero rows pad the last), group g: 8 * g / 2 bytes of weights, 16 bytes per
+// 4 columns (bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2, 4c+3
+// in their high ones), then the 8 rows' scales and their offsets, 16 float32. With w = q * scale +
+// offset (q in [0, 15]), per group:
 //   sum_k w[n, k] x[k] = scale[n, g] * sum_k q[n, k] x[k] + offset[n, g] * sum_k x[k].
 
 struct Int4Args {
-  const int16_t* x;                 // (M, K) x[m, k] / x_scales[m, g]
-  const float* x_scales;            // (M, K/g)
-  const float* x_sums;              // (M, K/g) sums of x per group
-  const uint8_t* w;                 // (N/8, K/4, 16)
-  const float* scales_and_offsets;  // (N/8, K/g, 2, 8)
-  const float* bias;                // (N,) or nullptr
-  float* y;                         // (M, N)
+  const int16_t* x;       // (M, K) x[m, k] / x_scales[m, g]
+  const float* x_scales;  // (M, K/g)
+  const float* x_sums;    // (M, K/g) sums of x per group
+  const uint8_t* w;       // (N/8, K/g, 4g + 64)
+  const float* bias;      // (N,) or nullptr
+  float* y;               // (M, N)
   int64_t M, N, K, group_size;
 };
 
@@ -162,19 +163,23 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
   const i16x16 low_nibble = (i16x16){} + 15;
   for (int64_t b = begin; b < end; ++b) {
     for (int64_t m = 0; m < a.M; ++m) {
-      const uint8_t* w = a.w + b * 8 * a.K / 2;
-      const float* so = a.scales_and_offsets + b * groups * 16;
+      const uint8_t* w = a.w + b * groups * (4 * a.group_size + 64);
       const int16_t* x = a.x + m * a.K;
       f32x8 acc = {};
-      for (int64_t g = 0; g < groups; ++g, so += 16) {
+      for (int64_t g = 0; g < groups; ++g) {
         i32x8 dot = {};  // exact: 15 * 32767 * 2 * 64 < 2^31 for groups of up to 256
-        for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 4, w += 16) {
-          const i16x16 q = Isa::widen_bytes(w);
-          dot = Isa::dot_add(dot, q & low_nibble, broadcast_pair(x + k));
-          dot = Isa::dot_add(dot, q >> 4, broadcast_pair(x + k + 2));
+        for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 16, w += 64) {
+          __builtin_prefetch(w + PREFETCH_BYTES);
+          for (int i = 0; i < 4; ++i) {
+            const i16x16 q = Isa::widen_bytes(w + 16 * i);
+            dot = Isa::dot_add(dot, q & low_nibble, broadcast_pair(x + k + 4 * i));
+            dot = Isa::dot_add(dot, q >> 4, broadcast_pair(x + k + 4 * i + 2));
+          }
         }
-        acc += __builtin_convertvector(dot, f32x8) * (load<f32x8>(so) * a.x_scales[m * groups + g]);
-        acc += load<f32x8>(so + 8) * a.x_sums[m * groups + g];
+        __builtin_prefetch(w + PREFETCH_BYTES);
+        acc += __builtin_convertvector(dot, f32x8) * (load<f32x8>(w) * a.x_scales[m * groups + g]);
+        acc += load<f32x8>(w + 32) * a.x_sums[m * groups + g];
+        w += 64;
       }
       for (int r = 0; r < 8 && b * 8 + r < a.N; ++r) a.y[m * a.N + b * 8 + r] = acc[r] + (a.bias ? a.bias[b * 8 + r] : 0.f);
     }
@@ -216,18 +221,18 @@ struct Kernels {
 };
 
 #define KERNEL __attribute__((flatten))
-KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_range<Baseline>(a, b, e); }
+KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
 KERNEL void int4_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int4_activations<Baseline>(x, n, g, q, s, t);
 }
 #if defined(__x86_64__)
-KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_range<Avx2>(a, b, e); }
+KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int4_activations<Avx2>(x, n, g, q, s, t);
 }
-KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_range<Avx512>(a, b, e); }
+KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int4_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int4_activations<Avx512>(x, n, g, q, s, t);
@@ -247,8 +252,9 @@ std::string isas() {  // the instruction sets this CPU can run, best first
 }
 
 Kernels kernels_for(c10::string_view isa) {
+  static const std::string available = " " + isas() + " ";
   const std::string name(isa);
-  TORCH_CHECK((" " + isas() + " ").find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
+  TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
   if (name == "avx512") return {int8_avx512, int4_avx512, int4_activations_avx512};
   if (name == "avx2") return {int8_avx2, int4_avx2, int4_activations_avx2};
@@ -259,45 +265,55 @@ Kernels kernels_for(c10::string_view isa) {
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
 int64_t grain(int64_t bytes_per_unit) { return std::max<int64_t>(1, (64 << 10) / bytes_per_unit); }
 
-void check_x_and_bias(const at::Tensor& x, int64_t N, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x: contiguous float32 (M, K)");
-  TORCH_CHECK(!bias || (bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == N), "bias: float32 (N,)");
+// The ops take x (..., K) and give y (..., N) in x's dtype; the kernels work in float32.
+at::Tensor float_rows(const at::Tensor& x) { return x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous(); }
+
+at::Tensor float_bias(const c10::optional<at::Tensor>& bias, int64_t N) {
+  if (!bias) return at::Tensor();
+  TORCH_CHECK(bias->numel() == N, "bias: (N,)");
+  return bias->to(at::kFloat).contiguous();
 }
 
-at::Tensor int8_matvec(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales,
-                       const c10::optional<at::Tensor>& bias, c10::string_view isa) {
-  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
-  check_x_and_bias(x, N, bias);
-  TORCH_CHECK(weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.size(1) == K, "weight: contiguous int8 (N, K)");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.numel() == N, "scales: float32 (N,)");
+at::Tensor shaped_like(const at::Tensor& y, const at::Tensor& x) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = y.size(1);
+  return y.view(sizes).to(x.scalar_type());
+}
+
+at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const at::Tensor x = float_rows(x_in);
+  const int64_t M = x.size(0), K = x.size(1), N = scales.numel(), blocks = (N + 3) / 4;
+  const at::Tensor bias = float_bias(bias_in, N);
+  TORCH_CHECK(K % 32 == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.numel() == blocks * 4 * K,
+              "weight: int8 from pack_int8_for_cpu, K a multiple of 32");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
   const Kernels run = kernels_for(isa);
   at::Tensor y = at::empty({M, N}, x.options());
   const Int8Args a{x.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                   bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
-  const int64_t blocks = (N + 3) / 4;  // tasks start on a multiple of 4 rows
-  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t b, int64_t e) { run.int8(a, 4 * b, std::min(4 * e, N)); });
-  return y;
+                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
+  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t b, int64_t e) { run.int8(a, b, e); });
+  return shaped_like(y, x_in);
 }
 
-at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_and_offsets, int64_t N,
-                       int64_t group_size, const c10::optional<at::Tensor>& bias, c10::string_view isa) {
+at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const at::Tensor x = float_rows(x_in);
   const int64_t M = x.size(0), K = x.size(1), blocks = (N + 7) / 8;
-  check_x_and_bias(x, N, bias);
+  const at::Tensor bias = float_bias(bias_in, N);
   TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
-  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() && weight.numel() == blocks * 8 * K / 2,
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.numel() == blocks * K / group_size * (4 * group_size + 64),
               "weight: uint8 from pack_int4_for_cpu");
-  TORCH_CHECK(scales_and_offsets.scalar_type() == at::kFloat && scales_and_offsets.is_contiguous() &&
-                  scales_and_offsets.numel() == blocks * K / group_size * 16,
-              "scales_and_offsets: float32 from pack_int4_for_cpu");
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(M * K);
   std::vector<float> x_scales(M * K / group_size), x_sums(M * K / group_size);
   run.int4_activations(x.data_ptr<float>(), M * K, group_size, xq.data(), x_scales.data(), x_sums.data());
   at::Tensor y = at::empty({M, N}, x.options());
-  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), scales_and_offsets.data_ptr<float>(),
-                   bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group_size};
+  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(),
+                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group_size};
   at::parallel_for(0, blocks, grain(8 * K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
-  return y;
+  return shaped_like(y, x_in);
 }
 
 }  // namespace
@@ -305,7 +321,7 @@ at::Tensor int4_matvec(const at::Tensor& x, const at::Tensor& weight, const at::
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("isas() -> str", &isas);
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
-  m.def("int4_matvec(Tensor x, Tensor weight, Tensor scales_and_offsets, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
+  m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
