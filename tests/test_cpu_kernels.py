@@ -21,7 +21,7 @@ import checkpoints
 from engine import cpu_kernels, load_model
 from engine.bench import greedy_with_logits
 from engine.loading import DEMO_MODEL_DIR
-from engine.quantize import Int4Linear, Int8Linear, cache_dir
+from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # (in, out) of santacoder (c_attn, attn c_proj, c_fc, mlp c_proj, lm_head), codegen-350M (qkv_proj,
@@ -84,6 +84,15 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
             y = twin(tokens)
             assert y.shape == (len(tokens), shape[1]) and y.dtype == torch.float32, name
             check_rows(layer, tokens, y, BOUNDS[name.partition("-")[0]])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_long_prefill_matches_too(mode):
+    """int8 switches from our kernel to a dense matmul of the unpacked weight past INT8_KERNEL_MAX_TOKENS."""
+    layer = random_layer(mode, 512, 100)
+    x = torch.randn(1, INT8_KERNEL_MAX_TOKENS + 6, 512)
+    for name in kernels_to_test(layer):
+        check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
