@@ -6,8 +6,10 @@
 Per layer shape of each model (random weights, one token): microseconds per call of the kernels
 the load-time choice compares on this CPU (engine/cpu_kernels.py; ours in every instruction set,
 the portable build included), the GB/s of weights each reads, and that as a fraction of the
-machine's read bandwidth, measured in the same rounds (a torch sum over 2 GB). Each kernel cycles
-through copies of the layer (256 MB in all), so weights come from memory as in decode.
+machine's read bandwidth, measured in the same rounds (a torch sum over 2 GB), and of a cold torch
+sum of the size our kernel reads (for small layers, each call's start-up weighs: a 1 MB sum reaches
+about 65 % of the 2 GB one). Each kernel cycles through copies of the layer (256 MB in all), so
+weights come from memory, as in decode.
 Then decode ms/token of random-weight checkpoints of both shapes (written once under
 /tmp/codegen-lsp-bench; santacoder needs ~4.5 GB of disk and RAM as float32) with the kernels
 chosen at load against PyTorch's packed kernels (int8pack / int4pack, the path before ours).
@@ -82,15 +84,21 @@ def bench_layers(model: str, mode: str, rounds: int) -> None:
         copies = {kernel: cold_copies(layer, kernel) for kernel in kernels}
         calls = {kernel: (lambda turn=itertools.cycle(twins): next(turn)(x)) for kernel, twins in copies.items()}
         calls["read bandwidth"] = big.sum
+        # A torch sum over float32 tensors of the size our kernel reads, cold too: what one call of
+        # that size can stream at best (each call's start costs, as it does the kernels').
+        same_size = weight_bytes_per_token(copies[kernels[0]][0])
+        tensors = [torch.ones(same_size // 4) for _ in range(-(-COLD_BYTES // same_size))]
+        calls["same-size read"] = lambda turn=itertools.cycle(tensors): next(turn).sum()
         seconds = cpu_kernels.median_seconds_per_call(calls, rounds=rounds, round_seconds=0.05)
         bandwidth = big.nbytes / seconds.pop("read bandwidth") / 1e9
-        print(f"\n{model} {mode} {name} {k}->{n}: read bandwidth {bandwidth:.1f} GB/s, {load_average()}; "
-              f"chosen at load: {choice} ({choice_seconds * 1000:.0f} ms to choose)")
-        print(f"  {'kernel':<14}{'us/call':>10}{'GB/s':>8}{'of bw':>8}")
+        same_size_bandwidth = same_size / seconds.pop("same-size read") / 1e9
+        print(f"\n{model} {mode} {name} {k}->{n}: read bandwidth {bandwidth:.1f} GB/s ({same_size / 2**20:.1f} MB reads: "
+              f"{same_size_bandwidth:.1f} GB/s), {load_average()}; chosen at load: {choice} ({choice_seconds * 1000:.0f} ms to choose)")
+        print(f"  {'kernel':<14}{'us/call':>10}{'GB/s':>8}{'of bw':>8}{'of same-size read':>20}")
         for kernel, s in seconds.items():
             gb = weight_bytes_per_token(copies[kernel][0]) / s / 1e9
-            print(f"  {kernel:<14}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%")
-        del layer, copies, calls
+            print(f"  {kernel:<14}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%{100 * gb / same_size_bandwidth:>19.0f}%")
+        del layer, copies, calls, tensors
         gc.collect()
 
 
