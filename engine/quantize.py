@@ -105,6 +105,7 @@ def pack_int8_for_cpu(weight: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
+    """pack_int8_for_cpu's output -> the (N, K) weight."""
     blocks, chunks = packed.shape[:2]
     return packed.permute(0, 2, 1, 3).reshape(blocks * 4, chunks * 16)[:rows]
 
@@ -132,7 +133,7 @@ class Int8Linear(nn.Module):
 
     def checkpoint_weight(self) -> torch.Tensor:
         """The int8 weight in its (N, K) layout, whichever layout the module holds."""
-        return self.weight if self.packed is None else unpack_int8_for_cpu(self.packed, self.out_features)
+        return self.weight if self.weight is not None else unpack_int8_for_cpu(self.packed, self.out_features)
 
     def kernel_candidates(self) -> list[str]:
         """The decode kernels that run here, the fallback last."""
@@ -255,7 +256,7 @@ class Int4Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
-        self.register_buffer("kernel_scales_and_zeros", None, persistent=False)
+        self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
     @property
     def device(self) -> torch.device:

@@ -7,8 +7,8 @@
 // one sequential stream (several streams at once, one per row, read at half the speed on an EPYC),
 // and prefetch it well ahead (the hardware prefetcher alone left a thread at 60 % of its share).
 //
-// - int8: blocks of 4 rows, 16 columns of each in turn. 8 or 16 weights widen to float32 in one
-//   instruction and accumulate in float32; each activation load serves the 4 rows.
+// - int8: blocks of 4 rows, 16 columns of each in turn. 8 (AVX2) or 16 (AVX-512) weights widen
+//   to float32 in two instructions and accumulate in float32; each activation load serves 4 rows.
 // - int4 needs nibble unpacking and one scale per small group, which cost too much in float32:
 //   blocks of 8 rows where 16 bytes hold 4 columns of all 8, each group followed by its scales,
 //   and x as 16-bit integers (one scale per group: |error| <= max |x in the group| / 65534, far
@@ -169,7 +169,7 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
       const int16_t* x = a.x + m * a.K;
       f32x8 acc = {};
       for (int64_t g = 0; g < groups; ++g) {
-        i32x8 dot = {};  // exact: 15 * 32767 * 2 * 64 < 2^31 for groups of up to 256
+        i32x8 dot = {};  // exact: 256 columns * 15 * 32767 < 2^31
         for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 16, w += 64) {
           __builtin_prefetch(w + PREFETCH_BYTES);
           for (int i = 0; i < 4; ++i) {
