@@ -53,13 +53,15 @@ class BenchResult:
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers one decode step reads (embedding tables: one row only)."""
+    """Bytes of parameters and buffers one decode step reads (embedding tables: one row only), of a
+    model or of one layer."""
     skip = set()
+    lm_head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
     for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.weight is not getattr(model.lm_head, "weight", None):
+        if isinstance(module, torch.nn.Embedding) and module.weight is not lm_head_weight:
             skip.add(module.weight.data_ptr())
-        if isinstance(module, Int4Linear) and module.kernel != "dequantize":
-            skip.update({module.weight.data_ptr(), module.scales_and_zeros.data_ptr()})  # the packed copy is read
+        if isinstance(module, Int4Linear) and module.kernel != "dequantize":  # the packed copy is read
+            skip.update({t.data_ptr() for t in (module.weight, module.scales_and_zeros) if t is not None})
     seen, total = set(), 0
     for tensor in list(model.parameters()) + list(model.buffers()):
         if tensor is None or tensor.data_ptr() in seen or tensor.data_ptr() in skip:

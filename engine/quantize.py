@@ -9,13 +9,16 @@ that holds integer weights and transforms the state dict to match.
 
 Which kernel runs depends on the device and on the number of tokens M:
 
-- CPU, one token (decode): PyTorch's packed weight-only kernels
-  (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`), with
-  bfloat16 activations (with float32 ones they are 2-30x slower).
-- CPU, many tokens (prefill): int8 dequantizes to the activation dtype and
-  uses a dense matmul, which beats the packed kernel there; int4 keeps the
-  packed kernel with bfloat16 activations (within 1.6x of a dense float32
-  matmul at M = 128, and no unpacked copy has to be kept).
+- CPU: each layer shape gets the fastest correct of the kernels this machine
+  runs, measured at the first load and remembered (engine/cpu_kernels.py):
+  ours (engine/kernels/cpu_matvec.cpp, built at first use where a compiler is
+  found), PyTorch's packed weight-only kernels (`aten._weight_int8pack_mm`,
+  `aten._weight_int4pack_mm_for_cpu`, with bfloat16 activations, as with
+  float32 ones they are 2-30x slower), or dequantize-and-matmul. The choice is
+  made for one token (decode). Our int4 kernel then runs every M too (on the
+  AVX2 EPYC it beats PyTorch's 1.8x and dequantize-and-matmul 4x at M = 128),
+  our int8 one up to INT8_KERNEL_MAX_TOKENS; beyond, and for every M > 1 with
+  PyTorch's int8 kernel, int8 dequantizes and runs a dense matmul.
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
 - Anything else: dequantize and run a plain F.linear, so every mode runs on
@@ -40,6 +43,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
@@ -54,6 +58,10 @@ MODES = ("none", "int8", "int4")
 DEFAULT_GROUP_SIZE = 32
 CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
+# Up to this many tokens per call our int8 kernel runs; beyond, a dense matmul of the dequantized
+# weight. AVX2 EPYC, 2 threads, 2048 -> 8192: ours 8 / 24 / 53 / 107 ms at M = 16 / 64 / 128 / 256,
+# dense 57 / 76 / 86 / 114 ms; on 1024 -> 3072 they tie at M = 128 and dense wins at 256.
+INT8_KERNEL_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -88,8 +96,26 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return q.float() * scales[:, None]
 
 
+def pack_int8_for_cpu(weight: torch.Tensor) -> torch.Tensor:
+    """(N, K) int8 -> the layout of our CPU int8 kernel (engine/kernels/cpu_matvec.cpp): blocks of 4
+    rows (zero rows pad the last), then 16 columns of each of the 4 rows in turn."""
+    N, K = weight.shape
+    blocks = -(-N // 4)
+    return F.pad(weight, (0, 0, 0, blocks * 4 - N)).view(blocks, 4, K // 16, 16).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
+    """pack_int8_for_cpu's output -> the (N, K) weight."""
+    blocks, chunks = packed.shape[:2]
+    return packed.permute(0, 2, 1, 3).reshape(blocks * 4, chunks * 16)[:rows]
+
+
 class Int8Linear(nn.Module):
-    """y = x W^T + b with W stored as int8 and one float32 scale per output channel."""
+    """y = x W^T + b with W stored as int8 and one float32 scale per output channel.
+
+    The weight lives in one layout at a time: `weight` (N, K) as in the checkpoint, or, for our CPU
+    kernels, `packed` (pack_int8_for_cpu) with `weight` None, so memory holds one copy either way.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype=None, device=None):
         super().__init__()
@@ -97,23 +123,61 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self.use_int8pack = False  # set by prepare(): the CPU decode kernel is there
+        self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
+        self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
-    def prepare(self) -> None:
-        """Choose kernels for the device the module now lives on."""
-        self.use_int8pack = self.weight.device.type == "cpu" and _has_op("_weight_int8pack_mm")
-        if self.use_int8pack:
-            self.scales_bf16 = self.scales.to(torch.bfloat16)
+    @property
+    def device(self) -> torch.device:
+        return self.scales.device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The int8 weight in its (N, K) layout, whichever layout the module holds."""
+        return self.weight if self.weight is not None else unpack_int8_for_cpu(self.packed, self.out_features)
+
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.device.type != "cpu":
+            return ["dequantize"]
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if self.in_features % 32 == 0 else []
+        theirs = ["int8pack"] if _has_op("_weight_int8pack_mm") else []
+        return ours + theirs + ["dequantize"]
+
+    def prepare(self, kernel: str | None = None) -> None:
+        """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
+        if kernel is None:
+            kernel = "int8pack" if self.device.type == "cpu" and _has_op("_weight_int8pack_mm") else "dequantize"
+        weight = self.checkpoint_weight()
+        self.kernel = kernel
+        self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
+        self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
+
+    def with_kernel(self, kernel: str) -> "Int8Linear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = Int8Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        twin.weight, twin.scales, twin.bias = self.checkpoint_weight(), self.scales, self.bias
+        twin.prepare(kernel)
+        return twin
+
+    def shape_key(self) -> str:
+        return f"int8 {self.in_features}->{self.out_features}"
+
+    def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 x W^T + b for the given output rows."""
+        bias = None if self.bias is None else self.bias[rows].float()
+        return F.linear(x.float(), dequantize_int8(self.checkpoint_weight()[rows], self.scales[rows]), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_int8pack and x.numel() == self.in_features:  # one token: decode
+        tokens = x.numel() // self.in_features
+        if self.kernel.startswith("cpp-") and tokens <= INT8_KERNEL_MAX_TOKENS:
+            return torch.ops.codegen_lsp_cpu.int8_matvec(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
+        if self.kernel == "int8pack" and tokens == 1:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
             # Scaling the output rather than the weight keeps the dequantized
             # weight a plain cast, which torch.compile fuses into the matmul.
-            y = F.linear(x, self.weight.to(x.dtype)) * self.scales.to(x.dtype)
+            y = F.linear(x, self.checkpoint_weight().to(x.dtype)) * self.scales.to(x.dtype)
         return y + self.bias if self.bias is not None else y
 
 
@@ -151,8 +215,36 @@ def dequantize_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_
     return w.reshape(N, K)
 
 
+def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
+    """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
+    blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
+    per 4 columns: bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2,
+    4c+3 in their high ones), then the 8 rows' scales and offsets (zero - 8 * scale) as float32."""
+    N, K = packed.shape[0], packed.shape[1] * 2
+    blocks, groups = -(-N // 8), K // group_size
+    q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
+    q = F.pad(q, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 4).permute(0, 2, 1, 3)  # block, column quad, row, column
+    weights = (q[..., :2] | (q[..., 2:] << 4)).reshape(blocks, groups, 4 * group_size)
+    scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
+    per_row = F.pad(torch.stack([scales, zeros - 8 * scales], dim=1), (0, blocks * 8 - N))  # (K/g, 2, N padded)
+    per_block = per_row.view(groups, 2, blocks, 8).permute(2, 0, 1, 3).reshape(blocks, groups, 16)
+    return torch.cat([weights, per_block.contiguous().view(torch.uint8)], dim=-1)
+
+
+def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
+    """pack_int4_for_cpu's output -> quantize_int4's (N, K/2) bytes."""
+    blocks, groups, group_bytes = weights.shape
+    q = weights[..., : group_bytes - 64].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
+    q = torch.cat([q & 15, q >> 4], dim=-1).permute(0, 2, 1, 3).reshape(blocks * 8, -1)[:rows]
+    return (q[:, ::2] << 4) | q[:, 1::2]
+
+
 class Int4Linear(nn.Module):
-    """y = x W^T + b with W stored as grouped int4 (see quantize_int4)."""
+    """y = x W^T + b with W stored as grouped int4 (see quantize_int4).
+
+    For our CPU kernels the weight moves to `packed` (pack_int4_for_cpu) and `weight` is None: one
+    copy in memory. PyTorch's packed kernels keep a copy in their layout beside `weight`.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, dtype=None, device=None):
         super().__init__()
@@ -162,42 +254,85 @@ class Int4Linear(nn.Module):
             "scales_and_zeros", torch.empty(in_features // group_size, out_features, 2, dtype=torch.float32, device=device)
         )
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
-        self.kernel = "dequantize"  # set by prepare(): "cpu", "cuda" or "dequantize"
+        self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
-        self.register_buffer("kernel_scales_and_zeros", None, persistent=False)
+        self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
-    def prepare(self) -> None:
-        """Repack the weight into the layout of this device's int4 kernel, if it has one."""
-        device = self.weight.device
-        if device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
-            self.kernel = "cpu"
-            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.weight), 1)
-            self.kernel_scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
-        elif device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
-            self.kernel = "cuda"
+    @property
+    def device(self) -> torch.device:
+        return self.scales_and_zeros.device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The weight in quantize_int4's (N, K/2) layout, whichever layout the module holds."""
+        return self.weight if self.weight is not None else unpack_int4_for_cpu(self.packed, self.out_features)
+
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.device.type != "cpu":
+            return ["dequantize"]
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
+        theirs = ["int4pack"] if _has_op("_weight_int4pack_mm_for_cpu") else []
+        return ours + theirs + ["dequantize"]
+
+    def prepare(self, kernel: str | None = None) -> None:
+        """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""
+        if kernel is None:
+            if self.device.type == "cpu" and _has_op("_weight_int4pack_mm_for_cpu"):
+                kernel = "int4pack"
+            elif self.device.type == "cuda" and _has_op("_weight_int4pack_mm") and self._cuda_shapes_ok():
+                kernel = "cuda"
+            else:
+                kernel = "dequantize"
+        weight = self.checkpoint_weight()
+        self.kernel, self.weight, self.packed, self.kernel_scales_and_zeros = kernel, weight, None, None
+        if kernel.startswith("cpp-"):
+            self.packed, self.weight = pack_int4_for_cpu(weight, self.scales_and_zeros, self.group_size), None
+        elif kernel == "int4pack":
+            # It takes a multiple of 16 rows (an LM head of 50,257 has not): zero rows pad the
+            # weight, and forward() cuts their outputs off.
+            padding = -self.out_features % 16
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(F.pad(weight, (0, 0, 0, padding))), 1)
+            self.kernel_scales_and_zeros = F.pad(self.scales_and_zeros, (0, 0, 0, padding)).to(torch.bfloat16)
+        elif kernel == "cuda":
             inner_k_tiles = 8 if self.in_features % 1024 == 0 else 4 if self.in_features % 512 == 0 else 2
-            self.packed = torch.ops.aten._convert_weight_to_int4pack(self.weight, inner_k_tiles)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack(weight, inner_k_tiles)
             self.kernel_scales_and_zeros = self.scales_and_zeros.to(torch.bfloat16)
-        else:
-            self.kernel = "dequantize"
 
     def _cuda_shapes_ok(self) -> bool:
         # The tensor-core kernel tiles N by 8 and K by 16 * inner_k_tiles (>= 2).
         return self.out_features % 8 == 0 and self.in_features % 256 == 0
 
+    def with_kernel(self, kernel: str) -> "Int4Linear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = Int4Linear(self.in_features, self.out_features, self.bias is not None, self.group_size, device="meta")
+        twin.weight, twin.scales_and_zeros, twin.bias = self.checkpoint_weight(), self.scales_and_zeros, self.bias
+        twin.prepare(kernel)
+        return twin
+
+    def shape_key(self) -> str:
+        return f"int4 g{self.group_size} {self.in_features}->{self.out_features}"
+
+    def reference(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 x W^T + b for the given output rows."""
+        weight = dequantize_int4(self.checkpoint_weight()[rows], self.scales_and_zeros[:, rows], self.group_size)
+        return F.linear(x.float(), weight, None if self.bias is None else self.bias[rows].float())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel.startswith("cpp-"):
+            return torch.ops.codegen_lsp_cpu.int4_matvec(
+                x, self.packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
         shape = (*x.shape[:-1], self.out_features)
-        if self.kernel == "cpu":
+        if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
-            )
+            )[:, : self.out_features]
         elif self.kernel == "cuda":
             y = torch.ops.aten._weight_int4pack_mm(
                 x.reshape(-1, self.in_features).to(torch.bfloat16), self.packed, self.group_size, self.kernel_scales_and_zeros
             )
         else:
-            w = dequantize_int4(self.weight, self.scales_and_zeros, self.group_size)
+            w = dequantize_int4(self.checkpoint_weight(), self.scales_and_zeros, self.group_size)
             y = F.linear(x, w.to(x.dtype))
         y = y.to(x.dtype).reshape(shape)
         return y + self.bias if self.bias is not None else y
@@ -258,9 +393,13 @@ def empty_quantized_model(model: nn.Module, settings: QuantSettings) -> nn.Modul
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:
-    """Pick kernels (and repack weights for them) once the model sits on its device."""
-    for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
+    """Pick kernels (and repack weights for them) once the model sits on its device: on the CPU,
+    the fastest correct one per layer shape (engine/cpu_kernels.py)."""
+    quantized = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    on_cpu = [m for m in quantized if m.device.type == "cpu"]
+    cpu_kernels.choose_kernels(on_cpu, cache_dir() / "quantized")
+    for module in quantized:
+        if module.device.type != "cpu":
             module.prepare()
     return model
 

@@ -11,6 +11,15 @@ import checkpoints  # noqa: E402
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels_built_once():
+    """Build (or load) our CPU kernels in the user's cache before tests point the cache at temporary
+    folders: a process loads them once, so the build (~30 s) happens once per machine, not per run."""
+    from engine import cpu_kernels, quantize
+
+    cpu_kernels.load_kernels(quantize.cache_dir() / "kernels")
+
+
 @pytest.fixture(scope="session")
 def codegen_dir(tmp_path_factory):
     return checkpoints.make_codegen(tmp_path_factory.mktemp("codegen"))

@@ -1,0 +1,168 @@
+"""CPU decode kernels of quantized layers: each candidate per layer shape, then whole-model decode.
+
+    .venv/bin/python -m benchmarks.cpu_kernels [--models santacoder codegen-350M-mono]
+        [--modes int8 int4] [--rounds 7] [--new-tokens 32] [--no-end-to-end]
+
+Per layer shape of each model (random weights, one token): microseconds per call of the kernels
+the load-time choice compares on this CPU (engine/cpu_kernels.py; ours in every instruction set,
+the portable build included), the GB/s of weights each reads, and that as a fraction of the
+machine's read bandwidth, measured in the same rounds (a torch sum over 2 GB), and of a cold torch
+sum of the size our kernel reads (for small layers, each call's start-up weighs: a 1 MB sum reaches
+about 65 % of the 2 GB one). Each kernel cycles through copies of the layer (256 MB in all), so
+weights come from memory, as in decode.
+Then decode ms/token of random-weight checkpoints of both shapes (written once under
+/tmp/codegen-lsp-bench; santacoder needs ~4.5 GB of disk and RAM as float32) with the kernels
+chosen at load against PyTorch's packed kernels (int8pack / int4pack, the path before ours).
+
+The CPU may be shared: candidates are timed in interleaved rounds (A, B, C, A, B, C, ...) and
+the median of each is printed, with the load average beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import os
+import statistics
+import time
+
+import torch
+
+from benchmarks.common import checkpoint
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER
+from engine import cpu_kernels, load_model
+from engine.bench import bench_prompt, weight_bytes_per_token
+from engine.quantize import Int4Linear, Int8Linear, QuantSettings, cache_dir, quantize_model
+from engine.session import Session
+
+MODELS = {"santacoder": SANTACODER, "codegen-350M-mono": CODEGEN_350M_MONO}
+OLD_PATH = {"int8": "int8pack", "int4": "int4pack"}  # PyTorch's packed kernels, bfloat16 activations
+COLD_BYTES = 256 * 2**20  # weights cycled through per kernel: well past any L3 cache
+
+
+def layer_shapes(config: dict) -> list[tuple[str, int, int]]:
+    """(name, in, out) of each distinct linear layer of a model config."""
+    d, inner = config["n_embd"], config.get("n_inner") or 4 * config["n_embd"]
+    if config["model_type"] == "gpt_bigcode":  # multi-query: one key and one value head
+        qkv = d + 2 * d // config["n_head"] if config.get("multi_query") else 3 * d
+    else:
+        qkv = 3 * d
+    return [("qkv", d, qkv), ("attn out", d, d), ("mlp in", d, inner), ("mlp out", inner, d), ("lm_head", d, config["vocab_size"])]
+
+
+def load_average() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+def cold_copies(layer, kernel: str) -> list:
+    """Twins of layer set up for kernel, each with its own copy of the weights, COLD_BYTES in all:
+    calling them in turn reads weights from memory, as decode does, not from the CPU's caches."""
+    count = -(-COLD_BYTES // layer.checkpoint_weight().nbytes)
+    copies = []
+    for _ in range(count):
+        twin = layer.with_kernel("dequantize")  # shares the weights, then gets its own
+        twin.weight = twin.weight.clone()
+        twin.prepare(kernel)
+        copies.append(twin)
+    return copies
+
+
+def bench_layers(model: str, mode: str, rounds: int) -> None:
+    config = MODELS[model]
+    big = torch.ones(512 * 2**20)  # 2 GB of float32
+    for name, k, n in layer_shapes(config):
+        layer = quantize_model(torch.nn.Sequential(torch.nn.Linear(k, n)), QuantSettings(mode))[0]
+        x = torch.randn(1, k)
+        candidates = layer.kernel_candidates()
+        start = time.perf_counter()
+        choice = cpu_kernels.measure(layer, candidates)
+        choice_seconds = time.perf_counter() - start
+        # What the choice times (all but the last, the fallback), and ours in every instruction set.
+        ours = [f"cpp-{isa}" for isa in torch.ops.codegen_lsp_cpu.isas().split()] if candidates[0].startswith("cpp-") else []
+        kernels = ours + [kernel for kernel in candidates[:-1] if not kernel.startswith("cpp-")]
+        copies = {kernel: cold_copies(layer, kernel) for kernel in kernels}
+        calls = {kernel: (lambda turn=itertools.cycle(twins): next(turn)(x)) for kernel, twins in copies.items()}
+        calls["read bandwidth"] = big.sum
+        # A torch sum over float32 tensors of the size our kernel reads, cold too: what one call of
+        # that size can stream at best (each call's start costs, as it does the kernels').
+        same_size = weight_bytes_per_token(copies[kernels[0]][0])
+        tensors = [torch.ones(same_size // 4) for _ in range(-(-COLD_BYTES // same_size))]
+        calls["same-size read"] = lambda turn=itertools.cycle(tensors): next(turn).sum()
+        seconds = cpu_kernels.median_seconds_per_call(calls, rounds=rounds, round_seconds=0.05)
+        bandwidth = big.nbytes / seconds.pop("read bandwidth") / 1e9
+        same_size_bandwidth = same_size / seconds.pop("same-size read") / 1e9
+        print(f"\n{model} {mode} {name} {k}->{n}: read bandwidth {bandwidth:.1f} GB/s ({same_size / 2**20:.1f} MB reads: "
+              f"{same_size_bandwidth:.1f} GB/s), {load_average()}; chosen at load: {choice} ({choice_seconds * 1000:.0f} ms to choose)")
+        print(f"  {'kernel':<14}{'us/call':>10}{'GB/s':>8}{'of bw':>8}{'of same-size read':>20}")
+        for kernel, s in seconds.items():
+            gb = weight_bytes_per_token(copies[kernel][0]) / s / 1e9
+            print(f"  {kernel:<14}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%{100 * gb / same_size_bandwidth:>19.0f}%")
+        del layer, copies, calls, tensors
+        gc.collect()
+
+
+def bench_decode(model: str, mode: str, rounds: int, new_tokens: int) -> None:
+    """Decode ms/token with the kernels chosen at load and with PyTorch's packed ones, interleaved."""
+    directory = checkpoint(model, MODELS[model])
+    chosen = load_model(str(directory), device="cpu", quantization=mode)  # the first load quantizes and chooses
+    old = load_model(str(directory), device="cpu", quantization=mode)
+    for module in old.model.modules():
+        if isinstance(module, (Int8Linear, Int4Linear)):
+            module.prepare(OLD_PATH[mode])
+    prompt = [i % chosen.config.vocab_size for i in bench_prompt(chosen, 64)]
+    picked = sorted({m.kernel for m in chosen.model.modules() if isinstance(m, (Int8Linear, Int4Linear))})
+
+    def decode(lm):
+        session = Session(lm)
+        logits, _ = session.prefill(prompt)
+        token = int(torch.argmax(logits))
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            token = int(torch.argmax(session.step(token)))
+        return (time.perf_counter() - start) / new_tokens
+
+    decode(chosen), decode(old)  # warm-up
+    times = {"chosen": [], "old": []}
+    for _ in range(rounds):
+        times["chosen"].append(decode(chosen))
+        times["old"].append(decode(old))
+    new_ms, old_ms = (statistics.median(times[k]) * 1000 for k in ("chosen", "old"))
+    mb = {k: weight_bytes_per_token(lm.model) / 2**20 for k, lm in (("chosen", chosen), ("old", old))}
+    print(f"\n{model} {mode} decode, {len(prompt)}-token prompt, {new_tokens} tokens, median of {rounds} rounds, {load_average()}")
+    print(f"  chosen kernels ({', '.join(picked)}): {new_ms:7.1f} ms/token, {mb['chosen']:.0f} MB of weights per token")
+    print(f"  {OLD_PATH[mode]} (before){'':<{max(0, len(', '.join(picked)) - len(OLD_PATH[mode]) - 6)}}: {old_ms:7.1f} ms/token, "
+          f"{mb['old']:.0f} MB of weights per token; chosen is {old_ms / new_ms:.2f}x faster")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--modes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--no-end-to-end", action="store_true")
+    args = parser.parse_args()
+    key = cpu_kernels.machine_key()
+    ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
+    print(f"CPU {key['cpu']} ({', '.join(cpu_features())}), torch {key['torch']}, {key['threads']} threads; "
+          f"our kernels: {', '.join(ours) or 'not built'}")
+    for model in args.models:
+        for mode in args.modes:
+            bench_layers(model, mode, args.rounds)
+    if not args.no_end_to_end:
+        for model in args.models:
+            for mode in args.modes:
+                bench_decode(model, mode, args.rounds, args.new_tokens)
+
+
+def cpu_features() -> list[str]:
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+
+
+if __name__ == "__main__":
+    main()

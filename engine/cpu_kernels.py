@@ -1,0 +1,248 @@
+"""CPU decode kernels for quantized layers: building ours, and choosing the fastest per layer shape.
+
+engine/kernels/cpu_matvec.cpp holds int8 and int4 matrix-vector kernels for decode (its header
+says how they work). It is compiled at first use with torch.utils.cpp_extension, once per machine,
+torch version and source, and the library is kept in the cache folder. Where it cannot be built
+(no compiler, no ninja) one log line says so and PyTorch's kernels run instead.
+
+The fastest kernel depends on the CPU (AVX2 or AVX-512, memory, threads), so the first load of a
+quantized model on a CPU times the kernels available for each distinct layer shape on one layer
+of that shape, and the fastest whose output matches a float32 reference serves every layer of
+that shape. Choices are saved in cpu-kernels.json beside the quantized weights, keyed by CPU model
+and flags, torch version, kernel source and thread count: a change in any means measuring again.
+
+A quantized module takes part through its methods kernel_candidates() (names, fallback last),
+with_kernel(name) (a twin sharing its weights, set up for that kernel), prepare(name), shape_key()
+and reference(x, rows) (the float32 result of those output rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_matvec.cpp"
+# -fopenmp: at::parallel_for is inline OpenMP code, serial without it; the library then shares
+# torch's own libgomp (same soname, already loaded), so torch.set_num_threads applies.
+COMPILER_FLAGS = ["-O3", "-ffp-contract=fast", "-Wno-psabi"] + (["-fopenmp"] if sys.platform == "linux" else [])
+LINKER_FLAGS = ["-fopenmp"] if sys.platform == "linux" else []
+CHOICES_FILE = "cpu-kernels.json"
+# A candidate passes when max |y - reference| <= TOLERANCE * max |reference| on random input:
+# float32 and 16-bit activations are near 1e-5, bfloat16 activations (PyTorch's packed kernels)
+# near 5e-3, a wrong layout or scale near 1.
+TOLERANCE = 3e-2
+ROUNDS = 5  # timing rounds, candidates interleaved, median taken
+ROUND_SECONDS = 2e-3  # calls per round: as many as fill this time, at least one
+
+_build_lock = threading.Lock()
+_loaded: bool | None = None  # None: not tried in this process yet
+
+
+def source_digest() -> str:
+    """What identifies a build of the kernels: their source and flags."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(COMPILER_FLAGS + LINKER_FLAGS).encode()).hexdigest()[:16]
+
+
+def load_kernels(folder: Path) -> bool:
+    """Whether torch.ops.codegen_lsp_cpu is usable, building it into folder the first time on a machine."""
+    global _loaded
+    with _build_lock:  # one build per process, whichever thread asks first
+        if _loaded is None:
+            _loaded = _load(Path(folder))
+        return _loaded
+
+
+def _load(folder: Path) -> bool:
+    try:
+        version = f"{platform.machine()}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{source_digest()}"
+        library = folder / f"cpu_matvec-{version}.so"
+        if library.is_file():
+            torch.ops.load_library(str(library))
+        else:
+            log.info("building the CPU decode kernels (once per machine and torch version): %s", library)
+            _build(library)
+    except Exception as exc:  # no compiler, no ninja, a compile error, an unwritable cache...
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("CPU decode kernels unavailable, using PyTorch's instead: %s", message[:300])
+        return False
+    # Output shapes for torch.compile, which traces the ops without running them.
+    torch.library.register_fake("codegen_lsp_cpu::int8_matvec")(
+        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
+    torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
+        lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
+    return True
+
+
+def _build(library: Path) -> None:
+    """Compile in a private folder (a killed build leaves no lock behind), then publish the library
+    under its final name in one rename; the build also loads it into this process."""
+    from torch.utils import cpp_extension
+
+    if shutil.which("ninja") is None:  # the ninja package's binary, when the venv is not on PATH
+        try:
+            import ninja
+
+            os.environ["PATH"] += os.pathsep + ninja.BIN_DIR
+        except ImportError:
+            pass
+    library.parent.mkdir(parents=True, exist_ok=True)
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its compiler warnings would be more lines than the one we log
+    try:
+        with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as scratch, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            built = cpp_extension.load(
+                "codegen_lsp_cpu_matvec", [str(SOURCE)], extra_cflags=COMPILER_FLAGS, extra_ldflags=LINKER_FLAGS,
+                build_directory=scratch, is_python_module=False, verbose=False,
+            )
+            partial = library.with_name(f"{library.name}.{os.getpid()}.partial")
+            shutil.copyfile(built, partial)
+            os.replace(partial, library)
+    finally:
+        quiet.setLevel(level)
+
+
+# ---------------------------------------------------------------- choosing per layer shape
+
+
+def compiled_kernels(folder: Path) -> list[str]:
+    """Our kernels this CPU runs, as candidate names ("cpp-avx2"...), best instruction set first;
+    the portable build only where no SIMD one runs (elsewhere it is many times slower)."""
+    if not load_kernels(folder):
+        return []
+    isas = torch.ops.codegen_lsp_cpu.isas().split()
+    return [f"cpp-{isa}" for isa in (isas[:-1] or isas)]
+
+
+
+def machine_key() -> dict:
+    """What the speed of a kernel depends on, besides the layer's shape."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    model = fields.get("model name") or fields.get("Hardware") or platform.processor() or platform.machine()
+    flags = fields.get("flags") or fields.get("Features") or ""
+    return {
+        "cpu": model,
+        "cpu_flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "kernel_source": source_digest(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
+    """Give every module the fastest correct kernel for its shape: from folder/cpu-kernels.json when
+    it was measured on this machine, else by measuring now (and saving the choice)."""
+    if not modules:
+        return
+    path = Path(folder) / CHOICES_FILE
+    key = machine_key()
+    saved = _read_choices(path)
+    choices = saved.get("choices", {}) if saved.get("key") == key else {}
+    by_shape: dict[str, list[nn.Module]] = {}
+    for module in modules:
+        by_shape.setdefault(module.shape_key(), []).append(module)
+    changed = False
+    for shape, same in by_shape.items():
+        candidates = same[0].kernel_candidates()
+        choice = choices.get(shape)
+        if choice not in candidates:  # not measured here yet, or no longer available
+            choice = measure(same[0], candidates)
+            choices[shape] = choice
+            changed = True
+        for module in same:
+            module.prepare(choice)
+    log.info("CPU decode kernels: %s", ", ".join(f"{shape}: {choices[shape]}" for shape in by_shape))
+    if changed:
+        try:
+            _write_choices(path, {"key": key, "choices": choices})
+        except OSError as exc:
+            log.warning("cannot save the CPU kernel choice in %s: %s", path, exc)
+
+
+@torch.no_grad()
+def measure(module: nn.Module, candidates: list[str]) -> str:
+    """The fastest of candidates on this layer whose output matches its float32 reference. The
+    last candidate is the fallback (dequantize and matmul): chosen, untimed, when no other passes."""
+    *timed, fallback = candidates
+    x = torch.randn(1, module.in_features, generator=torch.Generator().manual_seed(0))
+    # Every output row would cost a float copy of the layer: 256 spread rows and the last 16 (the
+    # edge of the kernels' row blocks) catch a wrong layout, scale or tail.
+    rows = torch.unique(torch.cat([torch.linspace(0, module.out_features - 1, 256).long(),
+                                   torch.arange(max(0, module.out_features - 16), module.out_features)]))
+    reference = module.reference(x, rows)
+    passed = {}
+    for name in timed:
+        try:
+            twin = module.with_kernel(name)
+            error = (twin(x)[:, rows].float() - reference).abs().max().item() / max(reference.abs().max().item(), 1e-30)
+        except Exception as exc:
+            log.warning("CPU kernel %s failed on %s, not used: %s", name, module.shape_key(), exc)
+            continue
+        if error <= TOLERANCE:
+            passed[name] = twin
+        else:
+            log.warning("CPU kernel %s is wrong on %s (relative error %.2g), not used", name, module.shape_key(), error)
+    if len(passed) < 2:
+        return next(iter(passed), fallback)
+    seconds = median_seconds_per_call({name: lambda twin=twin: twin(x) for name, twin in passed.items()})
+    return min(seconds, key=seconds.get)
+
+
+def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS,
+                            round_seconds: float = ROUND_SECONDS) -> dict[str, float]:
+    """Each function's median seconds per call over interleaved rounds (A, B, C, A, B, C, ...), so
+    that another process's load weighs on all of them alike."""
+    repeats = {}
+    for name, call in calls.items():
+        call()  # warm-up
+        start = time.perf_counter()
+        call()
+        repeats[name] = max(1, int(round_seconds / max(time.perf_counter() - start, 1e-9)))
+    samples = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(repeats[name]):
+                call()
+            samples[name].append((time.perf_counter() - start) / repeats[name])
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def _read_choices(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) and isinstance(data.get("choices"), dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_choices(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(partial, path)

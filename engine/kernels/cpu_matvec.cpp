@@ -1,0 +1,332 @@
+// Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
+// token, or a few): y[m] = x[m] W^T + bias, computed in float32.
+//
+// Decode reads every weight once per token, so these kernels must stream weights at memory speed
+// while spending few instructions per weight. Both take the weights repacked by engine/quantize.py
+// (pack_int8_for_cpu, pack_int4_for_cpu) into blocks of rows interleaved so that each thread reads
+// one sequential stream (several streams at once, one per row, read at half the speed on an EPYC),
+// and prefetch it well ahead (the hardware prefetcher alone left a thread at 60 % of its share).
+//
+// - int8: blocks of 4 rows, 16 columns of each in turn. 8 (AVX2) or 16 (AVX-512) weights widen
+//   to float32 in two instructions and accumulate in float32; each activation load serves 4 rows.
+// - int4 needs nibble unpacking and one scale per small group, which cost too much in float32:
+//   blocks of 8 rows where 16 bytes hold 4 columns of all 8, each group followed by its scales,
+//   and x as 16-bit integers (one scale per group: |error| <= max |x in the group| / 65534, far
+//   below the weights' own error). One 16-bit multiply-add then multiplies 16 weights by 16
+//   activations into 8 exact int32 sums, one per row: no per-weight conversion.
+//
+// Each kernel is compiled three times: for AVX-512 (with VNNI, which also adds int4's products in
+// the same instruction), for AVX2 + FMA, and for the baseline of the build target (plain C++). The
+// caller names the one to run, among those `isas()` says this CPU has, so a benchmark can choose.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// GCC/Clang vector types: arithmetic on them is one SIMD instruction per register, and a type
+// wider than the target's registers is split into several.
+template <int W>
+struct Vec {
+  typedef float f32 __attribute__((vector_size(4 * W)));
+  typedef int32_t i32 __attribute__((vector_size(4 * W)));
+};
+typedef int16_t i16x16 __attribute__((vector_size(32)));
+typedef int16_t i16x8 __attribute__((vector_size(16)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef float f32x8 __attribute__((vector_size(32)));
+
+template <class V>
+inline V load(const void* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof v);  // an unaligned load
+  return v;
+}
+
+template <class V>
+inline float sum(V v) {
+  float s = 0.f;
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; ++i) s += v[i];
+  return s;
+}
+
+// What vector extensions cannot say in one instruction (GCC 12 scalarizes widening from bytes):
+// int8 -> int32 lanes; 16 bytes -> 16 int16; dot_add: acc[i] += a[2i] b[2i] + a[2i+1] b[2i+1].
+struct Baseline {
+  static constexpr int W = 4;
+  static Vec<4>::i32 widen_int8(const int8_t* p) { return Vec<4>::i32{p[0], p[1], p[2], p[3]}; }
+  static i16x16 widen_bytes(const uint8_t* p) {
+    i16x16 v;
+    for (int i = 0; i < 16; ++i) v[i] = p[i];
+    return v;
+  }
+  static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) {
+    for (int i = 0; i < 8; ++i) acc[i] += a[2 * i] * b[2 * i] + a[2 * i + 1] * b[2 * i + 1];
+    return acc;
+  }
+};
+
+#if defined(__x86_64__)
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+struct Avx2 {
+  static constexpr int W = 8;
+  AVX2 static Vec<8>::i32 widen_int8(const int8_t* p) { return (Vec<8>::i32)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+  AVX2 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+  AVX2 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return acc + (i32x8)_mm256_madd_epi16((__m256i)a, (__m256i)b); }
+};
+
+struct Avx512 {
+  static constexpr int W = 16;
+  AVX512 static Vec<16>::i32 widen_int8(const int8_t* p) { return (Vec<16>::i32)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+  AVX512 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+  AVX512 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return (i32x8)_mm256_dpwssd_epi32((__m256i)acc, (__m256i)a, (__m256i)b); }
+};
+#endif
+
+// How far ahead of its reads a thread asks for weights: about what one thread streams (10-20 GB/s)
+// during a memory latency (100-150 ns); 2 KB beat 1, 4 and 8 KB narrowly on the AVX2 EPYC.
+constexpr int64_t PREFETCH_BYTES = 2048;
+
+// ---------------------------------------------------------------- int8
+// Block b of 4 rows (zero rows pad the last), columns 16c..16c+15: 64 bytes, row r's at 16r.
+// y[m, n] = (x[m] . w[n]) * scales[n] + bias[n].
+
+struct Int8Args {
+  const float* x;  // (M, K)
+  const int8_t* w;  // (N/4, K/16, 4, 16)
+  const float* scales;
+  const float* bias;  // or nullptr
+  float* y;           // (M, N)
+  int64_t M, N, K;
+};
+
+template <class Isa>
+inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  for (int64_t b = begin; b < end; ++b) {
+    for (int64_t m = 0; m < a.M; ++m) {  // the block stays in L1/L2 from one token to the next
+      const int8_t* w = a.w + b * 4 * a.K;
+      const float* x = a.x + m * a.K;
+      F acc[4][2] = {};  // two per row: an FMA's latency is longer than its issue interval
+      for (int64_t k = 0; k < a.K; k += 32, w += 128) {  // the caller checks 32 divides K
+        __builtin_prefetch(w + PREFETCH_BYTES);
+        __builtin_prefetch(w + PREFETCH_BYTES + 64);
+        for (int i = 0; i < 32 / W; ++i) {
+          const F xi = load<F>(x + k + i * W);
+          const int chunk = i * W / 16, column = i * W % 16;
+          for (int r = 0; r < 4; ++r)
+            acc[r][i % 2] += __builtin_convertvector(Isa::widen_int8(w + chunk * 64 + r * 16 + column), F) * xi;
+        }
+      }
+      for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
+        const int64_t n = b * 4 + r;
+        a.y[m * a.N + n] = sum(acc[r][0] + acc[r][1]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- int4
+// Block b of 8 rows (zero rows pad the last), group g: 8 * g / 2 bytes of weights, 16 bytes per
+// 4 columns (bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2, 4c+3
+// in their high ones), then the 8 rows' scales and their offsets, 16 float32. With w = q * scale +
+// offset (q in [0, 15]), per group:
+//   sum_k w[n, k] x[k] = scale[n, g] * sum_k q[n, k] x[k] + offset[n, g] * sum_k x[k].
+
+struct Int4Args {
+  const int16_t* x;       // (M, K) x[m, k] / x_scales[m, g]
+  const float* x_scales;  // (M, K/g)
+  const float* x_sums;    // (M, K/g) sums of x per group
+  const uint8_t* w;       // (N/8, K/g, 4g + 64)
+  const float* bias;      // (N,) or nullptr
+  float* y;               // (M, N)
+  int64_t M, N, K, group_size;
+};
+
+inline i16x16 broadcast_pair(const int16_t* x) {  // x[0], x[1], x[0], x[1], ...
+  return (i16x16)((i32x8){} + load<int32_t>(x));
+}
+
+template <class Isa>
+inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t groups = a.K / a.group_size;
+  const i16x16 low_nibble = (i16x16){} + 15;
+  for (int64_t b = begin; b < end; ++b) {
+    for (int64_t m = 0; m < a.M; ++m) {
+      const uint8_t* w = a.w + b * groups * (4 * a.group_size + 64);
+      const int16_t* x = a.x + m * a.K;
+      f32x8 acc = {};
+      for (int64_t g = 0; g < groups; ++g) {
+        i32x8 dot = {};  // exact: 256 columns * 15 * 32767 < 2^31
+        for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 16, w += 64) {
+          __builtin_prefetch(w + PREFETCH_BYTES);
+          for (int i = 0; i < 4; ++i) {
+            const i16x16 q = Isa::widen_bytes(w + 16 * i);
+            dot = Isa::dot_add(dot, q & low_nibble, broadcast_pair(x + k + 4 * i));
+            dot = Isa::dot_add(dot, q >> 4, broadcast_pair(x + k + 4 * i + 2));
+          }
+        }
+        __builtin_prefetch(w + PREFETCH_BYTES);
+        acc += __builtin_convertvector(dot, f32x8) * (load<f32x8>(w) * a.x_scales[m * groups + g]);
+        acc += load<f32x8>(w + 32) * a.x_sums[m * groups + g];
+        w += 64;
+      }
+      for (int r = 0; r < 8 && b * 8 + r < a.N; ++r) a.y[m * a.N + b * 8 + r] = acc[r] + (a.bias ? a.bias[b * 8 + r] : 0.f);
+    }
+  }
+}
+
+// x (M, K) -> int16 with one scale per group of columns (a multiple of 8), and each group's sum.
+template <class Isa>
+inline void int4_activations(const float* x, int64_t count, int64_t group_size, int16_t* q, float* scales, float* sums) {
+  for (int64_t g = 0; g < count / group_size; ++g) {
+    const float* xg = x + g * group_size;
+    f32x8 amax = {}, total = {};
+    for (int64_t i = 0; i < group_size; i += 8) {
+      const f32x8 v = load<f32x8>(xg + i), magnitude = v < 0 ? -v : v;
+      amax = magnitude > amax ? magnitude : amax;
+      total += v;
+    }
+    float largest = 0.f;
+    for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
+    scales[g] = largest > 0.f ? largest / 32767.f : 1.f;
+    sums[g] = sum(total);
+    const float inverse = 1.f / scales[g];
+    for (int64_t i = 0; i < group_size; i += 8) {
+      const f32x8 rounded = (load<f32x8>(xg + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
+      const i16x8 narrow = __builtin_convertvector(__builtin_convertvector(rounded, i32x8), i16x8);
+      __builtin_memcpy(q + g * group_size + i, &narrow, sizeof narrow);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- one copy per instruction set
+// flatten compiles the templates above inside each of these, for its instruction set. (A lambda
+// does not inherit its function's target attribute, so parallel_for's lambda calls these.)
+
+struct Kernels {
+  void (*int8)(const Int8Args&, int64_t, int64_t);
+  void (*int4)(const Int4Args&, int64_t, int64_t);
+  void (*int4_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
+};
+
+#define KERNEL __attribute__((flatten))
+KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
+KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
+KERNEL void int4_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int4_activations<Baseline>(x, n, g, q, s, t);
+}
+#if defined(__x86_64__)
+KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
+KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
+KERNEL AVX2 void int4_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int4_activations<Avx2>(x, n, g, q, s, t);
+}
+KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
+KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
+KERNEL AVX512 void int4_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int4_activations<Avx512>(x, n, g, q, s, t);
+}
+#endif
+
+std::string isas() {  // the instruction sets this CPU can run, best first
+  std::string found;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512vnni"))
+    found += "avx512 ";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) found += "avx2 ";
+#endif
+  return found + "baseline";
+}
+
+Kernels kernels_for(c10::string_view isa) {
+  static const std::string available = " " + isas() + " ";
+  const std::string name(isa);
+  TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
+#if defined(__x86_64__)
+  if (name == "avx512") return {int8_avx512, int4_avx512, int4_activations_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int4_activations_avx2};
+#endif
+  return {int8_baseline, int4_baseline, int4_activations_baseline};
+}
+
+// At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
+int64_t grain(int64_t bytes_per_unit) { return std::max<int64_t>(1, (64 << 10) / bytes_per_unit); }
+
+// The ops take x (..., K) and give y (..., N) in x's dtype; the kernels work in float32.
+at::Tensor float_rows(const at::Tensor& x) { return x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous(); }
+
+at::Tensor float_bias(const c10::optional<at::Tensor>& bias, int64_t N) {
+  if (!bias) return at::Tensor();
+  TORCH_CHECK(bias->numel() == N, "bias: (N,)");
+  return bias->to(at::kFloat).contiguous();
+}
+
+at::Tensor shaped_like(const at::Tensor& y, const at::Tensor& x) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = y.size(1);
+  return y.view(sizes).to(x.scalar_type());
+}
+
+at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const at::Tensor x = float_rows(x_in);
+  const int64_t M = x.size(0), K = x.size(1), N = scales.numel(), blocks = (N + 3) / 4;
+  const at::Tensor bias = float_bias(bias_in, N);
+  TORCH_CHECK(K % 32 == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.numel() == blocks * 4 * K,
+              "weight: int8 from pack_int8_for_cpu, K a multiple of 32");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
+  const Kernels run = kernels_for(isa);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const Int8Args a{x.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
+  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t b, int64_t e) { run.int8(a, b, e); });
+  return shaped_like(y, x_in);
+}
+
+at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const at::Tensor x = float_rows(x_in);
+  const int64_t M = x.size(0), K = x.size(1), blocks = (N + 7) / 8;
+  const at::Tensor bias = float_bias(bias_in, N);
+  TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.numel() == blocks * K / group_size * (4 * group_size + 64),
+              "weight: uint8 from pack_int4_for_cpu");
+  const Kernels run = kernels_for(isa);
+  std::vector<int16_t> xq(M * K);
+  std::vector<float> x_scales(M * K / group_size), x_sums(M * K / group_size);
+  run.int4_activations(x.data_ptr<float>(), M * K, group_size, xq.data(), x_scales.data(), x_sums.data());
+  at::Tensor y = at::empty({M, N}, x.options());
+  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(),
+                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group_size};
+  at::parallel_for(0, blocks, grain(8 * K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
+  return shaped_like(y, x_in);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(codegen_lsp_cpu, m) {
+  m.def("isas() -> str", &isas);
+  m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
+  m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
+  m.impl("int8_matvec", &int8_matvec);
+  m.impl("int4_matvec", &int4_matvec);
+}

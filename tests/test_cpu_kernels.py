@@ -1,0 +1,227 @@
+"""The CPU decode kernels of quantized layers (engine/cpu_kernels.py, engine/kernels/cpu_matvec.cpp):
+each one against a float32 reference on layers of real shapes, the choice per shape and its cache,
+the fallback without a compiler, and LM heads whose row count is no multiple of 16.
+
+Layers here are random int8 / int4 codes with random scales (quantizing float weights would only
+be slower), and outputs are compared on a subset of rows, as the load-time check does.
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoints
+from engine import cpu_kernels, load_model
+from engine.bench import greedy_with_logits
+from engine.loading import DEMO_MODEL_DIR
+from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, cache_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+# (in, out) of santacoder (c_attn, attn c_proj, c_fc, mlp c_proj, lm_head), codegen-350M (qkv_proj,
+# out_proj, fc_in, fc_out, lm_head), CodeGen's 50,295-token vocabulary and a tiny layer: row
+# counts that are and are not multiples of the kernels' blocks.
+SHAPES = [(2048, 2304), (2048, 2048), (2048, 8192), (8192, 2048), (2048, 49280),
+          (1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 51200), (1024, 50295), (64, 13)]  # fmt: skip
+# max |y - reference| / max |reference|: ours accumulate in float32 (int8) or exact int32 over
+# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16.
+BOUNDS = {"cpp": 3e-4, "int8pack": 2e-2, "int4pack": 2e-2, "dequantize": 1e-5}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODEGEN_LSP_CACHE", str(tmp_path / "cache"))
+
+
+def random_layer(mode: str, in_features: int, out_features: int, group_size: int = 32, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(0)
+    if mode == "int8":
+        layer = Int8Linear(in_features, out_features, bias=True, dtype=dtype)
+        layer.weight = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+        layer.scales = torch.rand(out_features, generator=generator) * 1e-3 + 1e-4
+    else:
+        layer = Int4Linear(in_features, out_features, bias=True, group_size=group_size, dtype=dtype)
+        layer.weight = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, generator=generator)
+        scales = torch.rand(in_features // group_size, out_features, generator=generator) * 1e-2 + 1e-3
+        zeros = torch.randn(in_features // group_size, out_features, generator=generator) * 1e-2
+        layer.scales_and_zeros = torch.stack([scales, zeros], dim=-1)
+    layer.bias.copy_(torch.randn(out_features, generator=generator) * 1e-2)
+    return layer
+
+
+def kernels_to_test(layer) -> list[str]:
+    """Every kernel that runs here: PyTorch's, and ours in each instruction set this CPU has (the
+    portable build included, which the choice skips where a SIMD one runs)."""
+    names = layer.kernel_candidates()
+    if any(name.startswith("cpp-") for name in names):
+        ours = [f"cpp-{isa}" for isa in torch.ops.codegen_lsp_cpu.isas().split()]
+        names = ours + [name for name in names if not name.startswith("cpp-")]
+    return names
+
+
+def check_rows(layer, x: torch.Tensor, y: torch.Tensor, bound: float) -> None:
+    rows = torch.unique(torch.cat([torch.linspace(0, layer.out_features - 1, 200).long(),
+                                   torch.arange(max(0, layer.out_features - 20), layer.out_features)]))
+    reference = layer.reference(x.reshape(-1, layer.in_features), rows)
+    error = (y.reshape(-1, layer.out_features)[:, rows] - reference).abs().max() / reference.abs().max()
+    assert error <= bound, error
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{k}->{n}" for k, n in SHAPES])
+def test_every_kernel_matches_the_float_reference(mode, shape):
+    layer = random_layer(mode, *shape)
+    x = torch.randn(3, shape[0], generator=torch.Generator().manual_seed(1))
+    for name in kernels_to_test(layer):
+        twin = layer.with_kernel(name)
+        for tokens in (x[:1], x):  # decode, and a few tokens at once
+            y = twin(tokens)
+            assert y.shape == (len(tokens), shape[1]) and y.dtype == torch.float32, name
+            check_rows(layer, tokens, y, BOUNDS[name.partition("-")[0]])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_long_prefill_matches_too(mode):
+    """int8 switches from our kernel to a dense matmul of the unpacked weight past INT8_KERNEL_MAX_TOKENS."""
+    layer = random_layer(mode, 512, 100)
+    x = torch.randn(1, INT8_KERNEL_MAX_TOKENS + 6, 512)
+    for name in kernels_to_test(layer):
+        check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_switching_kernels_keeps_one_exact_copy_of_the_weight(mode):
+    layer = random_layer(mode, 256, 37)
+    original = layer.weight.clone()
+    for name in kernels_to_test(layer) + ["dequantize"]:
+        layer.prepare(name)
+        assert (layer.weight is None) == name.startswith("cpp-"), name  # ours keep their packed copy alone
+        assert torch.equal(layer.checkpoint_weight(), original), name
+
+
+@pytest.mark.parametrize("group_size", [64, 128, 256])
+def test_int4_kernels_take_every_group_size(group_size):
+    layer = random_layer("int4", 1024, 520, group_size=group_size)
+    x = torch.randn(2, 1024)
+    for name in kernels_to_test(layer):
+        check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_a_bfloat16_model_gets_bfloat16_outputs(mode):
+    layer = random_layer(mode, 256, 64, dtype=torch.bfloat16)
+    x = torch.randn(1, 1, 256, dtype=torch.bfloat16)
+    for name in kernels_to_test(layer):
+        y = layer.with_kernel(name)(x)
+        assert y.shape == (1, 1, 64) and y.dtype == torch.bfloat16, name
+
+
+def chosen_kernels(lm) -> dict[str, str]:
+    return {name: m.kernel for name, m in lm.model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
+
+
+def test_int8_decode_with_the_chosen_kernels_gives_the_tokens_of_the_dequantized_path(stdlib_code):
+    lm = load_model(str(DEMO_MODEL_DIR), device="cpu", quantization="int8")
+    prompt = lm.tokenizer.encode(stdlib_code)[:200]
+    chosen = chosen_kernels(lm)
+    if cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        assert any(kernel.startswith("cpp-") for kernel in chosen.values()), chosen
+    tokens, _ = greedy_with_logits(lm, prompt, 32)
+    for module in lm.model.modules():
+        if isinstance(module, Int8Linear):
+            module.prepare("dequantize")
+    assert tokens == greedy_with_logits(lm, prompt, 32)[0], chosen
+
+
+def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differs(codegen_dir, tmp_path, monkeypatch):
+    measured = []
+    real_measure = cpu_kernels.measure
+
+    def counted_measure(module, names):
+        measured.append(module.shape_key())
+        return real_measure(module, names)
+
+    monkeypatch.setattr(cpu_kernels, "measure", counted_measure)
+    first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
+    path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
+    saved = json.loads(path.read_text())
+    assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
+    assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
+    # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
+    path.write_text(json.dumps({**saved, "choices": {shape: "dequantize" for shape in saved["choices"]}}))
+    measured.clear()
+    assert set(chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8")).values()) == {"dequantize"}
+    assert measured == []
+    for field, other in (("cpu", "Another CPU"), ("torch", "1.0.0")):
+        path.write_text(json.dumps({"key": {**saved["key"], field: other},
+                                    "choices": {shape: "dequantize" for shape in saved["choices"]}}))
+        measured.clear()
+        again = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
+        assert sorted(measured) == sorted(saved["choices"]), field
+        assert json.loads(path.read_text())["key"] == cpu_kernels.machine_key()
+        assert set(again.values()) != {"dequantize"}
+
+
+def test_a_wrong_kernel_is_not_chosen(caplog):
+    layer = random_layer("int8", 512, 256)
+    real_forward = Int8Linear.forward
+
+    def broken(self, x):  # the packed kernel with its rows in the wrong order
+        y = real_forward(self, x)
+        return y.flip(-1) if self.kernel == "int8pack" else y
+
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
+        patch.setattr(Int8Linear, "forward", broken)
+        choice = cpu_kernels.measure(layer, layer.kernel_candidates())
+    assert choice != "int8pack"
+    assert [r.message for r in caplog.records if "int8pack" in r.message][0].startswith("CPU kernel int8pack is wrong")
+
+
+@pytest.mark.parametrize("make", [checkpoints.make_codegen, checkpoints.make_bigcode], ids=["codegen", "bigcode"])
+def test_int4_lm_head_whose_rows_are_no_multiple_of_16(make, tmp_path, stdlib_code):
+    directory = make(tmp_path / "model", vocab_size=50295)  # CodeGen's tokenizer size: 16 * 3143 + 7
+    reference = load_model(str(directory), device="cpu")
+    lm = load_model(str(directory), device="cpu", quantization="int4")
+    head = lm.model.lm_head
+    assert isinstance(head, Int4Linear) and head.out_features == 50295
+    x = torch.randn(2, head.in_features)
+    for name in head.kernel_candidates():  # the padded int4pack layout and ours
+        y = head.with_kernel(name)(x)
+        assert y.shape == (2, 50295), name
+        check_rows(head, x, y, BOUNDS[name.partition("-")[0]])
+    prompt = lm.tokenizer.encode(stdlib_code)[:32]
+    tokens, logits = greedy_with_logits(lm, prompt, 8)
+    _, reference_logits = greedy_with_logits(reference, prompt, 8, follow=tokens)
+    assert all(t < 50295 for t in tokens) and logits[0].shape == (50295,)
+    assert max((a - b).abs().max() / b.std() for a, b in zip(logits, reference_logits)) < 1.4
+
+
+def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
+    """A fresh cache and no compiler on PATH: the build fails, one warning says so, PyTorch's kernels run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if shutil.which("ninja"):  # keep ninja, so that it is the compiler that is missing
+        (bin_dir / "ninja").symlink_to(shutil.which("ninja"))
+    script = (
+        "import logging, torch\n"
+        "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
+        "from engine import load_model\n"
+        "from engine.bench import greedy_with_logits\n"
+        "lm = load_model(None, device='cpu', quantization='int8')\n"
+        "print(greedy_with_logits(lm, lm.tokenizer.encode('def add(a, b):'), 4)[0])\n"
+        "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
+    )
+    env = {**os.environ, "CXX": "/nonexistent", "CC": "/nonexistent", "PATH": str(bin_dir), "CODEGEN_LSP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tokens, kernels = done.stdout.strip().splitlines()
+    assert len(json.loads(tokens)) == 4 and "cpp" not in kernels
+    warnings = [line for line in done.stderr.splitlines() if "cpu_kernels" in line and line.startswith("WARNING")]
+    assert len(warnings) == 1 and "CPU decode kernels unavailable" in warnings[0], done.stderr
+    assert "Traceback" not in done.stderr and "!! WARNING !!" not in done.stderr, done.stderr
