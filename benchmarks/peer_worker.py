@@ -22,15 +22,18 @@ def llama_cpp_runner(path: str, threads: int, context: int):
 
     llm = Llama(model_path=path, n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
 
+    def greedy() -> int:  # the last position's logits, straight from llama.cpp's context
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))))
+
     def measure(prompt: list[int], new_tokens: int) -> dict:
         llm.reset()
         start = time.perf_counter()
         llm.eval(prompt)
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = greedy()
         prefilled = time.perf_counter()
         for _ in range(new_tokens):
             llm.eval([token])
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            token = greedy()
         done = time.perf_counter()
         return {"prefill_s": prefilled - start, "decode_ms_per_token": (done - prefilled) / new_tokens * 1000}
 
