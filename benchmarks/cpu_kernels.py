@@ -1,7 +1,7 @@
 """CPU decode kernels of quantized layers: each candidate per layer shape, then whole-model decode.
 
     .venv/bin/python -m benchmarks.cpu_kernels [--models santacoder codegen-350M-mono]
-        [--modes int8 int4] [--rounds 7] [--new-tokens 32] [--no-end-to-end]
+        [--modes int8 int4] [--rounds 7] [--new-tokens 32] [--no-layers] [--no-end-to-end]
 
 Per layer shape of each model (random weights, one token): microseconds per call of the kernels
 the load-time choice compares on this CPU (engine/cpu_kernels.py; ours in every instruction set,
@@ -122,17 +122,24 @@ def bench_decode(model: str, mode: str, rounds: int, new_tokens: int) -> None:
             token = int(torch.argmax(session.step(token)))
         return (time.perf_counter() - start) / new_tokens
 
+    big = torch.ones(512 * 2**20)  # 2 GB of float32: the read bandwidth, in the same rounds
     decode(chosen), decode(old)  # warm-up
-    times = {"chosen": [], "old": []}
+    times = {"chosen": [], "old": [], "bandwidth": []}
     for _ in range(rounds):
         times["chosen"].append(decode(chosen))
         times["old"].append(decode(old))
-    new_ms, old_ms = (statistics.median(times[k]) * 1000 for k in ("chosen", "old"))
-    mb = {k: weight_bytes_per_token(lm.model) / 2**20 for k, lm in (("chosen", chosen), ("old", old))}
-    print(f"\n{model} {mode} decode, {len(prompt)}-token prompt, {new_tokens} tokens, median of {rounds} rounds, {load_average()}")
-    print(f"  chosen kernels ({', '.join(picked)}): {new_ms:7.1f} ms/token, {mb['chosen']:.0f} MB of weights per token")
-    print(f"  {OLD_PATH[mode]} (before){'':<{max(0, len(', '.join(picked)) - len(OLD_PATH[mode]) - 6)}}: {old_ms:7.1f} ms/token, "
-          f"{mb['old']:.0f} MB of weights per token; chosen is {old_ms / new_ms:.2f}x faster")
+        start = time.perf_counter()
+        big.sum()
+        times["bandwidth"].append(big.nbytes / (time.perf_counter() - start) / 1e9)
+    bandwidth = statistics.median(times["bandwidth"])
+    print(f"\n{model} {mode} decode, {len(prompt)}-token prompt, {new_tokens} tokens, median of {rounds} rounds, "
+          f"read bandwidth {bandwidth:.1f} GB/s, {load_average()}")
+    for name, lm, kernels in (("chosen", chosen, ", ".join(picked)), ("old", old, f"{OLD_PATH[mode]}, before")):
+        seconds = statistics.median(times[name])
+        weights = weight_bytes_per_token(lm.model)
+        print(f"  {kernels:<22}{seconds * 1000:7.1f} ms/token  {weights / 2**20:5.0f} MB of weights per token  "
+              f"{weights / seconds / 1e9:5.1f} GB/s ({100 * weights / seconds / 1e9 / bandwidth:.0f} % of read bandwidth)")
+    print(f"  chosen: {statistics.median(times['old']) / statistics.median(times['chosen']):.2f}x as fast")
 
 
 def main() -> None:
@@ -141,15 +148,17 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["int8", "int4"], choices=["int8", "int4"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--no-end-to-end", action="store_true")
     args = parser.parse_args()
     key = cpu_kernels.machine_key()
     ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
     print(f"CPU {key['cpu']} ({', '.join(cpu_features())}), torch {key['torch']}, {key['threads']} threads; "
           f"our kernels: {', '.join(ours) or 'not built'}")
-    for model in args.models:
-        for mode in args.modes:
-            bench_layers(model, mode, args.rounds)
+    if not args.no_layers:
+        for model in args.models:
+            for mode in args.modes:
+                bench_layers(model, mode, args.rounds)
     if not args.no_end_to_end:
         for model in args.models:
             for mode in args.modes:
