@@ -85,6 +85,8 @@ def _load(folder: Path) -> bool:
     # Output shapes for torch.compile, which traces the ops without running them.
     torch.library.register_fake("codegen_lsp_cpu::int8_matvec")(
         lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
+    torch.library.register_fake("codegen_lsp_cpu::int8_matmul")(
+        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
     torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
         lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     return True

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(2048, 2304), (2048, 2048), (2048, 8192), (8192, 2048), (2048, 49280),
           (1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 51200), (1024, 50295), (64, 13)]  # fmt: skip
 # max |y - reference| / max |reference|: ours accumulate in float32 (int8) or exact int32 over
-# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16.
+# 16-bit activations (int4, and int8 prefill); PyTorch's packed kernels round activations to bfloat16.
 BOUNDS = {"cpp": 3e-4, "int8pack": 2e-2, "int4pack": 2e-2, "dequantize": 1e-5}
 
 
@@ -87,12 +87,16 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_a_long_prefill_matches_too(mode):
-    """int8 switches from our kernel to a dense matmul of the unpacked weight past INT8_KERNEL_MAX_TOKENS."""
-    layer = random_layer(mode, 512, 100)
-    x = torch.randn(1, INT8_KERNEL_MAX_TOKENS + 6, 512)
-    for name in kernels_to_test(layer):
-        check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
+@pytest.mark.parametrize("shape", [(2048, 2304), (1024, 50295), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_a_long_prefill_matches_too(mode, shape):
+    """Past INT8_KERNEL_MAX_TOKENS our int8 kernel switches to its prefill product: token counts
+    that end mid-tile, and (small layers) more tokens than one panel of activations (256 KB) holds."""
+    layer = random_layer(mode, *shape)
+    panels = [2 * (256 << 10) // shape[0] + 3] if shape[0] <= 256 else []
+    for tokens in [INT8_KERNEL_MAX_TOKENS + 7] + panels:
+        x = torch.randn(1, tokens, shape[0], generator=torch.Generator().manual_seed(tokens))
+        for name in kernels_to_test(layer):
+            check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
