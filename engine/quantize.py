@@ -47,6 +47,7 @@ from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
+from engine.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -405,13 +406,6 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- disk cache
-
-
-def cache_dir() -> Path:
-    if os.environ.get("CODEGEN_LSP_CACHE"):
-        return Path(os.environ["CODEGEN_LSP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "codegen-lsp"
 
 
 def checkpoint_fingerprint(directory: Path) -> dict:

@@ -7,7 +7,13 @@ import json
 import logging
 import sys
 
-from engine import EngineError, SamplingParams, Session, generate, load_model
+from engine.errors import EngineError
+
+from engine.generate import SamplingParams, generate
+
+from engine.loading import load_model
+
+from engine.session import Session
 
 log = logging.getLogger("codegen-lsp")
 

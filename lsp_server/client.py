@@ -17,7 +17,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from engine import EngineError
+from engine.errors import EngineError
 from lsp_server.postprocess import EXTENSIONS
 from lsp_server.settings import PROJECT_FILE, SECTION
 

@@ -15,7 +15,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from engine import EngineError, LoadedModel, load_model
+from engine.errors import EngineError
+
+from engine.loading import LoadedModel, load_model
 from engine.completion import DocumentState
 from engine.session import SessionStore
 from lsp_server.settings import Settings

@@ -23,7 +23,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 from pygls.uris import to_fs_path
 
-from engine import EngineError
+from engine.errors import EngineError
 from lsp_server import settings as config
 from lsp_server.documents import Document, DocumentStore
 from lsp_server.models import Models, describe

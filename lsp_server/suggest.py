@@ -11,7 +11,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from engine import SamplingParams
+from engine.generate import SamplingParams
 from engine.completion import complete
 from engine.generate import GenerationStats
 from lsp_server.models import Engine

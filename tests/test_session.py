@@ -9,9 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine.session as session_module
-from engine import SamplingParams, Session, generate, load_model
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
 from engine.completion import DocumentState, complete
-from engine.session import Cancelled, SessionStore
+from engine.session import Cancelled, Session, SessionStore
 
 LINES = ["import os\n", "x = 1\n", "y = x + 2\n", "def f(a):\n", "z = [1, 2, 3]\n", "print(z)\n"]
 
