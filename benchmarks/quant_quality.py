@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import CACHE, checkpoint  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
-from engine.loading import load_model  # noqa: E402
 from engine.build import build_quantized_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
 from engine.paths import DEMO_MODEL_DIR  # noqa: E402
 from engine.quantize import DEFAULT_GROUP_SIZE, QuantSettings  # noqa: E402
 from greedy import greedy_with_logits as run  # noqa: E402  (tests/greedy.py)

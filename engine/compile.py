@@ -19,8 +19,8 @@ import torch
 
 from engine.config import ModelConfig
 from engine.kv_cache import KVCache
+from engine.options import COMPILE as COMPILE_SETTINGS
 
-COMPILE_SETTINGS = ("auto", "true", "false")
 
 
 def want_compile(setting: str, device: torch.device) -> bool:

@@ -47,11 +47,11 @@ from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
+from engine.options import QUANTIZATIONS as MODES
 from engine.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8", "int4")
 # int4 group size, chosen with benchmarks/quant_quality.py and `codegen-lsp bench`:
 # on the 350M shape (CPU) decode speed is the same for 32, 64 and 128 (within
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros

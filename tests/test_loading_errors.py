@@ -10,7 +10,6 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from engine.errors import EngineError
-
 from engine.loading import load_model
 from engine.checkpoint import resolve_model_dir
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from engine.errors import EngineError
-
 from engine.loading import load_model
 from engine.bench import weight_bytes_per_token
 from engine.quantize import (

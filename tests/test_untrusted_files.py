@@ -15,11 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import EngineError
-
 from engine.generate import SamplingParams, generate
-
 from engine.loading import load_model
-
 from engine.session import Session
 from engine.quantize import CACHE_FORMAT, TEMPORARY_SUFFIX, tensor_layout, _layout_digest
 
