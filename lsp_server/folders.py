@@ -15,9 +15,8 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 
-from lsp_server import settings as settings_files
 from lsp_server.methods import SECTION
-from lsp_server.settings import Settings
+from lsp_server.settings import Settings, project_files_stamp, resolve
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +47,13 @@ class FolderSettings:
         return self.for_root(self.root_of(uri))
 
     def for_root(self, root: Path | None) -> Settings:
-        stamp = settings_files.project_files_stamp(root)
+        stamp = project_files_stamp(root)
         cached = self.cache.get(root)
         if cached and cached[0] == stamp and cached[1] == self.editor_version:
             return cached[2]
         scoped = self.configuration.get(root.as_uri() if root else "", self.configuration.get(""))
         editor = [("initializationOptions", self.init_options), ("workspace/configuration", scoped)]
-        settings, problems = settings_files.resolve(editor, root)
+        settings, problems = resolve(editor, root)
         for problem in problems:
             self.warn(problem)
         self.cache[root] = (stamp, self.editor_version, settings)
