@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
+from functools import partial
 from typing import Any
 
 from lsprotocol import types
@@ -152,11 +152,9 @@ class CodegenServer(LanguageServer):
     async def scheduled_suggestion(self, served: ServedModel, document: Document, offset: int,
                                    settings: Settings) -> Suggestion | None:  # fmt: skip
         """suggest() in the scheduler's worker; failures are reported and cost this suggestion only."""
-        uri, text, language = document.uri, document.text, language_of(document.language_id, document.uri)
-
-        def work(cancel: threading.Event) -> Suggestion:
-            return self.stats.measure(served.name, lambda: suggest(served, uri, text, offset, language, settings, cancel))
-
+        uri, language = document.uri, language_of(document.language_id, document.uri)
+        # The scheduler calls work(cancel) in its worker, with the text as it is now.
+        work = partial(self.stats.measure, served.name, partial(suggest, served, uri, document.text, offset, language, settings))
         request = self.protocol.msg_id
         try:
             result = await self.scheduler.run(uri, settings.debounce_ms, work)

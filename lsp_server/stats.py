@@ -19,11 +19,11 @@ class Stats:
     last: dict[str, Any] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def measure(self, model: str, suggestion: Callable[[], Suggestion]) -> Suggestion:
-        """suggestion(), with `running` set meanwhile and its figures recorded."""
+    def measure(self, model: str, suggestion: Callable[[threading.Event], Suggestion], cancel: threading.Event) -> Suggestion:
+        """suggestion(cancel), with `running` set meanwhile and its figures recorded."""
         self.running = True
         try:
-            result = suggestion()
+            result = suggestion(cancel)
         finally:
             self.running = False
         self.record(result, model)
