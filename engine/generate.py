@@ -78,7 +78,7 @@ def generate(
     if tokenizer.eos_id is not None:
         stop_ids.add(tokenizer.eos_id)
     allowed = min(tokenizer.vocab_size, session.lm.config.vocab_size)
-    room = session.max_len - len(prompt)
+    room = session.window - len(prompt)
 
     generated: list[int] = []
     text, finish = "", "length"

@@ -49,10 +49,11 @@ from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
+from engine.options import QUANTIZATIONS as MODES
+from engine.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8", "int4")
 # int4 group size, chosen with benchmarks/quant_quality.py and `codegen-lsp bench`:
 # on the 350M shape (CPU) decode speed is the same for 32, 64 and 128 (within
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
@@ -407,13 +408,6 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- disk cache
-
-
-def cache_dir() -> Path:
-    if os.environ.get("CODEGEN_LSP_CACHE"):
-        return Path(os.environ["CODEGEN_LSP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "codegen-lsp"
 
 
 def checkpoint_fingerprint(directory: Path) -> dict:

@@ -11,10 +11,10 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from engine import SamplingParams
+from engine.generate import SamplingParams
 from engine.completion import complete
 from engine.generate import GenerationStats
-from lsp_server.models import Engine
+from lsp_server.pool import ServedModel
 from lsp_server.postprocess import postprocess, stop_sequences, wants_multiline
 from lsp_server.settings import Settings
 
@@ -35,7 +35,7 @@ def clean(text: str) -> str:
 
 
 def suggest(
-    engine: Engine,
+    served: ServedModel,
     document: str,
     text: str,
     offset: int,
@@ -48,9 +48,9 @@ def suggest(
     prefix, suffix = clean(text[:offset]), clean(text[offset:])
     multiline = wants_multiline(prefix, suffix, language, settings.multiline)
     params = SamplingParams(max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline))
-    state = engine.document_state(document)
+    state = served.document_state(document)
     generation = complete(
-        engine.sessions.get(document), state, prefix, suffix, params,
+        served.sessions.get(document), state, prefix, suffix, params,
         max_prompt_tokens=settings.max_prompt_tokens, fim=settings.fim, cancel=cancel,
     )  # fmt: skip
     shown = ""

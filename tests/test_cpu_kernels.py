@@ -18,10 +18,11 @@ import pytest
 import torch
 
 import checkpoints
-from engine import cpu_kernels, load_model
-from engine.bench import greedy_with_logits
-from engine.loading import DEMO_MODEL_DIR
-from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, cache_dir
+from engine import cpu_kernels
+from engine.loading import load_model
+from engine.paths import DEMO_MODEL_DIR, cache_dir
+from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear
+from greedy import greedy_with_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 # (in, out) of santacoder (c_attn, attn c_proj, c_fc, mlp c_proj, lm_head), codegen-350M (qkv_proj,
@@ -215,10 +216,13 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
     script = (
         "import logging, torch\n"
         "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
-        "from engine import load_model\n"
-        "from engine.bench import greedy_with_logits\n"
+        "from engine.loading import load_model\n"
+        "from engine.session import Session\n"
         "lm = load_model(None, device='cpu', quantization='int8')\n"
-        "print(greedy_with_logits(lm, lm.tokenizer.encode('def add(a, b):'), 4)[0])\n"
+        "session, tokens = Session(lm), []\n"
+        "logits, _ = session.prefill(lm.tokenizer.encode('def add(a, b):'))\n"
+        "for _ in range(4): tokens.append(int(logits.argmax())); logits = session.step(tokens[-1])\n"
+        "print(tokens)\n"
         "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
     )
     env = {**os.environ, "CXX": "/nonexistent", "CC": "/nonexistent", "PATH": str(bin_dir), "CODEGEN_LSP_CACHE": str(tmp_path / "cache")}

@@ -55,11 +55,12 @@ it("starts the server for the project root and reports the loaded model", functi
     return child.lua([[local c = require("codegen_lsp").client(0); return c and c.config.root_dir or false]])
   end)
   eq(root, client_root, "root_dir")
-  wait_for("model loaded ($/progress end)", 60000, function()
-    return child.cmd("CodegenLspStatus"):find("loaded: " .. vim.pesc(model)) ~= nil
+  wait_for("model loaded (codegen/modelStatus)", 60000, function()
+    return child.cmd("CodegenLspStatus"):find("model status: ready", 1, true) ~= nil
   end)
   local status = child.cmd("CodegenLspStatus")
   assert(status:find("model: " .. model, 1, true), status)
+  assert(status:find("loaded: " .. model, 1, true), status)
   assert(status:find("loading: loaded", 1, true), status)
 end)
 

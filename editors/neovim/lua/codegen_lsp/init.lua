@@ -33,11 +33,15 @@ M.config = vim.deepcopy(M.defaults)
 M.enabled = true
 local NAME = "codegen_lsp"
 local INLINE = "textDocument/inlineCompletion"
+-- The server's names (lsp_server/methods.py; tests/test_protocol_names.py checks them).
+local SECTION = "codegen-lsp"
+local STATS = "codegen/stats"
+local MODEL_STATUS = "codegen/modelStatus"
 
--- Per client: the latest $/progress value and server message, for :CodegenLspStatus.
-local progress, messages = {}, {}
+-- Per client, for :CodegenLspStatus: the latest $/progress value, server message and
+-- MODEL_STATUS ({ model, status = "ready" | "failed", message }).
+local progress, messages, model_status = {}, {}, {}
 local pending = { timer = nil, client = nil, id = nil } -- the request in flight
-M.last_response = nil -- the latest inlineCompletion result and where it was asked (tests read it)
 
 -- Neovim 0.11 made client methods take self (client:request); 0.10 did not.
 local function call(client, method, ...)
@@ -89,13 +93,16 @@ function M.start(buf)
     name = NAME,
     cmd = cmd,
     root_dir = root,
-    settings = { ["codegen-lsp"] = M.config.settings },
+    settings = { [SECTION] = M.config.settings },
     init_options = M.config.settings,
     capabilities = capabilities,
     handlers = {
       ["window/showMessage"] = function(err, result, ctx)
         messages[ctx.client_id] = result.message
         return vim.lsp.handlers["window/showMessage"](err, result, ctx)
+      end,
+      [MODEL_STATUS] = function(_, result, ctx)
+        model_status[ctx.client_id] = result
       end,
     },
     on_attach = function(client, bufnr)
@@ -169,7 +176,6 @@ function M.request(trigger)
       return
     end
     local items = result.items or result
-    M.last_response = { items = items, row = cursor[1] - 1, col = cursor[2] }
     local row, col = cursor[1] - 1, cursor[2]
     local line = vim.api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
     local text = items[1] and text_at_cursor(items[1], line, row, col, client.offset_encoding)
@@ -235,7 +241,7 @@ function M.status_lines()
     table.insert(lines, "no server running")
   end
   for _, client in ipairs(clients) do
-    local settings = client.config.settings["codegen-lsp"] or {}
+    local settings = client.config.settings[SECTION] or {}
     table.insert(lines, ("server %d: %s (root %s)"):format(client.id, table.concat(client.config.cmd, " "), client.config.root_dir))
     table.insert(lines, ("  model: %s"):format(settings.model and settings.model ~= "" and settings.model or "(default)"))
     local p = progress[client.id]
@@ -243,10 +249,14 @@ function M.status_lines()
       local pct = p.percentage and (" %d%%"):format(p.percentage) or ""
       table.insert(lines, ("  loading: %s%s%s"):format(p.message or p.title or "", pct, p.kind == "end" and " (done)" or ""))
     end
+    local status = model_status[client.id]
+    if status then
+      table.insert(lines, ("  model status: %s%s"):format(status.status, status.status == "failed" and (" (" .. status.message .. ")") or ""))
+    end
     if messages[client.id] then
       table.insert(lines, "  message: " .. messages[client.id])
     end
-    local response = call(client, "request_sync", "codegen/stats", vim.empty_dict(), 2000)
+    local response = call(client, "request_sync", STATS, vim.empty_dict(), 2000)
     local stats = response and response.result
     if stats then
       table.insert(lines, ("  stats: %d requests, %d prompt tokens (%d reused, %d prefilled), %d generated"):format(
@@ -288,55 +298,40 @@ end
 function M.setup(opts)
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts or {})
   local group = vim.api.nvim_create_augroup("codegen_lsp", { clear = true })
-  vim.api.nvim_create_autocmd({ "BufReadPost", "BufNewFile", "FileType" }, {
-    group = group,
-    callback = function(ev)
-      if wanted(ev.buf) and not M.client(ev.buf) then
-        M.start(ev.buf)
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("LspAttach", {
-    group = group,
-    callback = function(ev)
-      local client = vim.lsp.get_client_by_id(ev.data.client_id)
-      if client and client.name == NAME then
-        M.map_keys(ev.buf)
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("LspProgress", {
-    group = group,
-    callback = function(ev)
-      local value = ev.data and ev.data.params and ev.data.params.value
-      if type(value) == "table" then
-        local previous = progress[ev.data.client_id] or {}
-        progress[ev.data.client_id] = vim.tbl_extend("force", previous, value)
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("TextChangedI", {
-    group = group,
-    callback = function(ev)
-      local builtin = M.config.builtin_display and vim.lsp.inline_completion
-      if not ghost.sync() and M.enabled and M.config.auto_trigger and not builtin and M.client(ev.buf) then
-        schedule_request()
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("CursorMovedI", {
-    group = group,
-    callback = function()
-      ghost.sync()
-    end,
-  })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group,
-    callback = function()
-      cancel_pending()
-      ghost.clear()
-    end,
-  })
+  local function on(events, callback)
+    vim.api.nvim_create_autocmd(events, { group = group, callback = callback })
+  end
+  on({ "BufReadPost", "BufNewFile", "FileType" }, function(ev)
+    if wanted(ev.buf) and not M.client(ev.buf) then
+      M.start(ev.buf)
+    end
+  end)
+  on("LspAttach", function(ev)
+    local client = vim.lsp.get_client_by_id(ev.data.client_id)
+    if client and client.name == NAME then
+      M.map_keys(ev.buf)
+    end
+  end)
+  on("LspProgress", function(ev)
+    local value = ev.data and ev.data.params and ev.data.params.value
+    if type(value) == "table" then
+      local previous = progress[ev.data.client_id] or {}
+      progress[ev.data.client_id] = vim.tbl_extend("force", previous, value)
+    end
+  end)
+  on("TextChangedI", function(ev)
+    local builtin = M.config.builtin_display and vim.lsp.inline_completion
+    if not ghost.sync() and M.enabled and M.config.auto_trigger and not builtin and M.client(ev.buf) then
+      schedule_request()
+    end
+  end)
+  on("CursorMovedI", function()
+    ghost.sync()
+  end)
+  on({ "InsertLeave", "BufLeave" }, function()
+    cancel_pending()
+    ghost.clear()
+  end)
   vim.api.nvim_create_user_command("CodegenLspStatus", function()
     vim.api.nvim_echo({ { table.concat(M.status_lines(), "\n") } }, true, {})
   end, { desc = "codegen-lsp: model, loading progress and codegen/stats" })
