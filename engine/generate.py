@@ -68,6 +68,8 @@ def generate(
     """Decode after `prompt`. With `heal`, the generated tokens must start by
     spelling that text (see engine/prompt.py), which the returned text leaves out."""
     start = time.perf_counter()
+    if session.lm.threads is not None and torch.get_num_threads() != session.lm.threads:
+        torch.set_num_threads(session.lm.threads)  # this thread's, chosen at load (engine/cpu_kernels.py)
     tokenizer = session.lm.tokenizer
     stats = GenerationStats(prompt_tokens=len(prompt))
     rng = None

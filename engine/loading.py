@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from engine import cpu_kernels
 from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
 from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
@@ -23,7 +24,7 @@ from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
-from engine.paths import DEMO_MODEL_DIR
+from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings
 from engine.tokenizer import Tokenizer, load_tokenizer
 from engine.weights import read_state_dict
@@ -45,6 +46,7 @@ class LoadedModel:
     quantization: str = "none"
     # The compiled single-token decode (engine/compile.py), or None to run the model eagerly.
     decode_step: Callable[[KVCache, int, int], torch.Tensor] | None = None
+    threads: int | None = None  # CPU threads its generations run with (None: torch's default)
 
 
 def load_model(
@@ -78,7 +80,25 @@ def load_model(
         compile_start = time.perf_counter()
         decode_step = compile_decode(model, config, torch_device, torch_dtype)
         log.info("compiled decode for %s in %.1fs", directory.name, time.perf_counter() - compile_start)
+    threads = None
+    if torch_device.type == "cpu":
+        name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
+        threads = cpu_kernels.choose_threads(decode_step_for_timing(model, config, torch_dtype), name, cache_dir() / "quantized")
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
-    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step)
+    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads)
+
+
+def decode_step_for_timing(model: torch.nn.Module, config: ModelConfig, dtype: torch.dtype) -> Callable[[], object]:
+    """One eager decode step of model at position 32 of a small cache of its own."""
+    cache = KVCache(config, 64, torch.device("cpu"), dtype)
+    with torch.inference_mode():
+        model(torch.zeros(1, 32, dtype=torch.long), torch.arange(32), cache, kv_len=32, last_only=True)
+    token, position = torch.zeros(1, 1, dtype=torch.long), torch.tensor([32])
+
+    @torch.inference_mode()
+    def step():
+        return model(token, position, cache, kv_len=33, last_only=True)
+
+    return step
