@@ -19,9 +19,11 @@ import torch
 
 import checkpoints
 from engine import cpu_kernels
+from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear
+from engine.session import Session
 from greedy import greedy_with_logits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +158,7 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
     first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
     path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
     saved = json.loads(path.read_text())
+    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith("threads ")}
     assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
     assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
     # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
@@ -171,6 +174,29 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
         assert sorted(measured) == sorted(saved["choices"]), field
         assert json.loads(path.read_text())["key"] == cpu_kernels.machine_key()
         assert set(again.values()) != {"dequantize"}
+
+
+def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_dir, tmp_path, monkeypatch):
+    default = torch.get_num_threads()
+    settings = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (settings.append(n), real_set(n)))
+    try:
+        lm = load_model(str(codegen_dir), device="cpu")
+        assert lm.threads in (1, default)
+        path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
+        saved = json.loads(path.read_text())
+        (name,) = [name for name in saved["choices"] if name.startswith("threads ")]
+        assert saved["choices"][name] == lm.threads and (settings != []) == (default > 1)  # measured
+        settings.clear()
+        saved["choices"][name] = 1  # read back as saved: nothing measured
+        path.write_text(json.dumps(saved))
+        lm = load_model(str(codegen_dir), device="cpu")
+        assert lm.threads == 1 and settings == []
+        generate(Session(lm), [1, 2, 3], SamplingParams(max_new_tokens=2))
+        assert torch.get_num_threads() == 1  # this thread's count, for its generations
+    finally:
+        real_set(default)
 
 
 def test_a_wrong_kernel_is_not_chosen(caplog):
