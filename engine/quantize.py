@@ -112,12 +112,43 @@ def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
     return packed.permute(0, 2, 1, 3).reshape(blocks * 4, chunks * 16)[:rows]
 
 
-class Int8Linear(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What Int8Linear and Int4Linear share: where the weight is and which kernels can run it."""
+
+    PYTORCH_KERNEL = PYTORCH_OP = ""  # PyTorch's packed kernel: our name for it, its aten op
+    OURS_K_MULTIPLE = 1  # our CPU kernel runs layers whose in_features this divides
+
+    @staticmethod
+    def unpack(packed: torch.Tensor, rows: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device  # weight or packed, and the scales: all on one device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The weight in its checkpoint layout (quantize_int8's or quantize_int4's), whichever layout the module holds."""
+        return self.weight if self.weight is not None else self.unpack(self.packed, self.out_features)
+
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.device.type != "cpu":
+            return ["dequantize"]
+        fits = self.in_features % self.OURS_K_MULTIPLE == 0
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if fits else []
+        theirs = [self.PYTORCH_KERNEL] if _has_op(self.PYTORCH_OP) else []
+        return ours + theirs + ["dequantize"]
+
+
+class Int8Linear(QuantizedLinear):
     """y = x W^T + b with W stored as int8 and one float32 scale per output channel.
 
     The weight lives in one layout at a time: `weight` (N, K) as in the checkpoint, or, for our CPU
     kernels, `packed` (pack_int8_for_cpu) with `weight` None, so memory holds one copy either way.
     """
+
+    PYTORCH_KERNEL, PYTORCH_OP, OURS_K_MULTIPLE = "int8pack", "_weight_int8pack_mm", 32
+    unpack = staticmethod(unpack_int8_for_cpu)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype=None, device=None):
         super().__init__()
@@ -129,21 +160,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
-    @property
-    def device(self) -> torch.device:
-        return self.scales.device
-
-    def checkpoint_weight(self) -> torch.Tensor:
-        """The int8 weight in its (N, K) layout, whichever layout the module holds."""
-        return self.weight if self.weight is not None else unpack_int8_for_cpu(self.packed, self.out_features)
-
-    def kernel_candidates(self) -> list[str]:
-        """The decode kernels that run here, the fallback last."""
-        if self.device.type != "cpu":
-            return ["dequantize"]
-        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if self.in_features % 32 == 0 else []
-        theirs = ["int8pack"] if _has_op("_weight_int8pack_mm") else []
-        return ours + theirs + ["dequantize"]
 
     def prepare(self, kernel: str | None = None) -> None:
         """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
@@ -242,12 +258,15 @@ def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     return (q[:, ::2] << 4) | q[:, 1::2]
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(QuantizedLinear):
     """y = x W^T + b with W stored as grouped int4 (see quantize_int4).
 
     For our CPU kernels the weight moves to `packed` (pack_int4_for_cpu) and `weight` is None: one
     copy in memory. PyTorch's packed kernels keep a copy in their layout beside `weight`.
     """
+
+    PYTORCH_KERNEL, PYTORCH_OP = "int4pack", "_weight_int4pack_mm_for_cpu"
+    unpack = staticmethod(unpack_int4_for_cpu)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, dtype=None, device=None):
         super().__init__()
@@ -261,21 +280,6 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
-    @property
-    def device(self) -> torch.device:
-        return self.scales_and_zeros.device
-
-    def checkpoint_weight(self) -> torch.Tensor:
-        """The weight in quantize_int4's (N, K/2) layout, whichever layout the module holds."""
-        return self.weight if self.weight is not None else unpack_int4_for_cpu(self.packed, self.out_features)
-
-    def kernel_candidates(self) -> list[str]:
-        """The decode kernels that run here, the fallback last."""
-        if self.device.type != "cpu":
-            return ["dequantize"]
-        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
-        theirs = ["int4pack"] if _has_op("_weight_int4pack_mm_for_cpu") else []
-        return ours + theirs + ["dequantize"]
 
     def prepare(self, kernel: str | None = None) -> None:
         """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""
