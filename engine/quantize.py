@@ -32,6 +32,7 @@ files and the settings, so a second start skips quantizing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -139,6 +140,13 @@ class QuantizedLinear(nn.Module):
         theirs = [self.PYTORCH_KERNEL] if _has_op(self.PYTORCH_OP) else []
         return ours + theirs + ["dequantize"]
 
+    def with_kernel(self, kernel: str) -> "QuantizedLinear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = copy.copy(self)
+        twin._buffers = dict(self._buffers)  # prepare() below gives the twin its own layout
+        twin.prepare(kernel)
+        return twin
+
 
 class Int8Linear(QuantizedLinear):
     """y = x W^T + b with W stored as int8 and one float32 scale per output channel.
@@ -169,13 +177,6 @@ class Int8Linear(QuantizedLinear):
         self.kernel = kernel
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
-
-    def with_kernel(self, kernel: str) -> "Int8Linear":
-        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
-        twin = Int8Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
-        twin.weight, twin.scales, twin.bias = self.checkpoint_weight(), self.scales, self.bias
-        twin.prepare(kernel)
-        return twin
 
     def shape_key(self) -> str:
         return f"int8 {self.in_features}->{self.out_features}"
@@ -308,13 +309,6 @@ class Int4Linear(QuantizedLinear):
     def _cuda_shapes_ok(self) -> bool:
         # The tensor-core kernel tiles N by 8 and K by 16 * inner_k_tiles (>= 2).
         return self.out_features % 8 == 0 and self.in_features % 256 == 0
-
-    def with_kernel(self, kernel: str) -> "Int4Linear":
-        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
-        twin = Int4Linear(self.in_features, self.out_features, self.bias is not None, self.group_size, device="meta")
-        twin.weight, twin.scales_and_zeros, twin.bias = self.checkpoint_weight(), self.scales_and_zeros, self.bias
-        twin.prepare(kernel)
-        return twin
 
     def shape_key(self) -> str:
         return f"int4 g{self.group_size} {self.in_features}->{self.out_features}"
