@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import save_file
 
 from engine.config import ModelConfig
-from engine.build import ARCHITECTURES
 
 # Shapes of published checkpoints, as their config.json files give them.
 CODEGEN_350M_MONO = {
@@ -35,7 +34,7 @@ def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: Iter
     directory.mkdir(parents=True, exist_ok=True)
     model_config = ModelConfig.from_dict(config)
     torch.manual_seed(seed)
-    model = ARCHITECTURES[model_config.model_type](model_config)
+    model = model_config.architecture.model_class(model_config)
     state = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and model_config.tie_word_embeddings:
