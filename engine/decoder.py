@@ -49,3 +49,21 @@ class DecoderLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.lm_head(self.final_norm(x)).float()
+
+
+class GPT2LayoutLM(DecoderLM):
+    """GPT-2's module names: transformer.wte, transformer.h (the blocks), transformer.ln_f (CodeGen, GPTBigCode)."""
+
+    transformer: nn.Module
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.transformer.h
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.transformer.ln_f
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.transformer.wte

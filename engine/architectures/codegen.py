@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from engine.architectures import Architecture
 from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
-from engine.decoder import DecoderLM
+from engine.decoder import GPT2LayoutLM
 from engine.kv_cache import KVCache, attend
 from engine.layers import Rope, apply_rotary_interleaved, rotary_sin_cos
 
@@ -98,7 +98,7 @@ class CodeGenTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-class CodeGen(DecoderLM):
+class CodeGen(GPT2LayoutLM):
     def __init__(self, config: CodeGenConfig):
         super().__init__()
         self.config = config
@@ -109,18 +109,6 @@ class CodeGen(DecoderLM):
         # No position table: each block rotates q and k by these (engine/decoder.py runs the blocks).
         inv_freq = Rope().inverse_frequencies(self.config.rotary_dim or self.config.head_dim, input_pos.device)
         return self.transformer.wte(idx), (rotary_sin_cos(input_pos, inv_freq, interleaved=True),)
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.transformer.h
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.transformer.ln_f
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.transformer.wte
 
 
 # CodeGen attends in float32 (as the original does): a 16-bit cache would be cast whole on every

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from engine.architectures import Architecture, FimSpelling
 from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
-from engine.decoder import DecoderLM
+from engine.decoder import GPT2LayoutLM
 from engine.kv_cache import KVCache, attend
 
 
@@ -100,7 +100,7 @@ class GPTBigCodeTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-class GPTBigCode(DecoderLM):
+class GPTBigCode(GPT2LayoutLM):
     def __init__(self, config: GPTBigCodeConfig):
         super().__init__()
         self.config = config
@@ -109,18 +109,6 @@ class GPTBigCode(DecoderLM):
 
     def embed(self, idx: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         return self.transformer.wte(idx) + self.transformer.wpe(input_pos)[None], ()
-
-    @property
-    def layers(self) -> nn.ModuleList:
-        return self.transformer.h
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.transformer.ln_f
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.transformer.wte
 
 
 # StarCoder's spelling, also StarCoder2's (engine/architectures/starcoder2.py), and SantaCoder's.
