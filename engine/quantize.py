@@ -443,7 +443,7 @@ def _layout_digest(layout: dict[str, list]) -> str:
 def _cached_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict a cache file holds: a tied LM head that stayed float is left out, as in the checkpoint."""
     state = model.state_dict()
-    if model.lm_head.weight is model.transformer.wte.weight:
+    if model.lm_head.weight is model.embedding.weight:
         state.pop("lm_head.weight", None)
     return state
 
@@ -497,7 +497,7 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
     model = empty_quantized_model(model_on_meta.to(dtype), settings)
     tied = config.tie_word_embeddings and not isinstance(model.lm_head, (Int8Linear, Int4Linear))
     if tied:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.embedding.weight
     expected = tensor_layout(_cached_state(model))
     try:
         check_regular(path)
@@ -524,8 +524,8 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
         log.warning("ignoring unreadable quantized cache %s: %s", path, exc)
         return None
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:  # assign=True replaced wte.weight alone
-        model.lm_head.weight = model.transformer.wte.weight
+    if tied:  # assign=True replaced the embedding's weight alone
+        model.lm_head.weight = model.embedding.weight
     return model.eval().requires_grad_(False)
 
 
