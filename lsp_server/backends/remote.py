@@ -296,6 +296,8 @@ class RemoteSession:
                 break
         if finish is None:
             finish = "cancelled" if cancel is not None and cancel.is_set() else "length"
+        if heal and finish in ("eos", "length") and not text.startswith(heal):
+            finish = "heal"  # it ended before spelling the blanks (local decoding would not have let it)
         generated = self.lm.tokenizer.encode(text) if text else []
         stats.generated_tokens = len(generated)
         stats.total_ms = (time.perf_counter() - start) * 1000
