@@ -72,14 +72,6 @@ def server():
     running.stop()
 
 
-async def suggestions(client, uri: str, places) -> list[str]:
-    out = []
-    for line, character in places:
-        items = await inline(client, uri, line, character)
-        out.append(items[0].insert_text if items else "")
-    return out
-
-
 async def timed(client, uri: str, places) -> tuple[list[str], float]:
     import statistics
 
@@ -92,9 +84,10 @@ async def timed(client, uri: str, places) -> tuple[list[str], float]:
     return out, statistics.median(times)
 
 
-async def test_openai_backend_gives_the_local_engines_greedy_suggestions(server, tmp_path):
+async def compare_with_local(tmp_path: Path, backend: str, endpoint: str) -> None:
+    """Greedy suggestions of `backend` against the local engine's at the same positions, through the LSP."""
     local = folder(tmp_path, "local", max_new_tokens=MAX_NEW_TOKENS)
-    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend="openai", endpoint=server.endpoint)
+    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend=backend, endpoint=endpoint)
     client = await start_server([local, remote])
     try:
         text, places = code(), positions(code(), POSITIONS)
@@ -103,32 +96,26 @@ async def test_openai_backend_gives_the_local_engines_greedy_suggestions(server,
         await wait_for(lambda: ended_loads(client) >= 2, "both backends to load")
         ours, ours_ms = await timed(client, (local / "a.py").as_uri(), places)
         theirs, theirs_ms = await timed(client, (remote / "a.py").as_uri(), places)
-        print(f"\ntime to ghost text (request -> answer), median: local {ours_ms:.0f} ms, openai {theirs_ms:.0f} ms")
+        print(f"\ntime to ghost text (request -> answer), median: local {ours_ms:.0f} ms, {backend} {theirs_ms:.0f} ms")
         last = (await stats(client))["last"]
-        assert last["backend"] == "openai" and last["endpoint"] == server.endpoint and last["response_ms"] > 0
+        assert last["backend"] == backend and last["endpoint"] == endpoint and last["response_ms"] > 0
     finally:
         await stop_server(client)
     assert sum(bool(s) for s in ours) >= len(places) // 2  # mostly non-empty: a real comparison
-    assert shares("openai", text, places, ours, theirs) >= 0.75
+    assert shares(backend, text, places, ours, theirs) >= 0.75
+
+
+async def test_openai_backend_gives_the_local_engines_greedy_suggestions(server, tmp_path):
+    await compare_with_local(tmp_path, "openai", server.endpoint)
 
 
 @pytest.mark.skipif(remote_server.llama_server_binary() is None, reason="no llama-server binary (/infill)")
 async def test_llamacpp_infill_backend_gives_the_local_engines_greedy_suggestions(tmp_path):
     infill = remote_server.LlamaServer(infill=True)
-    local = folder(tmp_path, "local", max_new_tokens=MAX_NEW_TOKENS)
-    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend="llama.cpp", endpoint=infill.endpoint)
-    client = await start_server([local, remote])
     try:
-        text, places = code(), positions(code(), POSITIONS)
-        for f in (local, remote):
-            open_doc(client, (f / "a.py").as_uri(), text)
-        await wait_for(lambda: ended_loads(client) >= 2, "both backends to load")
-        ours = await suggestions(client, (local / "a.py").as_uri(), places)
-        theirs = await suggestions(client, (remote / "a.py").as_uri(), places)
+        await compare_with_local(tmp_path, "llama.cpp", infill.endpoint)
     finally:
-        await stop_server(client)
         infill.stop()
-    assert shares("llama.cpp", text, places, ours, theirs) >= 0.75
 
 
 async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_used(tmp_path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 from engine.generate import SamplingParams
 from engine.tokenizer import Tokenizer
 from lsp_server.backends import Backend
-from lsp_server.backends.remote import PromptParts, RemoteClient, RemoteSession, RemoteSessions, load_tokenizer_model
+from lsp_server.backends.remote import (
+    PromptParts, RemoteClient, RemoteSession, RemoteSessions, load_tokenizer_model, sampling,
+)  # fmt: skip
 from lsp_server.settings import Settings
 
 TIMINGS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "cache_n")
@@ -22,22 +24,15 @@ class LlamaCppInfill:
     path = "/infill"
 
     def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str) -> dict:
-        body = {
+        return {
             "input_prefix": parts.prefix,
             "input_suffix": parts.suffix,
             "input_extra": [],
             "n_predict": max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
             "top_k": 0 if params.temperature > 0 else 1,
             "cache_prompt": True,
-            "stream": True,
+            **sampling(params, model),
         }
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if model:
-            body["model"] = model
-        return body
 
     def piece(self, event: dict) -> tuple[str, str | None, dict]:
         text = event.get("content")

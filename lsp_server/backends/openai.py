@@ -8,7 +8,7 @@ from engine.generate import SamplingParams
 from engine.tokenizer import Tokenizer
 from lsp_server.backends import Backend
 from lsp_server.backends.remote import (
-    PromptParts, RemoteClient, RemoteSession, RemoteSessions, load_tokenizer_model, render,
+    PromptParts, RemoteClient, RemoteSession, RemoteSessions, load_tokenizer_model, render, sampling,
 )  # fmt: skip
 from lsp_server.settings import Settings
 
@@ -18,18 +18,7 @@ class OpenAICompletions:
     path = "/v1/completions"
 
     def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str) -> dict:
-        body = {
-            "prompt": render(tokenizer, parts),
-            "max_tokens": max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "stream": True,
-        }
-        if params.seed is not None:
-            body["seed"] = params.seed
-        if model:
-            body["model"] = model
-        return body
+        return {"prompt": render(tokenizer, parts), "max_tokens": max_tokens, **sampling(params, model)}
 
     def piece(self, event: dict) -> tuple[str, str | None, dict]:
         choices = event.get("choices")

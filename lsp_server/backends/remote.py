@@ -352,6 +352,16 @@ def render(tokenizer: Tokenizer, parts: PromptParts) -> str:
     return f"{pre}{parts.prefix}{suf}{parts.suffix}{mid}"
 
 
+def sampling(params: SamplingParams, model: str) -> dict:
+    """The request fields both APIs spell alike: sampling, and the served model's name."""
+    fields = {"temperature": params.temperature, "top_p": params.top_p, "stream": True}
+    if params.seed is not None:
+        fields["seed"] = params.seed
+    if model:
+        fields["model"] = model
+    return fields
+
+
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     positions = [p for p in (text.find(s) for s in stops if s) if p >= 0]
     return min(positions) if positions else None
