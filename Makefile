@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a looser requirement pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: demo test install editors-install e2e-vscode
+.PHONY: demo test install editors-install e2e-vscode e2e-remote
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,9 @@ $(VSCODE)/node_modules/.installed: $(VSCODE)/package-lock.json
 # Opt-in: the .vsix in a real VS Code (code-server) driven by chromium; see README "VS Code".
 e2e-vscode: $(VENV)/.installed editors-install
 	$(VSCODE)/e2e/run.sh
+
+# The remote backends against a real llama.cpp server (built once by pip into ~/.cache/codegen-lsp/bench-peers,
+# ~15 min the first time, reused after); `make test` runs the same tests when that build is there.
+e2e-remote: $(VENV)/.installed
+	$(PY) tests/remote_server.py --setup
+	$(PY) -m pytest -q -s tests/test_remote_e2e.py tests/test_remote.py

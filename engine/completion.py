@@ -96,7 +96,7 @@ def _complete(session, state, prefix, suffix, params, max_prompt_tokens, fim, ca
             context = last.context_ids
             if context is not None and len(context) + params.max_new_tokens <= window:
                 # The whole suggestion was typed and the model had more to say: go on from its end.
-                result = generate(session, context, params, cancel)
+                result = _generate(session, context, params, cancel)
                 _remember(state, prefix, suffix, context, result, settings)
                 return result
 
@@ -106,13 +106,19 @@ def _complete(session, state, prefix, suffix, params, max_prompt_tokens, fim, ca
         previous_prefix_start=state.prefix_start,
     )
     state.prefix_start, state.suffix_end = prompt.prefix_start, prompt.suffix_end
-    result = generate(session, prompt.ids, params, cancel, heal=prompt.heal)
+    result = _generate(session, prompt.ids, params, cancel, heal=prompt.heal)
     _remember(state, prefix, suffix, prompt.ids, result, settings)
     s = result.stats
     log.debug("completion %s: prompt %d (%s), reused %d, prefilled %d, generated %d, ttft %.0f ms, total %.0f ms",
               result.finish_reason, s.prompt_tokens, prompt.layout, s.reused_tokens, s.prefilled_tokens,
               s.generated_tokens, s.time_to_first_token_ms, s.total_ms)
     return result
+
+
+def _generate(session, ids: list[int], params: SamplingParams, cancel, heal: str = "") -> Generation:
+    """The in-process engine's generation, or a session's own (a remote backend's, lsp_server/backends/)."""
+    own = getattr(session, "generate", None)
+    return own(ids, params, cancel, heal) if own is not None else generate(session, ids, params, cancel, heal=heal)
 
 
 def _remember(state: DocumentState, prefix: str, suffix: str, prompt_ids: list[int], result: Generation, settings) -> None:

@@ -57,6 +57,10 @@ class Tokenizer:
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def token(self, token_id: int) -> str | None:
+        """The vocabulary's spelling of one id (special tokens as written, e.g. "<fim_prefix>")."""
+        return self._tok.id_to_token(token_id)
+
     def spelling(self, pending: str, allowed: int) -> list[int]:
         """Ids below `allowed` that can go on spelling `pending` (token healing, engine/generate.py).
 

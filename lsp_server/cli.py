@@ -13,6 +13,7 @@ from lsp_server.settings import KEYS, SPECS
 log = logging.getLogger("codegen-lsp")
 
 LOAD_FLAGS = ("model", "device", "dtype", "quantization", "compile")  # what `generate` and `bench` load with
+REMOTE_FLAGS = ("backend", "endpoint", "remote_model", "api_key_env", "request_timeout_ms")  # lsp_server/backends/
 
 
 def add_setting_flags(parser: argparse.ArgumentParser, names, *, defaults: bool) -> None:
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="print the raw continuation of a prompt")
-    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens",), defaults=True)
+    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens",) + REMOTE_FLAGS, defaults=True)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="file whose contents are the prompt")
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(run=run_generate)
     add_bench_command(commands)
     add_server_commands(commands)
+    export = commands.add_parser("export-gguf", help="write a GPTBigCode checkpoint as a GGUF file for llama.cpp")
+    export.add_argument("model", help="checkpoint directory or hub id in the local cache (\"\": the demo model)")
+    export.add_argument("out", help="the .gguf file to write")
+    export.add_argument("--outtype", choices=("f32", "f16"), default="f32", help="weight type (norms and biases stay f32)")
+    export.set_defaults(run=run_export_gguf)
     return parser
 
 
@@ -133,6 +139,18 @@ def run_bench_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def remote_generator(args: argparse.Namespace):
+    """The remote backend the flags name (lsp_server/backends/): `model`'s tokenizer and a server's client."""
+    from lsp_server.backends import load as load_backend
+    from lsp_server.settings import Settings, apply
+
+    raw = {name: getattr(args, name) for name in ("model",) + REMOTE_FLAGS}
+    settings, problems = apply(Settings(), raw, "command line")
+    if problems:
+        raise EngineError(problems[0])
+    return load_backend(settings)
+
+
 def run_generate(args: argparse.Namespace) -> int:
     from engine.generate import SamplingParams, generate
     from engine.session import Session
@@ -149,7 +167,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise EngineError("--max-new-tokens must be at least 1")
     if not 0.0 < args.top_p <= 1.0:
         raise EngineError("--top-p must be in (0, 1]")
-    lm = load(args)
+    remote = remote_generator(args) if args.backend != "local" else None
+    lm = remote.lm if remote else load(args)
     prompt_ids = lm.tokenizer.encode(prompt)
     if not prompt_ids:
         raise EngineError("the prompt is empty")
@@ -163,11 +182,20 @@ def run_generate(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
-    result = generate(Session(lm), prompt_ids, params)
+    result = remote.sessions.get("").generate(prompt_ids, params) if remote else generate(Session(lm), prompt_ids, params)
     if args.json:
         print(json.dumps({"text": result.text, "token_ids": result.token_ids, "stats": result.stats.to_dict()}))
     else:
         sys.stdout.write(result.text + "\n")
+    return 0
+
+
+def run_export_gguf(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.gguf_export import export_gguf
+
+    print(export_gguf(args.model or None, Path(args.out), args.outtype))
     return 0
 
 

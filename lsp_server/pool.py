@@ -17,13 +17,14 @@ from typing import Callable, TypeVar
 
 from engine.completion import DocumentState
 from engine.errors import EngineError
-from engine.loading import LoadedModel, load_model
+from engine.loading import LoadedModel
 from engine.session import SessionStore
+from lsp_server import backends
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ModelKey = tuple[str, str, str, str, str]  # Settings.engine_key()
+ModelKey = tuple  # Settings.engine_key()
 T = TypeVar("T")
 # A load that takes longer is reported as failed: a checkpoint on a hung network
 # drive must not leave the user waiting without a word. Quantizing a 15B model
@@ -37,7 +38,7 @@ class ServedModel:
     completion layer keeps of each document (cut points, last suggestion)."""
 
     key: ModelKey
-    lm: LoadedModel
+    lm: LoadedModel  # a remote backend: its TokenizerModel (lsp_server/backends/remote.py)
     sessions: SessionStore
     documents: dict[str, DocumentState] = field(default_factory=dict)
 
@@ -86,14 +87,8 @@ class ModelPool:
 
     @staticmethod
     def _load_blocking(settings: Settings) -> ServedModel:
-        lm = load_model(
-            settings.model or None,
-            device=settings.device,
-            dtype=settings.dtype,
-            quantization=settings.quantization,
-            compile=settings.compile,
-        )
-        return ServedModel(settings.engine_key(), lm, SessionStore(lm, settings.cache_memory_mb))
+        backend = backends.load(settings)  # the local engine, or a remote server's client (lsp_server/backends/)
+        return ServedModel(settings.engine_key(), backend.lm, backend.sessions)
 
     def retain(self, keys: set[ModelKey]) -> list[ModelKey]:
         """Drop the models not in keys (and forget failures, so a changed setting retries)."""

@@ -108,11 +108,13 @@ class CodegenServer(LanguageServer):
         log.error("%s: %s", getattr(source, "__name__", source), error)  # logged, never a popup
 
     def report(self, message: str, kind: types.MessageType = types.MessageType.Error) -> None:
-        """Tell the user once (window/showMessage) and log it."""
+        """Tell the user once (window/showMessage), then only in the log (window/logMessage)."""
         log.warning("%s", message)
         if message not in self.reported:
             self.reported.add(message)
             self.window_show_message(types.ShowMessageParams(type=kind, message=f"codegen-lsp: {message}"))
+        else:
+            self.window_log_message(types.LogMessageParams(type=kind, message=f"codegen-lsp: {message}"))
 
     async def settings_changed(self, pushed: Any = None) -> None:
         await self.folders.editor_changed(pushed)

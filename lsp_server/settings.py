@@ -10,6 +10,7 @@ and skipped; the other keys still apply.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,12 @@ PROJECT_FILE = ".codegen-lsp.toml"
 SETTINGS_FILE_LIMIT = 256 * 1024
 MAX_MODEL_SPEC = 4096  # PATH_MAX on Linux: no path or hub id is longer
 MAX_PROBLEMS_SHOWN = 3
+BACKENDS = ("local", "openai", "llama.cpp")
+MAX_URL = 2048
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+# A repository's project file names the environment variable whose value goes to its endpoint:
+# only variables made for this (not, say, AWS_SECRET_ACCESS_KEY) may be named there.
+PROJECT_KEY_PREFIX = "CODEGEN_LSP_"
 
 
 def _setting(default: Any, description: str, *, choices: tuple[str, ...] = (), bounds: tuple[int, int] | None = None,
@@ -60,11 +67,30 @@ class Settings:
     cache_memory_mb: int = _setting(512, "Memory for the KV caches of one model's documents.", bounds=(1, 1_048_576))
     multiline: str = _setting("auto", "auto: a block after a line that opens one or on an empty line.",
                               choices=("auto", "always", "never"))
+    # Remote backends (lsp_server/backends/): another server generates, this one does the rest.
+    backend: str = _setting(
+        "local", "Where suggestions are generated: this process, or a shared server's /v1/completions (openai: "
+        "vLLM, llama.cpp server, Ollama, TGI) or llama.cpp's /infill; with a remote one only the tokenizer of "
+        "`model` is loaded.", choices=BACKENDS,
+    )  # fmt: skip
+    endpoint: str = _setting("", "Base URL of the inference server (backend openai or llama.cpp).",
+                             values='URL, e.g. `"http://127.0.0.1:8080"`')
+    remote_model: str = _setting("", 'The "model" field sent to the server (the name it serves the model under).',
+                                 values="name (`\"\"`: none sent)")
+    api_key_env: str = _setting(
+        "", "Name of an environment variable holding the bearer token sent to the endpoint (a key itself is never "
+        "read from settings; a project file may only name variables starting with CODEGEN_LSP_).",
+        values="variable name",
+    )  # fmt: skip
+    request_timeout_ms: int = _setting(10_000, "Longest wait for the server to connect or to send the next token.",
+                                       bounds=(100, 600_000))
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 
-    def engine_key(self) -> tuple[str, str, str, str, str]:
-        """Folders whose settings give the same key share one loaded model."""
+    def engine_key(self) -> tuple:
+        """Folders whose settings give the same key share one loaded model (or remote client)."""
+        if self.backend != "local":
+            return (self.model, self.backend, self.endpoint, self.remote_model, self.api_key_env, self.request_timeout_ms)
         return (self.model, self.device, self.dtype, self.quantization, self.compile)
 
 
@@ -100,6 +126,11 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
         if len(value) > MAX_MODEL_SPEC or any(c in value for c in "\0\n\r"):
             return None, f"not a directory or hub id (at most {MAX_MODEL_SPEC} characters on one line): {_short(value)}"
         return value.strip(), None
+    if key in TEXT_CHECKS:
+        if not isinstance(value, str) or len(value) > MAX_URL:
+            return None, f"expected a string, got {_short(value)}"
+        value = value.strip()
+        return (value, None) if not value or TEXT_CHECKS[key][0](value) else (None, f"{TEXT_CHECKS[key][1]}, got {_short(value)}")
     if spec.choices:
         if key == "compile" and isinstance(value, bool):
             value = "true" if value else "false"
@@ -110,6 +141,14 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return None, f"expected a whole number from {low} to {high}, got {_short(value)}"
     return value, None
+
+
+TEXT_CHECKS = {
+    "endpoint": (lambda v: re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v) is not None,
+                 "expected an http:// or https:// base URL (e.g. http://127.0.0.1:8080)"),
+    "remote_model": (lambda v: v.isprintable(), "expected a model name on one line"),
+    "api_key_env": (lambda v: ENV_NAME.fullmatch(v) is not None, "expected the name of an environment variable"),
+}  # fmt: skip
 
 
 def _short(value: Any) -> str:
@@ -128,6 +167,10 @@ def apply(base: Settings, raw: Any, source: str, root: Path | None = None) -> tu
         return base, [f"{source}: expected a table of settings, got {type(raw).__name__}"]
     updates, problems, unknown = {}, [], 0
     for key, value in raw.items():
+        if key == "api_key":
+            problems.append("api_key: a key is never read from settings; put it in an environment variable and "
+                            "name that in api_key_env")
+            continue
         if key not in KEYS:
             unknown += 1
             problems.append(f"unknown setting {_short(key)}")
@@ -135,6 +178,10 @@ def apply(base: Settings, raw: Any, source: str, root: Path | None = None) -> tu
         checked, problem = _check(key, value)
         if problem:
             problems.append(f"{key}: {problem}")
+            continue
+        if key == "api_key_env" and root is not None and checked and not checked.startswith(PROJECT_KEY_PREFIX):
+            problems.append(f"api_key_env: a project file may only name a variable starting with {PROJECT_KEY_PREFIX} "
+                            f"(its value is sent to the endpoint), got {_short(checked)}")
             continue
         if key == "model" and checked and root is not None and (root / checked).exists():
             checked = str((root / checked).resolve())

@@ -35,7 +35,7 @@ class Stats:
             self.requests += 1
             for name in STAT_FIELDS:
                 self.totals[name] += figures[name]
-            self.last = {**figures, "finish_reason": suggestion.finish_reason, "model": model}
+            self.last = {"backend": "local", **figures, "finish_reason": suggestion.finish_reason, "model": model}
 
     def to_dict(self) -> dict[str, Any]:
         with self.lock:

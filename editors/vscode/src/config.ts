@@ -21,6 +21,7 @@ export interface ModelStatus {
 export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
   "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline",
+  "backend", "endpoint", "remote_model", "api_key_env", "request_timeout_ms",
 ] as const;
 
 export interface ServerCommand {

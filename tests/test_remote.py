@@ -1,0 +1,63 @@
+"""Remote backend settings and failures that need no inference server: the settings schema's
+new keys, and the message for a closed port (a real refused connection, not a mock)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from engine.generate import SamplingParams
+from lsp_server.backends import load
+from lsp_server.backends.remote import RemoteError, render, split_prompt
+from lsp_server.settings import Settings, apply
+
+
+def test_backend_settings_are_validated_and_keys_are_never_read_from_settings(tmp_path):
+    settings, problems = apply(Settings(), {"backend": "openai", "endpoint": "http://127.0.0.1:8080/", "remote_model": "m",
+                                            "api_key_env": "TEAM_KEY", "request_timeout_ms": 2000}, "editor")  # fmt: skip
+    assert problems == [] and settings.backend == "openai" and settings.api_key_env == "TEAM_KEY"
+    assert settings.engine_key() != Settings().engine_key()
+    _, problems = apply(Settings(), {"backend": "vllm", "endpoint": "127.0.0.1:8080", "api_key": "sk-123"}, "f.toml")
+    assert "backend: expected one of local, openai, llama.cpp" in problems[0]
+    assert "endpoint: expected an http:// or https:// base URL" in problems[0]
+    assert "api_key: a key is never read from settings" in problems[0] and "sk-123" not in problems[0]
+    # A repository's project file may not send just any variable to its endpoint.
+    settings, problems = apply(Settings(), {"api_key_env": "AWS_SECRET_ACCESS_KEY"}, "p.toml", root=tmp_path)
+    assert settings.api_key_env == "" and "starting with CODEGEN_LSP_" in problems[0]
+    settings, problems = apply(Settings(), {"api_key_env": "CODEGEN_LSP_TEAM"}, "p.toml", root=tmp_path)
+    assert settings.api_key_env == "CODEGEN_LSP_TEAM" and problems == []
+
+
+def test_a_remote_backend_needs_an_endpoint():
+    with pytest.raises(Exception, match="needs an endpoint"):
+        load(apply(Settings(), {"backend": "openai"}, "editor")[0])
+
+
+def test_prompts_are_rendered_with_the_models_fim_tokens():
+    backend = load(apply(Settings(), {"backend": "openai", "endpoint": "http://127.0.0.1:9"}, "editor")[0])
+    tokenizer = backend.lm.tokenizer
+    f = tokenizer.fim
+    spm = [f.prefix, f.suffix, *tokenizer.encode(")\n"), f.middle, *tokenizer.encode("print(x")]
+    psm = [f.prefix, *tokenizer.encode("print(x"), f.suffix, *tokenizer.encode(")\n"), f.middle]
+    assert render(tokenizer, split_prompt(tokenizer, spm)) == "<fim_prefix><fim_suffix>)\n<fim_middle>print(x"
+    assert render(tokenizer, split_prompt(tokenizer, psm)) == "<fim_prefix>print(x<fim_suffix>)\n<fim_middle>"
+
+
+def test_a_closed_port_is_one_clear_message_and_requests_pause_briefly():
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    backend = load(apply(Settings(), {"backend": "openai", "endpoint": endpoint}, "editor")[0])
+    session = backend.sessions.get("a.py")
+    ids = backend.lm.tokenizer.encode("def f(x):")
+    with pytest.raises(RemoteError) as refused:
+        session.generate(ids, SamplingParams(max_new_tokens=4), threading.Event())
+    assert str(refused.value) == f"nothing answers at {endpoint} (connection refused): is the server running? (endpoint)"
+    started = time.perf_counter()
+    with pytest.raises(RemoteError) as paused:  # within the pause: no connection attempt, same message
+        session.generate(ids, SamplingParams(max_new_tokens=4), threading.Event())
+    assert str(paused.value) == str(refused.value) and time.perf_counter() - started < 0.1
