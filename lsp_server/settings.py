@@ -10,6 +10,7 @@ and skipped; the other keys still apply.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,8 @@ class Settings:
     """Memory budget of the per-document KV caches of one model."""
     multiline: str = "auto"
     """auto | always | never: auto gives a block after a line that opens one or on an empty line."""
+    languages: str = "auto"
+    """auto | all | a comma-separated list: languages to suggest in (auto: what the checkpoint says it knows)."""
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 
@@ -86,6 +89,10 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
         if len(value) > MAX_MODEL_SPEC or any(c in value for c in "\0\n\r"):
             return None, f"not a directory or hub id (at most {MAX_MODEL_SPEC} characters on one line): {_short(value)}"
         return value.strip(), None
+    if key == "languages":
+        if not isinstance(value, str) or not re.fullmatch(r"\s*[\w+#.-]+(\s*,\s*[\w+#.-]+)*\s*", value):
+            return None, f'expected "auto", "all" or a comma-separated list of languages, got {_short(value)}'
+        return value.strip().lower(), None
     if key in CHOICES:
         if key == "compile" and isinstance(value, bool):
             value = "true" if value else "false"
