@@ -26,9 +26,11 @@ from pygls.uris import to_fs_path
 from engine import EngineError
 from lsp_server import settings as config
 from lsp_server.documents import Document, DocumentStore
+from lsp_server.languages import LanguageOff, check_language
 from lsp_server.models import Models, describe
 from lsp_server.postprocess import language_of
 from lsp_server.scheduler import Scheduler, Superseded
+from lsp_server.status import folder_status
 from lsp_server.suggest import Suggestion, suggest
 
 log = logging.getLogger("codegen-lsp.server")
@@ -250,6 +252,11 @@ class CodegenServer(LanguageServer):
             self.ensure_model(settings)
             return None
         text, language = document.text, language_of(document.language_id, uri)
+        try:
+            check_language(engine, settings, language)
+        except LanguageOff as exc:  # a model trained on other languages: say so once, answer nothing
+            self.report(str(exc), types.MessageType.Info)
+            return None
 
         def work(cancel: threading.Event) -> Suggestion:
             self.stats.running = True
@@ -368,7 +375,8 @@ async def completion(ls: CodegenServer, params: types.CompletionParams) -> types
 
 @server.feature(STATS_METHOD)
 def stats(ls: CodegenServer, params: Any = None) -> dict[str, Any]:
-    return {**ls.stats.to_dict(), "models": sorted(engine.name for engine in ls.models.engines.values())}
+    models = sorted(engine.name for engine in ls.models.engines.values())
+    return {**ls.stats.to_dict(), "models": models, "folders": folder_status(ls)}
 
 
 @server.feature(types.SHUTDOWN)
