@@ -55,12 +55,13 @@ it("starts the server for the project root and reports the loaded model", functi
     return child.lua([[local c = require("codegen_lsp").client(0); return c and c.config.root_dir or false]])
   end)
   eq(root, client_root, "root_dir")
-  wait_for("model loaded ($/progress end)", 60000, function()
-    return child.cmd("CodegenLspStatus"):find("loaded: " .. vim.pesc(model)) ~= nil
+  -- The status tells the model the server uses and where the setting came from.
+  wait_for("model loaded", 60000, function()
+    return child.cmd("CodegenLspStatus"):find("model: " .. model .. " (from editor): ready", 1, true) ~= nil
   end)
   local status = child.cmd("CodegenLspStatus")
-  assert(status:find("model: " .. model, 1, true), status)
-  assert(status:find("loading: loaded", 1, true), status)
+  assert(status:find("state: running", 1, true), status)
+  assert(status:find("server: " .. server_cmd .. " serve (setup's cmd)", 1, true), status)
 end)
 
 it("request-now key shows the server's suggestion; accept-word then accept-all insert it", function()
@@ -129,6 +130,55 @@ it(":CodegenLspToggle stops suggestions; :CodegenLspStatus shows codegen/stats",
   child.input("z = ")
   child.input("<M-\\>")
   wait_ghost()
+end)
+
+it("reports the median keystroke-to-ghost time, with the old 30 ms client debounce and a bare request", function()
+  child.lua([[
+    local ghost = require("codegen_lsp.ghost")
+    _G.latency, _G.t0 = {}, nil
+    local show = ghost.show
+    ghost.show = function(...)
+      show(...)
+      if _G.t0 and ghost.current then
+        table.insert(_G.latency, (vim.uv.hrtime() - _G.t0) / 1e6)
+        _G.t0 = nil
+      end
+    end
+    vim.api.nvim_create_autocmd("InsertCharPre", { callback = function() _G.t0 = vim.uv.hrtime() end })
+  ]])
+  local function measure(debounce)
+    child.lua("require('codegen_lsp').config.debounce_ms = ...; _G.latency = {}", debounce)
+    for i = 1, 10 do
+      child.input("<CR>v" .. i .. " = a")
+      vim.wait(1500, function() return child.lua("return #_G.latency") >= i end, 10)
+      if child.lua("return #_G.latency") < i then
+        child.lua("table.insert(_G.latency, false)") -- no ghost (an empty suggestion): not counted
+      end
+    end
+    return child.lua("return vim.tbl_filter(function(x) return x end, _G.latency)")
+  end
+  local function median(xs)
+    table.sort(xs)
+    return #xs > 0 and xs[math.ceil(#xs / 2)] or 0 / 0
+  end
+  local old, new = measure(30), measure(0)
+  -- The same question straight to the server through Neovim's LSP client, no plugin in between.
+  local bare = child.lua([[
+    local client, times = require("codegen_lsp").client(0), {}
+    for _ = 1, 10 do
+      local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+      params.context = { triggerKind = 2 }
+      local start, done = vim.uv.hrtime(), false
+      client:request("textDocument/inlineCompletion", params, function() done = true end, 0)
+      vim.wait(5000, function() return done end, 1)
+      table.insert(times, (vim.uv.hrtime() - start) / 1e6)
+    end
+    return times
+  ]])
+  io.write(("latency: keystroke to ghost, median %.1f ms (%d ghosts) with the plugin as it is (debounce_ms 0), "
+    .. "%.1f ms (%d) with the old client debounce of 30 ms; bare inlineCompletion request %.1f ms (%d)\n"):format(
+    median(new), #new, median(old), #old, median(bare), #bare))
+  assert(#new > 0, "no ghost appeared while measuring")
 end)
 
 after_file = function()
