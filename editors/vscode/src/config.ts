@@ -10,8 +10,26 @@ export const SECTION = "codegen-lsp";
 /** The server's settings keys (../../lsp_server/settings.py); the extension sends exactly these. */
 export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
-  "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline",
+  "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline", "languages",
 ] as const;
+
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
+const PYTHON_LEVELS: Record<string, LogLevel> = {
+  DEBUG: "debug", INFO: "info", WARNING: "warn", ERROR: "error", CRITICAL: "error",
+};
+
+/**
+ * The level of one line the server wrote to stderr (`2026-11-29 10:00:00,123 INFO name: text`,
+ * Python's logging), and the text to log without the time and level (the output channel adds
+ * its own). A line without a level (a traceback's) keeps the level of the line before it.
+ */
+export function serverLogLine(line: string, previous: LogLevel = "info"): { level: LogLevel; text: string } {
+  const match = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$/.exec(line);
+  if (!match) {
+    return { level: previous, text: line };
+  }
+  return { level: PYTHON_LEVELS[match[1]], text: match[2] };
+}
 
 export interface ServerCommand {
   command: string;

@@ -12,7 +12,10 @@ import {
   WorkDoneProgress,
   WorkDoneProgressCreateRequest,
 } from "vscode-languageclient/node";
-import { ModelState, SECTION, Stats, formatStats, resolveServerCommand, serverSettings, statusText } from "./config";
+import * as readline from "node:readline";
+import {
+  LogLevel, ModelState, SECTION, Stats, formatStats, resolveServerCommand, serverLogLine, serverSettings, statusText,
+} from "./config";
 
 const STATS_METHOD = "codegen/stats";
 
@@ -48,6 +51,18 @@ function createClient(): LanguageClient {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: editorSettings(),
     outputChannel: output,
+    // The server logs to stderr at its own levels: show INFO as info, not as [error].
+    stdioOptions: {
+      stdout: (input, channel) => readline.createInterface({ input, terminal: false }).on("line", (l) => channel.info(l)),
+      stderr: (input, channel) => {
+        let level: LogLevel = "info";
+        readline.createInterface({ input, terminal: false }).on("line", (line) => {
+          const parsed = serverLogLine(line, level);
+          level = parsed.level;
+          channel[level](parsed.text);
+        });
+      },
+    },
     middleware: {
       workspace: {
         // Answer workspace/configuration with the server's keys only (serverCommand is ours).
