@@ -9,9 +9,8 @@ threshold of a grid is replayed on the recordings (engine.stops.cut_unsure).
 - min_logprob (first line): cases cut mid-line, as in heldout_eval.py.
   Calibration: of the tokens the model wrote while its text so far was still
   right, how many were right, per band of the model's probability. The
-  threshold is the lowest band from which on a token is right at least as
-  often as it is wrong: a token is shown while it is more likely to help than
-  to mislead.
+  threshold is the lowest probability t such that the tokens with p >= t are
+  right at least as often as wrong: what is shown is more often right.
 - min_line_logprob (later lines): the cursor at the end of a line that opens
   a block, the block's body removed; the same calibration per line (a line is
   as sure as its least sure token), over the lines written while the lines
@@ -137,20 +136,21 @@ def record(args):
 
 
 def calibration(pairs: list[tuple[float, bool]]) -> float | None:
-    """Print right/total per probability band; the lowest band edge from which on every band
-    is right at least half the time (None: every band is)."""
+    """Print right/total per probability band and from each band up; return the lowest band edge t
+    such that of the items with p >= t, at least half are right (None: no such edge)."""
     edges = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.01]
     chosen = None
     for low, high in zip(edges, edges[1:]):
         inside = [ok for p, ok in pairs if low <= p < high]
-        right = sum(inside)
-        print(f"    p in [{low:.1f}, {min(high, 1):.1f}): {right:5d} right of {len(inside):5d}"
-              + (f" ({100 * right / len(inside):.0f} %)" if inside else ""))
-    for low, high in reversed(list(zip(edges, edges[1:]))):
-        inside = [ok for p, ok in pairs if low <= p < high]
-        if inside and 2 * sum(inside) < len(inside):
+        above = [ok for p, ok in pairs if p >= low]
+        print(f"    p in [{low:.1f}, {min(high, 1):.1f}): {sum(inside):5d} right of {len(inside):5d}"
+              f"   p >= {low:.1f}: {sum(above):5d} right of {len(above):5d}")
+    for low in reversed(edges[:-1]):
+        above = [ok for p, ok in pairs if p >= low]
+        if above and 2 * sum(above) >= len(above):
+            chosen = low
+        elif above:
             break
-        chosen = low
     return chosen
 
 

@@ -54,6 +54,8 @@ class Settings:
     """auto | always | never: auto gives a block after a line that opens one or on an empty line."""
     languages: str = "auto"
     """auto | all | a comma-separated list: languages to suggest in (auto: what the checkpoint says it knows)."""
+    ramble_stop: str = "on"
+    """on | off: end a suggestion at a repeated chunk or where the model is unsure (engine/stops.py)."""
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 
@@ -69,6 +71,7 @@ CHOICES = {
     "compile": ("auto", "true", "false"),
     "fim": FIM_MODES,
     "multiline": ("auto", "always", "never"),
+    "ramble_stop": ("on", "off"),
 }
 RANGES = {
     "max_new_tokens": (1, 4096),

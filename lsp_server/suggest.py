@@ -53,7 +53,11 @@ def suggest(
     prefix, suffix = clean(text[:offset]), clean(text[offset:])
     multiline = wants_multiline(prefix, suffix, language, settings.multiline)
     lm = engine.lm
-    stopper = Stopper(lm.tokenizer.decode, min(lm.tokenizer.vocab_size, lm.config.vocab_size), *thresholds)
+    on = settings.ramble_stop == "on"
+    stopper = Stopper(
+        lm.tokenizer.decode, min(lm.tokenizer.vocab_size, lm.config.vocab_size),
+        *(thresholds if on else (None, None)), repeats=on,
+    )  # fmt: skip
     params = SamplingParams(
         max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline), stopper=stopper
     )

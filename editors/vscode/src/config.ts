@@ -11,6 +11,7 @@ export const SECTION = "codegen-lsp";
 export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
   "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline", "languages",
+  "ramble_stop",
 ] as const;
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
