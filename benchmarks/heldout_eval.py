@@ -13,9 +13,10 @@ fill-in-the-middle suffix. Printed:
   (engine.stops.first_repeat on the model's tokens of the suggestion)
 - past end: suggestions whose first line runs more than 30 characters past the true line end
 - empty: no suggestion
+- right when shown: of the suggestions shown, the share whose first line is a start of the rest
 - latency: median and 90th percentile of request-to-answer time, milliseconds
 
-    .venv/bin/python benchmarks/heldout_eval.py --package hypothesis -n 150 [--model SPEC] [--json]
+    .venv/bin/python benchmarks/heldout_eval.py --package hypothesis -n 150 [--model SPEC] [--set KEY=VALUE] [--json]
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ async def ask_all(cases: list[Case], settings: dict, command: list[str]) -> list
 
 def figures(cases: list[Case], answers: list[tuple[str, float]], encode) -> dict:
     n = len(cases)
-    exact = long_total = long_exact = repeats = past = empty = 0
+    exact = long_total = long_exact = repeats = past = empty = right = 0
     for case, (text, _) in zip(cases, answers):
         first = text.split("\n", 1)[0].rstrip()
         exact += first == case.rest
@@ -143,11 +144,13 @@ def figures(cases: list[Case], answers: list[tuple[str, float]], encode) -> dict
         repeats += bool(text) and first_repeat(encode(text)) is not None
         past += len(first) > len(case.rest) + PAST_END_CHARS
         empty += not text.strip()
+        right += bool(text.strip()) and case.rest.startswith(first)
     latencies = sorted(ms for _, ms in answers)
     pct = lambda k: round(100 * k / max(n, 1), 1)  # noqa: E731
     return {
         "lines": n, "exact_pct": pct(exact), "exact_rest_ge5_pct": round(100 * long_exact / max(long_total, 1), 1),
         "rests_ge5": long_total, "repeat_pct": pct(repeats), "past_end_pct": pct(past), "empty_pct": pct(empty),
+        "right_when_shown_pct": round(100 * right / max(n - empty, 1), 1),
         "latency_median_ms": round(statistics.median(latencies), 1),
         "latency_p90_ms": round(latencies[int(0.9 * (len(latencies) - 1))], 1),
     }  # fmt: skip
@@ -160,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=21)
     parser.add_argument("--model", default="", help='checkpoint directory or hub id ("": the demo model)')
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another server setting, e.g. --set ramble_stop=off")
     parser.add_argument("--show", type=int, default=0, help="print this many cases with their suggestions")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -169,9 +174,12 @@ def main() -> None:
 
     cases = sample_cases(args.package, args.n, args.seed)
     settings = {"model": args.model, "debounce_ms": 0, "max_new_tokens": args.max_new_tokens}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        settings[key] = int(value) if value.isdigit() else value
     answers = asyncio.run(ask_all(cases, settings, [sys.executable, "-m", "lsp_server", "serve"]))
     tokenizer = load_tokenizer(resolve_model_dir(args.model) if args.model else DEMO_MODEL_DIR)
-    result = {"package": args.package, "model": args.model or "demo", **figures(cases, answers, tokenizer.encode)}
+    result = {"package": args.package, "model": args.model or "demo", "set": args.set, **figures(cases, answers, tokenizer.encode)}
     for case, (text, _) in list(zip(cases, answers))[: args.show]:
         print(f"{case.path.name}:{case.line + 1}: rest {case.rest!r}\n    got  {text!r}")
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
