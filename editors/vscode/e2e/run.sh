@@ -42,7 +42,7 @@ max_new_tokens = 16
 multiline = "never"
 debounce_ms = 0
 TOML
-printf 'def fibonacci(n):\n    if n < 2:\n        return n\n    return ' > workspace/main.py
+printf 'import sys\n\nif __name__ == ' > workspace/main.py  # the demo model suggests "__main__":
 cat > user-data/User/settings.json <<JSON
 {
   "codegen-lsp.serverCommand": ["$ROOT/.venv/bin/codegen-lsp", "-v", "serve"],
@@ -56,8 +56,8 @@ cat > user-data/User/settings.json <<JSON
   "workbench.secondarySideBar.defaultVisibility": "hidden"
 }
 JSON
-# What the server answers at the end of main.py (line 3, character 11), asked without any editor.
-"$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 3 --character 11 --json > expected.json
+# What the server answers at the end of main.py (line 2, character 15), asked without any editor.
+"$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 2 --character 15 --json > expected.json
 echo "server's answer: $(cat expected.json)"
 
 # 3. code-server with the extension installed, then the browser check.
