@@ -124,7 +124,13 @@ async def test_missing_model_is_reported_once_and_exit_code_is_zero(tmp_path):
         )
         assert await inline(client, uri, 1, 4) == []
         assert len([m for m in client.messages if m.type == types.MessageType.Error]) == 1  # reported once
-        assert (await stats(client))["requests"] == 0
+        figures = await stats(client)
+        assert figures["requests"] == 0
+        # codegen/stats tells what an editor's status must show: the failed model, from the project file.
+        (folder_status,) = [f for f in figures["folders"] if f["root"] == str(folder)]
+        assert folder_status["model"] == "/no/such/model" and folder_status["state"] == "failed"
+        assert folder_status["model_source"] == f"project file {settings_file}"
+        assert "not found" in folder_status["error"]
     finally:
         await stop_server(client)  # shutdown, then exit
     assert client._server.returncode == 0

@@ -99,6 +99,8 @@ export interface Stats {
   prefilled_tokens: number;
   generated_tokens: number;
   models?: string[];
+  /** Per workspace folder: the model the server uses, where that setting came from, its state. */
+  folders?: { root: string | null; model: string; model_source: string; state: string; error: string | null; languages?: string[] | null }[];
   last?: {
     prompt_tokens?: number;
     reused_tokens?: number;
@@ -116,6 +118,12 @@ export function formatStats(stats: Stats): string {
   ];
   if (stats.models && stats.models.length > 0) {
     lines.push(`loaded: ${stats.models.join(", ")}`);
+  }
+  for (const folder of stats.folders ?? []) {
+    const languages = folder.languages ? `, languages: ${folder.languages.join(", ")}` : "";
+    const where = folder.root ? ` [${folder.root}]` : "";
+    lines.push(`model: ${folder.model} (from ${folder.model_source}): ${folder.state}${languages}${where}` +
+      (folder.error ? ` - ${folder.error}` : ""));
   }
   const last = stats.last;
   if (last && last.total_ms !== undefined) {

@@ -99,6 +99,11 @@ async function refreshModel(lc: LanguageClient, fallback: string): Promise<void>
     const stats = await lc.sendRequest<Stats>(STATS_METHOD, {});
     const models = stats.models ?? [];
     setStatus({ kind: "ready", model: models.length > 0 ? models.join(", ") : fallback });
+    // The tooltip says which model each folder uses and where that setting came from.
+    const folders = formatStats(stats).split("\n").filter((line) => line.startsWith("model: "));
+    if (folders.length > 0) {
+      statusItem.tooltip = `codegen-lsp\n${folders.join("\n")}\nClick for stats`;
+    }
   } catch {
     setStatus({ kind: "ready", model: fallback });
   }
