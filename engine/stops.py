@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import torch
 
 MIN_CHUNK = 3
+MAX_CHUNK = 64  # longer repeats span lines (postprocessing's); the bound keeps each step's check short
 # Chosen by benchmarks/stop_thresholds.py on held-out code (300 lines and 150 blocks of pytest's
 # own package, not the demo model's training data): the lowest probability from which on the
 # tokens shown are right more often than wrong (first line: p >= 0.4, 72 of 134 right; 0.3
@@ -48,7 +49,7 @@ def repeat_at_end(ids: Sequence[int], min_chunk: int = MIN_CHUNK, allowed: Calla
     """If ids ends with a primitive chunk of >= min_chunk tokens written twice in a row, the index
     where its second copy starts; else None. Checked after each token, this finds the first repeat."""
     n = len(ids)
-    for k in range(min_chunk, n // 2 + 1):
+    for k in range(min_chunk, min(n // 2, MAX_CHUNK) + 1):
         second = ids[n - k :]
         if list(ids[n - 2 * k : n - k]) == list(second) and smallest_period(second) == k:
             if allowed is None or allowed(second):
