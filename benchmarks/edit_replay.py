@@ -34,7 +34,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import checkpoint  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
-from engine import SamplingParams, Session, load_model  # noqa: E402
+from engine.generate import SamplingParams  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.session import Session  # noqa: E402
 from engine.completion import DocumentState, complete  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 

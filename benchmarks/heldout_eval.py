@@ -170,7 +170,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from engine.tokenizer import load_tokenizer
-    from engine.loading import DEMO_MODEL_DIR, resolve_model_dir
+    from engine.checkpoint import resolve_model_dir
+    from engine.paths import DEMO_MODEL_DIR
 
     cases = sample_cases(args.package, args.n, args.seed)
     settings = {"model": args.model, "debounce_ms": 0, "max_new_tokens": args.max_new_tokens}

@@ -22,6 +22,7 @@ Prompts are standard-library source files.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import sys
@@ -35,10 +36,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import CACHE, checkpoint  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO  # noqa: E402
-from engine import load_model  # noqa: E402
-from engine.bench import greedy_with_logits as run  # noqa: E402
-from engine.loading import DEMO_MODEL_DIR, build_quantized_model  # noqa: E402
+from engine.build import build_quantized_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.paths import DEMO_MODEL_DIR  # noqa: E402
 from engine.quantize import DEFAULT_GROUP_SIZE, QuantSettings  # noqa: E402
+from greedy import greedy_with_logits as run  # noqa: E402  (tests/greedy.py)
 
 MODES = {  # label -> load_model keyword arguments
     "bfloat16": dict(dtype="bfloat16"),
@@ -77,7 +79,7 @@ def load(directory: Path, dtype: str = "float32", quantization: str = "none", qu
     lm = load_model(str(directory), device="cpu", dtype=dtype, compile="false")
     if quantization != "none":  # built here because the group size is not a load_model option
         settings = QuantSettings(quantization, group_size, quantize_lm_head)
-        lm.model = build_quantized_model(lm.config, lm.path, settings, lm.dtype, lm.device)
+        lm = dataclasses.replace(lm, model=build_quantized_model(lm.config, lm.path, settings, lm.dtype, lm.device))
     return lm
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine.config import ModelConfig
-from engine.loading import ARCHITECTURES
+from engine.build import ARCHITECTURES
 
 # Shapes of published checkpoints, as their config.json files give them.
 CODEGEN_350M_MONO = {

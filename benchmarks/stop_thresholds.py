@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.heldout_eval import package_files, sample_cases  # noqa: E402
-from engine import load_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
 from engine.session import SessionStore  # noqa: E402
 from engine.stops import TokenRecord, unsure_cut  # noqa: E402
-from lsp_server.models import Engine  # noqa: E402
+from lsp_server.pool import ServedModel  # noqa: E402
 from lsp_server.settings import Settings  # noqa: E402
 from lsp_server.suggest import suggest  # noqa: E402
 
@@ -117,21 +117,21 @@ def record(args):
 
     settings = Settings(model=args.model, max_new_tokens=48, debounce_ms=0)
     lm = load_model(args.model or None)
-    engine = Engine(settings.engine_key(), lm, SessionStore(lm, 256))
+    served = ServedModel(settings.engine_key(), lm, SessionStore(lm, 256))
     off = (None, None)
 
     lines = []
     for k, case in enumerate(sample_cases(args.package, args.n, args.seed)):
         offset = len("\n".join(case.document.split("\n")[: case.line])) + (case.line > 0) + case.cut
-        s = suggest(engine, f"line{k}", case.document, offset, "python", settings, thresholds=off)
+        s = suggest(served, f"line{k}", case.document, offset, "python", settings, thresholds=off)
         lines.append((s.raw.split("\n", 1)[0], s.stopper.records, case.rest))
-        engine.sessions.drop(f"line{k}")
+        served.sessions.drop(f"line{k}")
     blocks = []
     multiline = Settings(model=args.model, max_new_tokens=64, debounce_ms=0, multiline="always")
     for k, (document, offset, body) in enumerate(block_cases(args.package, args.n // 2, args.seed)):
-        s = suggest(engine, f"block{k}", document, offset, "python", multiline, thresholds=off)
+        s = suggest(served, f"block{k}", document, offset, "python", multiline, thresholds=off)
         blocks.append((s.raw, s.stopper.records, body))
-        engine.sessions.drop(f"block{k}")
+        served.sessions.drop(f"block{k}")
     return lines, blocks
 
 

@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_code  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
-from engine import Session, load_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.session import Session  # noqa: E402
 from engine.bench import weight_bytes_per_token  # noqa: E402
 
 PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, checkpoint, median_seconds, real_code  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
-from engine import load_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
 

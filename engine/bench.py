@@ -12,7 +12,6 @@ import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -148,28 +147,6 @@ def run_bench(lm: LoadedModel, prompt: list[int], new_tokens: int, repeat: int =
 
 
 def bench_prompt(lm: LoadedModel, tokens: int) -> list[int]:
-    """`tokens` ids of real code (this project's own engine sources, repeated as needed)."""
-    sources = sorted(Path(__file__).parent.glob("*.py"))
-    text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
-    ids = lm.tokenizer.encode(text)
-    while len(ids) < tokens:
-        ids = ids + ids
-    return ids[:tokens]
-
-
-@torch.inference_mode()
-def greedy_with_logits(lm: LoadedModel, prompt: list[int], n: int, follow: list[int] | None = None):
-    """(n greedy tokens, their logits (n, vocab)): what quantization is measured by.
-
-    With `follow`, those tokens are fed instead of the model's own (teacher
-    forcing), so one early disagreement does not change every later step.
-    """
-    session = Session(lm)
-    logits, _ = session.prefill(prompt)
-    tokens, rows = [], []
-    for i in range(n):
-        rows.append(logits)
-        tokens.append(int(torch.argmax(logits)))
-        logits = session.step(follow[i] if follow else tokens[-1])
-    return tokens, torch.stack(rows).float()
-
+    """`tokens` ids spread over the vocabulary: prefill and decode take the same time whatever the ids."""
+    allowed = min(lm.tokenizer.vocab_size, lm.config.vocab_size)
+    return [(i * 7919) % allowed for i in range(tokens)]

@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from engine.config import ACTIVATIONS, ModelConfig
-from engine.kv_cache import KVCache, attend, attention_span
+from engine.decoder import DecoderLM
+from engine.kv_cache import KVCache, attend
 
 # The original model was trained with its qkv projection split over 4 devices:
 # the fused output is 4 chunks, each laid out [q | v | k] for n_head/4 heads.
@@ -94,26 +95,14 @@ class CodeGenTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-class CodeGen(nn.Module):
+class CodeGen(DecoderLM):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.transformer = CodeGenTransformer(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=True)
 
-    def forward(
-        self,
-        idx: torch.Tensor,  # (1, T) token ids; (B, T) when training
-        input_pos: torch.Tensor,  # (T,) their absolute positions
-        cache: KVCache | None,  # None = training: full sequences from position 0, plain causal attention
-        kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
-        last_only: bool = False,  # only the last position's logits (prefill)
-    ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
-        kv_len, mask = attention_span(input_pos, cache, kv_len)
+    def embed(self, idx: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        # No position table: each block rotates q and k by these (engine/decoder.py runs the blocks).
         sin_cos = rotary_sin_cos(input_pos, self.config.rotary_dim or self.config.head_dim)
-        x = self.transformer.wte(idx)
-        for block in self.transformer.h:
-            x = block(x, input_pos, cache, kv_len, mask, sin_cos)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(self.transformer.ln_f(x)).float()
+        return self.transformer.wte(idx), (sin_cos,)

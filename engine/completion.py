@@ -77,7 +77,7 @@ def complete(
 
 def _complete(session, state, prefix, suffix, params, max_prompt_tokens, fim, cancel, typeahead) -> Generation:
     start = time.perf_counter()
-    window = session.max_len
+    window = session.window
     if params.max_new_tokens >= window:
         raise EngineError(f"max_new_tokens {params.max_new_tokens} leaves no room in the window of {window}")
     settings = (fim, max_prompt_tokens)

@@ -85,6 +85,8 @@ def _load(folder: Path) -> bool:
     # Output shapes for torch.compile, which traces the ops without running them.
     torch.library.register_fake("codegen_lsp_cpu::int8_matvec")(
         lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
+    torch.library.register_fake("codegen_lsp_cpu::int8_matmul")(
+        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
     torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
         lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     return True
@@ -211,6 +213,45 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
         return next(iter(passed), fallback)
     seconds = median_seconds_per_call({name: lambda twin=twin: twin(x) for name, twin in passed.items()})
     return min(seconds, key=seconds.get)
+
+
+def choose_threads(step: Callable[[], object], name: str, folder: Path) -> int:
+    """How many threads a model runs with on this CPU: one, or all of torch's, whichever runs its
+    decode step faster (measured once, saved beside the kernel choices under `name`).
+
+    Small models lose with more threads: each of their many small ops pays for waking the other
+    threads (~10 us), and when another process holds a core, for waiting until it is scheduled
+    again (a 4-layer model took 30-40 ms per token with 2 threads and 3 with one, beside a busy
+    test run). Changing the count costs a few milliseconds, so it is set once per request."""
+    path = Path(folder) / CHOICES_FILE
+    key = machine_key()
+    saved = _read_choices(path)
+    choices = saved.get("choices", {}) if saved.get("key") == key else {}
+    counts = sorted({1, key["threads"]})
+    choice = choices.get(f"threads {name}")
+    if choice not in counts:
+        choice = counts[0]
+        if len(counts) > 1:
+            seconds = {n: [] for n in counts}
+            try:
+                for _ in range(ROUNDS):
+                    for n in counts:  # interleaved; the count changes outside the timed calls
+                        torch.set_num_threads(n)
+                        step()
+                        start = time.perf_counter()
+                        for _ in range(3):
+                            step()
+                        seconds[n].append(time.perf_counter() - start)
+            finally:
+                torch.set_num_threads(key["threads"])
+            choice = min(counts, key=lambda n: statistics.median(seconds[n]))
+        choices[f"threads {name}"] = choice
+        try:
+            _write_choices(path, {"key": key, "choices": choices})
+        except OSError as exc:
+            log.warning("cannot save the CPU thread choice in %s: %s", path, exc)
+    log.info("CPU threads for %s: %d", name, choice)
+    return choice
 
 
 def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS,

@@ -70,6 +70,8 @@ def generate(
     """Decode after `prompt`. With `heal`, the generated tokens must start by
     spelling that text (see engine/prompt.py), which the returned text leaves out."""
     start = time.perf_counter()
+    if session.lm.threads is not None and torch.get_num_threads() != session.lm.threads:
+        torch.set_num_threads(session.lm.threads)  # this thread's, chosen at load (engine/cpu_kernels.py)
     tokenizer = session.lm.tokenizer
     stats = GenerationStats(prompt_tokens=len(prompt))
     rng = None
@@ -80,7 +82,7 @@ def generate(
     if tokenizer.eos_id is not None:
         stop_ids.add(tokenizer.eos_id)
     allowed = min(tokenizer.vocab_size, session.lm.config.vocab_size)
-    room = session.max_len - len(prompt)
+    room = session.window - len(prompt)
 
     generated: list[int] = []
     text, finish = "", "length"

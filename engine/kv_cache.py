@@ -15,16 +15,16 @@ class KVCache:
     after an edit means writing again from the first changed position.
     """
 
-    def __init__(self, config: ModelConfig, max_len: int, device, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, capacity: int, device, dtype: torch.dtype):
         if config.model_type == "codegen":
             # CodeGen attends in float32 (as the original does): a 16-bit cache
             # would be cast whole on every decode step, which costs more than
             # the step's matmuls at a long context. Twice the memory instead.
             dtype = torch.float32
-        shape = (config.n_layer, 1, config.n_kv_heads, max_len, config.head_dim)
+        shape = (config.n_layer, 1, config.n_kv_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
+        self.capacity = capacity  # positions allocated (a session grows it up to the model's window)
 
     @property
     def nbytes(self) -> int:
@@ -51,7 +51,7 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
         return None, None
     if kv_len is not None and input_pos.shape[0] == 1:
         return kv_len, None
-    kv_len = cache.max_len if kv_len is None else kv_len
+    kv_len = cache.capacity if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
     return kv_len, key_pos[None, :] <= input_pos[:, None]
 

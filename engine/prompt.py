@@ -38,9 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.errors import EngineError
-from engine.tokenizer import FIM_LAYOUTS, Tokenizer
+from engine.options import FIM_MODES
+from engine.tokenizer import Tokenizer
 
-FIM_MODES = ("auto", "off", *FIM_LAYOUTS)
 DEFAULT_SUFFIX_SHARE = 0.25  # of max_prompt_tokens, for the text after the cursor (FIM only)
 # Text longer than budget * this never fits, so it is not even tokenized: a
 # keystroke in a huge file costs no more than one in a small one.

@@ -17,8 +17,10 @@ Which kernel runs depends on the device and on the number of tokens M:
   float32 ones they are 2-30x slower), or dequantize-and-matmul. The choice is
   made for one token (decode). Our int4 kernel then runs every M too (on the
   AVX2 EPYC it beats PyTorch's 1.8x and dequantize-and-matmul 4x at M = 128),
-  our int8 one up to INT8_KERNEL_MAX_TOKENS; beyond, and for every M > 1 with
-  PyTorch's int8 kernel, int8 dequantizes and runs a dense matmul.
+  our int8 one up to INT8_KERNEL_MAX_TOKENS; beyond (prefill), our product of
+  int8 weights and activations rounded to int16, about 2x faster than
+  dequantize-and-matmul at float32's precision. With PyTorch's int8
+  kernel, every M > 1 dequantizes and runs a dense matmul.
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
 - Anything else: dequantize and run a plain F.linear, so every mode runs on
@@ -47,10 +49,11 @@ from engine import cpu_kernels
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import check_regular
+from engine.options import QUANTIZATIONS as MODES
+from engine.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-MODES = ("none", "int8", "int4")
 # int4 group size, chosen with benchmarks/quant_quality.py and `codegen-lsp bench`:
 # on the 350M shape (CPU) decode speed is the same for 32, 64 and 128 (within
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
@@ -58,9 +61,8 @@ MODES = ("none", "int8", "int4")
 DEFAULT_GROUP_SIZE = 32
 CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
-# Up to this many tokens per call our int8 kernel runs; beyond, a dense matmul of the dequantized
-# weight. AVX2 EPYC, 2 threads, 2048 -> 8192: ours 8 / 24 / 53 / 107 ms at M = 16 / 64 / 128 / 256,
-# dense 57 / 76 / 86 / 114 ms; on 1024 -> 3072 they tie at M = 128 and dense wins at 256.
+# Up to this many tokens per call our int8 matrix-vector kernel runs, with float32 activations;
+# beyond (prefill), the product with activations rounded to int16 (engine/kernels/cpu_matvec.cpp).
 INT8_KERNEL_MAX_TOKENS = 64
 
 
@@ -169,8 +171,9 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
-        if self.kernel.startswith("cpp-") and tokens <= INT8_KERNEL_MAX_TOKENS:
-            return torch.ops.codegen_lsp_cpu.int8_matvec(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
+        if self.kernel.startswith("cpp-"):
+            op = torch.ops.codegen_lsp_cpu.int8_matvec if tokens <= INT8_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int8_matmul
+            return op(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
         if self.kernel == "int8pack" and tokens == 1:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -405,13 +408,6 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------- disk cache
-
-
-def cache_dir() -> Path:
-    if os.environ.get("CODEGEN_LSP_CACHE"):
-        return Path(os.environ["CODEGEN_LSP_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg).expanduser() / "codegen-lsp"
 
 
 def checkpoint_fingerprint(directory: Path) -> dict:

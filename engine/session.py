@@ -54,7 +54,8 @@ class Session:
         self.on_grow: Callable[[Session], None] | None = None  # set by SessionStore to keep its budget
 
     @property
-    def max_len(self) -> int:
+    def window(self) -> int:
+        """The model's window: the most tokens a sequence may hold."""
         return self.lm.config.n_positions
 
     @property
@@ -68,14 +69,14 @@ class Session:
 
     def _reserve(self, length: int) -> None:
         """Make room for `length` positions, growing in steps and keeping what is cached."""
-        if length > self.max_len:
-            raise EngineError(f"sequence of {length} tokens exceeds the model's window of {self.max_len}")
-        if self.cache is not None and self.cache.max_len >= length:
+        if length > self.window:
+            raise EngineError(f"sequence of {length} tokens exceeds the model's window of {self.window}")
+        if self.cache is not None and self.cache.capacity >= length:
             return
-        if getattr(self.lm, "decode_step", None) is not None:
-            size = self.max_len  # the compiled decode step has static shapes: the whole window
+        if self.lm.decode_step is not None:
+            size = self.window  # the compiled decode step has static shapes: the whole window
         else:
-            size = min(self.max_len, -(-length // CACHE_STEP) * CACHE_STEP)
+            size = min(self.window, -(-length // CACHE_STEP) * CACHE_STEP)
         grown = KVCache(self.lm.config, size, self.lm.device, self.lm.dtype)
         if self.cache is not None:
             n = len(self.ids)
@@ -118,9 +119,8 @@ class Session:
     def step(self, token: int) -> torch.Tensor:
         """Append one token; return the logits for the one after it."""
         self._reserve(len(self.ids) + 1)
-        decode_step = getattr(self.lm, "decode_step", None)
-        if decode_step is not None:
-            logits = decode_step(self.cache, token, len(self.ids))
+        if self.lm.decode_step is not None:
+            logits = self.lm.decode_step(self.cache, token, len(self.ids))
             self.ids.append(token)
             return logits
         return self._forward([token], last_only=True)[0, -1]

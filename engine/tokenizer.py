@@ -14,15 +14,13 @@ from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, p
 
 from engine.errors import EngineError
 from engine.files import TOKENIZER_FILE_LIMIT, check_regular, read_json_object, read_text
+from engine.options import FIM_LAYOUTS
 
 FIM_SPELLINGS = {
     # StarCoder family and SantaCoder spell the same four tokens differently.
     "underscore": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>"),
     "hyphen": ("<fim-prefix>", "<fim-suffix>", "<fim-middle>", "<fim-pad>"),
 }
-
-
-FIM_LAYOUTS = ("psm", "spm")
 
 
 @dataclass(frozen=True)

@@ -7,22 +7,26 @@ import json
 import logging
 import sys
 
-from engine import EngineError, SamplingParams, Session, generate, load_model
+from engine.errors import EngineError
+from lsp_server.settings import KEYS, SPECS
 
 log = logging.getLogger("codegen-lsp")
 
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="checkpoint directory or hub id in the local HF cache")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+LOAD_FLAGS = ("model", "device", "dtype", "quantization", "compile")  # what `generate` and `bench` load with
 
 
-def add_speed_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
-                        help="weight-only quantization of the linear layers")
-    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
-                        help="compiled decode (auto: on for CUDA)")
+def add_setting_flags(parser: argparse.ArgumentParser, names, *, defaults: bool) -> None:
+    """--NAME for each setting, with its choices, type and help from the settings schema.
+
+    defaults=False leaves a flag that is not given None, so that it does not override
+    what the editor settings and project files say (`complete`).
+    """
+    for name in names:
+        spec = SPECS[name]
+        kind = {"choices": spec.choices} if spec.choices else {"type": spec.type}
+        required = defaults and name == "model"  # `generate` and `bench` need a checkpoint
+        default = spec.default if defaults and not required else None
+        parser.add_argument(f"--{name.replace('_', '-')}", **kind, default=default, required=required, help=spec.description)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,18 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="print the raw continuation of a prompt")
-    add_model_options(gen)
+    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens",), defaults=True)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="file whose contents are the prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
     mode = gen.add_mutually_exclusive_group()
     mode.add_argument("--greedy", action="store_true", help="pick the most likely token (default)")
     mode.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--json", action="store_true", help='print {"text", "token_ids", "stats"}')
-    add_speed_options(gen)
     gen.set_defaults(run=run_generate)
     add_bench_command(commands)
     add_server_commands(commands)
@@ -66,13 +68,7 @@ def add_server_commands(commands) -> None:
     comp.add_argument("file")
     comp.add_argument("--line", type=int, required=True, help="0-based line")
     comp.add_argument("--character", type=int, required=True, help="0-based UTF-16 column")
-    comp.add_argument("--model", help="checkpoint directory or hub id (default: project settings, else the demo model)")
-    comp.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    comp.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"])
-    comp.add_argument("--quantization", choices=["none", "int8", "int4"])
-    comp.add_argument("--compile", choices=["auto", "true", "false"])
-    comp.add_argument("--max-new-tokens", type=int)
-    comp.add_argument("--multiline", choices=["auto", "always", "never"])
+    add_setting_flags(comp, KEYS, defaults=False)
     comp.add_argument("--json", action="store_true", help='print {"text": ..., "stats": {...}}')
     comp.set_defaults(run=run_complete)
 
@@ -89,13 +85,12 @@ def run_complete(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
-    from lsp_server.client import complete_file
+    from lsp_server.client import suggestion_over_stdio
 
     if args.line < 0 or args.character < 0:
         raise EngineError("--line and --character must be 0 or more")
-    names = ("model", "device", "dtype", "quantization", "compile", "max_new_tokens", "multiline")
-    settings = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    result = asyncio.run(complete_file(Path(args.file), args.line, args.character, settings, args.verbose))
+    settings = {name: getattr(args, name) for name in KEYS if getattr(args, name) is not None}
+    result = asyncio.run(suggestion_over_stdio(Path(args.file), args.line, args.character, settings, args.verbose))
     if args.json:
         print(json.dumps({"text": result.text, "stats": result.stats}))
     else:
@@ -105,8 +100,7 @@ def run_complete(args: argparse.Namespace) -> int:
 
 def add_bench_command(commands) -> None:
     bench = commands.add_parser("bench", help="measure load time, prefill and decode speed, memory")
-    add_model_options(bench)
-    add_speed_options(bench)
+    add_setting_flags(bench, LOAD_FLAGS, defaults=True)
     bench.add_argument("--prompt-tokens", type=int, default=512)
     bench.add_argument("--new-tokens", type=int, default=64)
     bench.add_argument("--repeat", type=int, default=3, help="runs per figure (the median is shown)")
@@ -114,12 +108,19 @@ def add_bench_command(commands) -> None:
     bench.set_defaults(run=run_bench_command)
 
 
+def load(args: argparse.Namespace):
+    """The model `generate` and `bench` name (torch is imported here, not with the command line)."""
+    from engine.loading import load_model
+
+    return load_model(args.model, **{name: getattr(args, name) for name in LOAD_FLAGS[1:]})
+
+
 def run_bench_command(args: argparse.Namespace) -> int:
     from engine.bench import bench_prompt, run_bench
 
     if args.prompt_tokens < 1 or args.new_tokens < 1 or args.repeat < 1:
         raise EngineError("--prompt-tokens, --new-tokens and --repeat must be at least 1")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization, compile=args.compile)
+    lm = load(args)
     if args.prompt_tokens + args.new_tokens + 1 > lm.config.n_positions:
         raise EngineError(f"--prompt-tokens + --new-tokens must fit the model's window of {lm.config.n_positions}")
     result = run_bench(lm, bench_prompt(lm, args.prompt_tokens), args.new_tokens, args.repeat)
@@ -133,6 +134,9 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from engine.generate import SamplingParams, generate
+    from engine.session import Session
+
     if args.prompt_file is not None:
         try:
             with open(args.prompt_file, encoding="utf-8", errors="surrogateescape") as f:
@@ -145,7 +149,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise EngineError("--max-new-tokens must be at least 1")
     if not 0.0 < args.top_p <= 1.0:
         raise EngineError("--top-p must be in (0, 1]")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization, compile=args.compile)
+    lm = load(args)
     prompt_ids = lm.tokenizer.encode(prompt)
     if not prompt_ids:
         raise EngineError("the prompt is empty")

@@ -17,9 +17,10 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from engine import EngineError
+from engine.errors import EngineError
+from lsp_server.methods import FAILED, MODEL_STATUS, SECTION, STATS
 from lsp_server.postprocess import EXTENSIONS
-from lsp_server.settings import PROJECT_FILE, SECTION
+from lsp_server.settings import PROJECT_FILE
 
 log = logging.getLogger("codegen-lsp.client")
 LOAD_TIMEOUT_S = 1800.0
@@ -39,7 +40,7 @@ def project_root(path: Path) -> Path:
     return path.parent
 
 
-async def complete_file(
+async def suggestion_over_stdio(
     path: Path, line: int, character: int, settings: dict[str, Any], verbose: bool = False
 ) -> CompleteResult:
     """The inline completion at (line, character) of path (0-based, UTF-16).
@@ -53,24 +54,16 @@ async def complete_file(
         raise EngineError(f"cannot read {path}: {exc}") from None
     path = path.resolve()
     client = LanguageClient("codegen-lsp-complete", "0.1.0")
-    model_ready = asyncio.Event()
-    errors: list[str] = []
+    loaded: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    @client.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)
-    def progress_create(params: types.WorkDoneProgressCreateParams) -> None:
-        return None
-
-    @client.feature(types.PROGRESS)
-    def progress(params: types.ProgressParams) -> None:
-        if isinstance(params.value, dict) and params.value.get("kind") == "end":
-            model_ready.set()
+    @client.feature(MODEL_STATUS)
+    def model_status(params: Any) -> None:
+        if not loaded.done():
+            loaded.set_result(_plain(params))
 
     @client.feature(types.WINDOW_SHOW_MESSAGE)
     def show_message(params: types.ShowMessageParams) -> None:
-        if params.type == types.MessageType.Error:
-            errors.append(params.message)  # printed as the command's error
-            model_ready.set()
-        else:
+        if params.type != types.MessageType.Error:  # a load failure is the command's error, from MODEL_STATUS
             print(params.message, file=sys.stderr)
 
     await client.start_io(sys.executable, "-m", "lsp_server", *(["-v"] if verbose else []), "serve")
@@ -78,7 +71,6 @@ async def complete_file(
     try:
         root = None if "model" in settings else project_root(path)
         capabilities = types.ClientCapabilities(
-            window=types.WindowClientCapabilities(work_done_progress=True),
             text_document=types.TextDocumentClientCapabilities(
                 inline_completion=types.InlineCompletionClientCapabilities()
             ),
@@ -88,13 +80,13 @@ async def complete_file(
             types.InitializeParams(
                 capabilities=capabilities,
                 workspace_folders=folders,
-                initialization_options={SECTION: {**settings, "debounce_ms": 0}},
+                initialization_options={SECTION: {"debounce_ms": 0, **settings}},
             )
         )
         client.initialized(types.InitializedParams())
-        await asyncio.wait_for(model_ready.wait(), LOAD_TIMEOUT_S)
-        if errors:
-            raise EngineError(errors[0].removeprefix("codegen-lsp: "))
+        status = await asyncio.wait_for(loaded, LOAD_TIMEOUT_S)
+        if status.get("status") == FAILED:
+            raise EngineError(status.get("message", "the model did not load"))
         uri = path.as_uri()
         language = EXTENSIONS.get(path.suffix.lower(), "plaintext")
         client.text_document_did_open(
@@ -111,7 +103,7 @@ async def complete_file(
         )
         items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
         suggestion = items[0].insert_text if items else ""
-        stats = await client.protocol.send_request_async("codegen/stats", None)
+        stats = await client.protocol.send_request_async(STATS, None)
         await client.shutdown_async(None)
         client.exit(None)
         await asyncio.wait_for(client._server.wait(), 30)

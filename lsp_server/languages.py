@@ -57,24 +57,24 @@ def _checkpoint_languages(path: str, stamp: tuple) -> tuple[str, ...] | None:
     return None
 
 
-def languages_for(engine, settings) -> list[str] | None:
+def languages_for(served, settings) -> list[str] | None:
     """The languages suggestions are offered for, None for all."""
     wanted = getattr(settings, "languages", "auto")
     if wanted == "all":
         return None
     if wanted == "auto":
-        found = checkpoint_languages(str(engine.lm.path))
+        found = checkpoint_languages(str(served.lm.path))
         return list(found) if found else None
     return [family(x.strip()) for x in wanted.split(",") if x.strip()]
 
 
-def check_language(engine, settings, language: str) -> None:
+def check_language(served, settings, language: str) -> None:
     """Raise LanguageOff when the model is not offered for this document's language."""
-    offered = languages_for(engine, settings)
+    offered = languages_for(served, settings)
     if offered is None or family(canonical(language or "")) in offered:
         return
     source = "the checkpoint's metadata" if getattr(settings, "languages", "auto") == "auto" else "the languages setting"
     raise LanguageOff(
-        f"{engine.name} is for {', '.join(offered)} only ({source}): no suggestions in "
+        f"{served.name} is for {', '.join(offered)} only ({source}): no suggestions in "
         f"{language or 'files of unknown language'}; set languages = \"all\" to have them anyway"
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.files import read_text
-from engine.prompt import FIM_MODES
+from engine.options import COMPILE, DEVICES, DTYPES, FIM_MODES, QUANTIZATIONS
+from lsp_server.methods import SECTION
 
-SECTION = "codegen-lsp"
 PROJECT_FILE = ".codegen-lsp.toml"
 # A settings file holds a dozen short keys: anything near this size is not one.
 SETTINGS_FILE_LIMIT = 256 * 1024
@@ -28,62 +28,77 @@ MAX_MODEL_SPEC = 4096  # PATH_MAX on Linux: no path or hub id is longer
 MAX_PROBLEMS_SHOWN = 3
 
 
+def _setting(default: Any, description: str, *, choices: tuple[str, ...] = (), bounds: tuple[int, int] | None = None,
+             values: str = "") -> Any:
+    """A field of Settings with what the schema says of it (see SettingSpec)."""
+    metadata = {"description": description, "choices": choices, "bounds": bounds, "values": values}
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Settings:
-    model: str = ""
-    """Checkpoint directory or hub id in the local Hugging Face cache; "" = the shipped demo model."""
-    device: str = "auto"
-    """auto | cpu | cuda"""
-    dtype: str = "auto"
-    """auto | float32 | float16 | bfloat16"""
-    quantization: str = "none"
-    """none | int8 | int4 (weight-only)"""
-    compile: str = "auto"
-    """auto | true | false: compile the decode step (helps on CUDA)"""
-    max_new_tokens: int = 64
-    """Most tokens generated for one suggestion."""
-    max_prompt_tokens: int = 1536
-    """Most tokens of context (prefix and suffix) given to the model."""
-    fim: str = "auto"
-    """auto | off | psm | spm: fill-in-the-middle layout, when the model has FIM tokens."""
-    debounce_ms: int = 50
-    """Wait this long after a request before generating; a newer request for the document replaces it."""
-    cache_memory_mb: int = 512
-    """Memory budget of the per-document KV caches of one model."""
-    multiline: str = "auto"
-    """auto | always | never: auto gives a block after a line that opens one or on an empty line."""
-    languages: str = "auto"
-    """auto | all | a comma-separated list: languages to suggest in (auto: what the checkpoint says it knows)."""
-    ramble_stop: str = "on"
-    """on | off: end a suggestion at a repeated chunk or where the model is unsure (engine/stops.py)."""
+    """The settings of one workspace folder. Each field is one key of the schema (SCHEMA below),
+    from which the server validates, the command line builds its flags and the VS Code
+    extension's settings and the README's table are checked (tests/test_settings_schema.py)."""
+
+    model: str = _setting(
+        "", "Checkpoint directory or hub id in the local Hugging Face cache (never downloaded); "
+        "a relative path is taken from the project folder.", values='directory or hub id (`""`: the shipped demo model)',
+    )  # fmt: skip
+    device: str = _setting("auto", "Where the model runs.", choices=DEVICES)
+    dtype: str = _setting("auto", "auto: bfloat16 or float16 on CUDA, float32 on the CPU.", choices=DTYPES)
+    quantization: str = _setting("none", "Weight-only quantization of the linear layers.", choices=QUANTIZATIONS)
+    compile: str = _setting("auto", "Compile the decode step (auto: on CUDA only).", choices=COMPILE)
+    max_new_tokens: int = _setting(64, "Most tokens generated for one suggestion.", bounds=(1, 4096))
+    max_prompt_tokens: int = _setting(1536, "Most tokens of context around the cursor given to the model.",
+                                      bounds=(16, 32768))
+    fim: str = _setting(
+        "auto", "Fill-in-the-middle layout when the model has FIM tokens (auto: PSM, or the layout a checkpoint "
+        'names as "fim_layout" in its tokenizer_config.json).', choices=FIM_MODES,
+    )  # fmt: skip
+    debounce_ms: int = _setting(50, "Wait before generating; a newer request for the document replaces the older.",
+                                bounds=(0, 10_000))
+    cache_memory_mb: int = _setting(512, "Memory for the KV caches of one model's documents.", bounds=(1, 1_048_576))
+    multiline: str = _setting("auto", "auto: a block after a line that opens one or on an empty line.",
+                              choices=("auto", "always", "never"))
+    languages: str = _setting(
+        "auto", "Languages to suggest in: auto (what the checkpoint says it was trained on), all, or a "
+        'comma-separated list such as "python, lua".', values='`auto` \\| `all` \\| a list such as `"python, lua"`',
+    )  # fmt: skip
+    ramble_stop: str = _setting("on", "End a suggestion at a repeated chunk or where the model is unsure (engine/stops.py).",
+                                choices=("on", "off"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 
     def engine_key(self) -> tuple[str, str, str, str, str]:
-        """Folders whose settings give the same key share one loaded engine."""
+        """Folders whose settings give the same key share one loaded model."""
         return (self.model, self.device, self.dtype, self.quantization, self.compile)
 
 
-CHOICES = {
-    "device": ("auto", "cpu", "cuda"),
-    "dtype": ("auto", "float32", "float16", "bfloat16"),
-    "quantization": ("none", "int8", "int4"),
-    "compile": ("auto", "true", "false"),
-    "fim": FIM_MODES,
-    "multiline": ("auto", "always", "never"),
-    "ramble_stop": ("on", "off"),
-}
-RANGES = {
-    "max_new_tokens": (1, 4096),
-    "max_prompt_tokens": (16, 32768),
-    "debounce_ms": (0, 10_000),
-    "cache_memory_mb": (1, 1_048_576),
-}
-KEYS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "sources")
+@dataclass(frozen=True)
+class SettingSpec:
+    """One key of the schema."""
+
+    name: str
+    type: type  # str or int
+    default: Any
+    description: str
+    choices: tuple[str, ...]  # the allowed values of a str key ((): any string)
+    bounds: tuple[int, int] | None  # the allowed range of an int key
+    values: str  # how the README describes the values of a free-form key
+
+
+SCHEMA: tuple[SettingSpec, ...] = tuple(
+    SettingSpec(f.name, {"str": str, "int": int}[f.type], f.default, **f.metadata)
+    for f in dataclasses.fields(Settings) if f.name != "sources"
+)  # fmt: skip
+SPECS = {spec.name: spec for spec in SCHEMA}
+KEYS = tuple(SPECS)
 
 
 def _check(key: str, value: Any) -> tuple[Any, str | None]:
     """The value to store for key, or an error message."""
+    spec = SPECS[key]
     if key == "model":
         if value is None:
             return "", None
@@ -96,13 +111,13 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str) or not re.fullmatch(r"\s*[\w+#.-]+(\s*,\s*[\w+#.-]+)*\s*", value):
             return None, f'expected "auto", "all" or a comma-separated list of languages, got {_short(value)}'
         return value.strip().lower(), None
-    if key in CHOICES:
+    if spec.choices:
         if key == "compile" and isinstance(value, bool):
             value = "true" if value else "false"
-        if not isinstance(value, str) or value.lower() not in CHOICES[key]:
-            return None, f"expected one of {', '.join(CHOICES[key])}, got {_short(value)}"
+        if not isinstance(value, str) or value.lower() not in spec.choices:
+            return None, f"expected one of {', '.join(spec.choices)}, got {_short(value)}"
         return value.lower(), None
-    low, high = RANGES[key]
+    low, high = spec.bounds
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         return None, f"expected a whole number from {low} to {high}, got {_short(value)}"
     return value, None

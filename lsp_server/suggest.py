@@ -11,12 +11,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-from engine import SamplingParams
+from engine.generate import SamplingParams
 from engine.completion import complete
 from engine.generate import GenerationStats
 from engine.stops import MIN_LINE_LOGPROB, MIN_LOGPROB, Stopper
 from lsp_server.languages import check_language
-from lsp_server.models import Engine
+from lsp_server.pool import ServedModel
 from lsp_server.postprocess import postprocess, stop_sequences, wants_multiline
 from lsp_server.settings import Settings
 
@@ -38,7 +38,7 @@ def clean(text: str) -> str:
 
 
 def suggest(
-    engine: Engine,
+    served: ServedModel,
     document: str,
     text: str,
     offset: int,
@@ -49,10 +49,10 @@ def suggest(
 ) -> Suggestion:
     # The whole text goes to the engine, which cuts the one window (engine/prompt.py) and
     # keeps its cut points in the document's state, as offsets into this very text.
-    check_language(engine, settings, language)  # raises LanguageOff, which the server says once
+    check_language(served, settings, language)  # raises LanguageOff, which the server says once
     prefix, suffix = clean(text[:offset]), clean(text[offset:])
     multiline = wants_multiline(prefix, suffix, language, settings.multiline)
-    lm = engine.lm
+    lm = served.lm
     on = settings.ramble_stop == "on"
     stopper = Stopper(
         lm.tokenizer.decode, min(lm.tokenizer.vocab_size, lm.config.vocab_size),
@@ -61,9 +61,9 @@ def suggest(
     params = SamplingParams(
         max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline), stopper=stopper
     )
-    state = engine.document_state(document)
+    state = served.document_state(document)
     generation = complete(
-        engine.sessions.get(document), state, prefix, suffix, params,
+        served.sessions.get(document), state, prefix, suffix, params,
         max_prompt_tokens=settings.max_prompt_tokens, fim=settings.fim, cancel=cancel,
     )  # fmt: skip
     shown = ""

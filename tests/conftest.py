@@ -15,9 +15,10 @@ torch.set_num_threads(2)
 def cpu_kernels_built_once():
     """Build (or load) our CPU kernels in the user's cache before tests point the cache at temporary
     folders: a process loads them once, so the build (~30 s) happens once per machine, not per run."""
-    from engine import cpu_kernels, quantize
+    from engine import cpu_kernels
+    from engine.paths import cache_dir
 
-    cpu_kernels.load_kernels(quantize.cache_dir() / "kernels")
+    cpu_kernels.load_kernels(cache_dir() / "kernels")
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,13 @@ import pytest
 import torch
 
 import checkpoints
-from engine import cpu_kernels, load_model
-from engine.bench import greedy_with_logits
-from engine.loading import DEMO_MODEL_DIR
-from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, cache_dir
+from engine import cpu_kernels
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
+from engine.paths import DEMO_MODEL_DIR, cache_dir
+from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear
+from engine.session import Session
+from greedy import greedy_with_logits
 
 ROOT = Path(__file__).resolve().parents[1]
 # (in, out) of santacoder (c_attn, attn c_proj, c_fc, mlp c_proj, lm_head), codegen-350M (qkv_proj,
@@ -30,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(2048, 2304), (2048, 2048), (2048, 8192), (8192, 2048), (2048, 49280),
           (1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 51200), (1024, 50295), (64, 13)]  # fmt: skip
 # max |y - reference| / max |reference|: ours accumulate in float32 (int8) or exact int32 over
-# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16.
+# 16-bit activations (int4, and int8 prefill); PyTorch's packed kernels round activations to bfloat16.
 BOUNDS = {"cpp": 3e-4, "int8pack": 2e-2, "int4pack": 2e-2, "dequantize": 1e-5}
 
 
@@ -87,12 +90,16 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_a_long_prefill_matches_too(mode):
-    """int8 switches from our kernel to a dense matmul of the unpacked weight past INT8_KERNEL_MAX_TOKENS."""
-    layer = random_layer(mode, 512, 100)
-    x = torch.randn(1, INT8_KERNEL_MAX_TOKENS + 6, 512)
-    for name in kernels_to_test(layer):
-        check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
+@pytest.mark.parametrize("shape", [(2048, 2304), (1024, 50295), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_a_long_prefill_matches_too(mode, shape):
+    """Past INT8_KERNEL_MAX_TOKENS our int8 kernel switches to its prefill product: token counts
+    that end mid-tile, and (small layers) more tokens than one panel of activations (256 KB) holds."""
+    layer = random_layer(mode, *shape)
+    panels = [2 * (256 << 10) // shape[0] + 3] if shape[0] <= 256 else []
+    for tokens in [INT8_KERNEL_MAX_TOKENS + 7] + panels:
+        x = torch.randn(1, tokens, shape[0], generator=torch.Generator().manual_seed(tokens))
+        for name in kernels_to_test(layer):
+            check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -151,6 +158,7 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
     first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
     path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
     saved = json.loads(path.read_text())
+    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith("threads ")}
     assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
     assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
     # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
@@ -166,6 +174,29 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
         assert sorted(measured) == sorted(saved["choices"]), field
         assert json.loads(path.read_text())["key"] == cpu_kernels.machine_key()
         assert set(again.values()) != {"dequantize"}
+
+
+def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_dir, tmp_path, monkeypatch):
+    default = torch.get_num_threads()
+    settings = []
+    real_set = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (settings.append(n), real_set(n)))
+    try:
+        lm = load_model(str(codegen_dir), device="cpu")
+        assert lm.threads in (1, default)
+        path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
+        saved = json.loads(path.read_text())
+        (name,) = [name for name in saved["choices"] if name.startswith("threads ")]
+        assert saved["choices"][name] == lm.threads and (settings != []) == (default > 1)  # measured
+        settings.clear()
+        saved["choices"][name] = 1  # read back as saved: nothing measured
+        path.write_text(json.dumps(saved))
+        lm = load_model(str(codegen_dir), device="cpu")
+        assert lm.threads == 1 and settings == []
+        generate(Session(lm), [1, 2, 3], SamplingParams(max_new_tokens=2))
+        assert torch.get_num_threads() == 1  # this thread's count, for its generations
+    finally:
+        real_set(default)
 
 
 def test_a_wrong_kernel_is_not_chosen(caplog):
@@ -211,10 +242,13 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
     script = (
         "import logging, torch\n"
         "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
-        "from engine import load_model\n"
-        "from engine.bench import greedy_with_logits\n"
+        "from engine.loading import load_model\n"
+        "from engine.session import Session\n"
         "lm = load_model(None, device='cpu', quantization='int8')\n"
-        "print(greedy_with_logits(lm, lm.tokenizer.encode('def add(a, b):'), 4)[0])\n"
+        "session, tokens = Session(lm), []\n"
+        "logits, _ = session.prefill(lm.tokenizer.encode('def add(a, b):'))\n"
+        "for _ in range(4): tokens.append(int(logits.argmax())); logits = session.step(tokens[-1])\n"
+        "print(tokens)\n"
         "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
     )
     env = {**os.environ, "CXX": "/nonexistent", "CC": "/nonexistent", "PATH": str(bin_dir), "CODEGEN_LSP_CACHE": str(tmp_path / "cache")}

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import checkpoints
-from engine import SamplingParams, Session, generate, load_model
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
+from engine.session import Session
 from engine.kv_cache import KVCache
-from engine.loading import DEMO_MODEL_DIR
+from engine.paths import DEMO_MODEL_DIR
 from engine.tokenizer import load_tokenizer
 from lsp_server.postprocess import parses
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import checkpoints
-from engine import SamplingParams, Session, generate, load_model
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
+from engine.session import Session
 from engine import session as session_module
 from engine.kv_cache import KVCache
 

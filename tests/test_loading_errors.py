@@ -9,8 +9,9 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from engine import EngineError, load_model
-from engine.loading import resolve_model_dir
+from engine.errors import EngineError
+from engine.loading import load_model
+from engine.checkpoint import resolve_model_dir
 
 
 def copy_checkpoint(src, tmp_path, name="ckpt"):
@@ -136,7 +137,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, codegen_dir):
 
 
 def test_cli_generate_json(codegen_bin_dir):
-    from engine import SamplingParams, Session, generate
+    from engine.generate import SamplingParams, generate
+    from engine.session import Session
 
     result = run_cli("generate", "--model", str(codegen_bin_dir), "--prompt", "def add(a, b):",
                      "--max-new-tokens", "6", "--json", "--device", "cpu")

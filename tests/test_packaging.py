@@ -83,7 +83,7 @@ def user_run(installed: dict[str, Path], *args) -> str:
 
 
 def installed_demo_model(installed: dict[str, Path]) -> Path:
-    found = user_run(installed, "python", "-c", "import engine, lsp_server.cli; from engine.loading import DEMO_MODEL_DIR as d; "
+    found = user_run(installed, "python", "-c", "import engine, lsp_server.cli; from engine.paths import DEMO_MODEL_DIR as d; "
                      "print(engine.__file__, lsp_server.cli.__file__, d, sep='\\n')").split("\n")
     for path in found[:3]:
         assert Path(path).is_relative_to(installed["venv"]), found  # not the repo checkout

@@ -10,8 +10,9 @@ import logging
 import pytest
 import torch
 
-from engine import EngineError, load_model
-from engine.bench import greedy_with_logits, weight_bytes_per_token
+from engine.errors import EngineError
+from engine.loading import load_model
+from engine.bench import weight_bytes_per_token
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
@@ -23,6 +24,7 @@ from engine.quantize import (
     quantize_model,
     unpack_int4,
 )
+from greedy import greedy_with_logits
 
 NEW_TOKENS = 16
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -128,7 +130,7 @@ def test_lm_head_switch(bigcode_mq_dir):
 
 
 def test_disk_cache_is_hit_on_second_load(codegen_dir, prompt_ids, tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="engine.loading"):
+    with caplog.at_level(logging.INFO, logger="engine.build"):
         first = load_model(str(codegen_dir), device="cpu", quantization="int4")
         assert any("quantized weights cached" in r.message for r in caplog.records)
         caplog.clear()

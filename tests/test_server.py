@@ -26,7 +26,7 @@ from pytest_lsp import make_test_lsp_client
 
 from lsp_server.client import _plain
 from lsp_server.documents import Document
-from lsp_server.models import Models
+from lsp_server.pool import ModelPool
 from lsp_server.settings import Settings, apply
 from lsp_server.suggest import suggest
 
@@ -131,13 +131,13 @@ class Expected:
     def __init__(self, model: Path, **overrides):
         self.settings, problems = apply(Settings(), {"model": str(model), **overrides}, "test")
         assert not problems
-        self.engine = Models._load_blocking(self.settings)
+        self.served = ModelPool._load_blocking(self.settings)
         self.count = 0
 
     def __call__(self, text: str, line: int, character: int, encoding: str = "utf-16", language: str = "python") -> str:
         self.count += 1  # a fresh session each time: no typeahead state
         offset = Document("x", text).offset_at(line, character, encoding)
-        return suggest(self.engine, f"expected-{self.count}", text, offset, language, self.settings).text
+        return suggest(self.served, f"expected-{self.count}", text, offset, language, self.settings).text
 
 
 @pytest.fixture(scope="module")

@@ -66,3 +66,12 @@ def test_impossible_edits_are_skipped():
     assert store.change("u", 3, [_change(7, 0, 9, 9, "!")], "utf-16")  # past the end: appended
     assert store.get("u").text == "abc\ndef!"
     assert not store.change("nope", 1, [_change(0, 0, 0, 0, "x")], "utf-16")
+
+
+def test_pygls_documents_still_split_lines_differently():
+    """Why lsp_server/server.py's Protocol replaces pygls' didOpen/didChange/didClose with our
+    store: pygls' TextDocument breaks lines at a form feed, which LSP does not. When this fails,
+    pygls agrees with LSP and its workspace documents could serve instead."""
+    from pygls.workspace import TextDocument
+
+    assert len(TextDocument("file:///x.py", "a\x0cb\n").lines) == 2  # LSP: one line

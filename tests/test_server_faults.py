@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from engine import SamplingParams, generate, load_model
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
 from engine.session import SessionStore
 from test_server import Expected, change_doc, edit, ended_loads, inline, open_doc, start_server, stats, stop_server, wait_for
 
@@ -145,8 +146,8 @@ def test_a_daemon_load_does_not_keep_the_process_alive(tmp_path):
     script = tmp_path / "stuck.py"
     script.write_text(
         "import asyncio, threading\n"
-        "from engine import EngineError\n"
-        "from lsp_server.models import in_daemon_thread, within\n"
+        "from engine.errors import EngineError\n"
+        "from lsp_server.pool import in_daemon_thread, within\n"
         "async def main():\n"
         "    try:\n"
         "        await within(in_daemon_thread(threading.Event().wait), 0.2, 'loading took more than 0.2 s')\n"

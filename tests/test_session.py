@@ -9,9 +9,10 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine.session as session_module
-from engine import SamplingParams, Session, generate, load_model
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
 from engine.completion import DocumentState, complete
-from engine.session import Cancelled, SessionStore
+from engine.session import Cancelled, Session, SessionStore
 
 LINES = ["import os\n", "x = 1\n", "y = x + 2\n", "def f(a):\n", "z = [1, 2, 3]\n", "print(z)\n"]
 
@@ -278,20 +279,20 @@ def test_healing_tokens_spell_the_blanks_and_never_indent_past_them():
 def test_one_window_cut_whose_offsets_are_the_documents(codegen_dir, stdlib_code):
     """The server hands the engine the whole document; the engine's cut points are offsets into
     it, so they stay meaningful while the user types through a large file."""
-    from lsp_server.models import Models
+    from lsp_server.pool import ModelPool
     from lsp_server.settings import Settings, apply
     from lsp_server.suggest import suggest
 
     settings, _ = apply(Settings(), {"model": str(codegen_dir), "max_prompt_tokens": 128, "max_new_tokens": 2}, "test")
-    engine = Models._load_blocking(settings)
+    served = ModelPool._load_blocking(settings)
     text = stdlib_code * 200  # ~400 KB
     middle = len(text) // 2
     prompt = reused = 0
     for end in range(middle, middle + 600, 6):  # 100 keystrokes
-        result = suggest(engine, "doc", text[:end], end, "python", settings)
-        state = engine.documents["doc"]
+        result = suggest(served, "doc", text[:end], end, "python", settings)
+        state = served.documents["doc"]
         assert 0 < state.prefix_start <= end and text[state.prefix_start - 1] == "\n"
-        assert len(engine.lm.tokenizer.encode(text[state.prefix_start : end].rstrip())) <= 128
+        assert len(served.lm.tokenizer.encode(text[state.prefix_start : end].rstrip())) <= 128
         prompt += result.stats.prompt_tokens
         reused += result.stats.reused_tokens
     assert reused / prompt > 0.85

@@ -98,7 +98,9 @@ def test_cut_unsure_replays_other_thresholds():
 
 
 def test_generate_asks_the_stopper(codegen_dir):
-    from engine import SamplingParams, Session, generate, load_model
+    from engine.generate import SamplingParams, generate
+    from engine.loading import load_model
+    from engine.session import Session
 
     lm = load_model(str(codegen_dir))
     prompt = lm.tokenizer.encode("def f(x):\n    return")

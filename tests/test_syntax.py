@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.loading import DEMO_MODEL_DIR
+from engine.paths import DEMO_MODEL_DIR
 from lsp_server.languages import LanguageOff, check_language, checkpoint_languages, languages_for
 from lsp_server.postprocess import postprocess
 from lsp_server.settings import Settings, apply

@@ -14,7 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from engine import EngineError, Session, SamplingParams, generate, load_model
+from engine.errors import EngineError
+from engine.generate import SamplingParams, generate
+from engine.loading import load_model
+from engine.session import Session
 from engine.quantize import CACHE_FORMAT, TEMPORARY_SUFFIX, tensor_layout, _layout_digest
 
 

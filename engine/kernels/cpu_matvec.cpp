@@ -212,6 +212,97 @@ inline void int4_activations(const float* x, int64_t count, int64_t group_size, 
   }
 }
 
+// ---------------------------------------------------------------- int8 x int16, for prefill
+// Many tokens at once (prefill) are bound by arithmetic, not by reading weights, and widening each
+// weight to float32 for each token costs more than the multiply. Here x is rounded to 16-bit
+// integers (one scale per row: |error| <= max |x[m]| / 65534, far below the weights' own), and one
+// 16-bit multiply-add (vpmaddwd) multiplies 16 weights, widened once per tile, by 16 activations.
+// That is as many products per instruction as int8 activations give on AVX2 (vpmaddubsw needs a
+// second instruction to widen its sums), at float32's precision: greedy tokens stay those of the
+// decode kernel. int32 sums of 256 columns (< 256 * 127 * 32767 < 2^31) go to float32.
+//
+// A thread takes a run of 4-row weight blocks; for each panel of x rows small enough to stay in the
+// L2 cache, each block (4K bytes, in L1) meets every 2-row tile of the panel.
+// y[m, n] = (q[m] . w[n]) * x_scales[m] * scales[n] + bias[n].
+
+struct Int8GemmArgs {
+  const int16_t* q;       // (M, K) x[m] / x_scales[m], rounded
+  const float* x_scales;  // (M,)
+  const int8_t* w;        // (N/4, K/16, 4, 16), as for int8_blocks
+  const float* scales;
+  const float* bias;  // or nullptr
+  float* y;           // (M, N)
+  int64_t M, N, K;
+};
+constexpr int64_t EXACT_COLUMNS = 256;
+
+// q[m] . w[n] for rows m of the tile and the block's 4 rows n.
+template <int MT>
+inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[2][4]) {
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < 4; ++r) {
+      int64_t dot = 0;
+      for (int64_t k = 0; k < a.K; ++k) dot += int32_t(a.q[(m0 + m) * a.K + k]) * w[(k / 16) * 64 + r * 16 + k % 16];
+      dots[m][r] = float(dot);
+    }
+}
+
+#if defined(__x86_64__)
+template <int MT>
+AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[2][4]) {
+  __m128 total[MT];  // rows 0-3 of the block, for each x row of the tile
+  for (int m = 0; m < MT; ++m) total[m] = _mm_setzero_ps();
+  for (int64_t start = 0; start < a.K; start += EXACT_COLUMNS) {
+    __m256i acc[MT][4];
+    for (int m = 0; m < MT; ++m)
+      for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_setzero_si256();
+    for (int64_t k = start; k < std::min(a.K, start + EXACT_COLUMNS); k += 16, w += 64) {
+      __m256i rows[4];
+      for (int r = 0; r < 4; ++r) rows[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + 16 * r)));
+      for (int m = 0; m < MT; ++m) {
+        const __m256i x = _mm256_loadu_si256((const __m256i*)(a.q + (m0 + m) * a.K + k));
+        for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_add_epi32(acc[m][r], _mm256_madd_epi16(rows[r], x));
+      }
+    }
+    for (int m = 0; m < MT; ++m) {  // lanes of row r summed into lane r
+      const __m256i pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[m][0], acc[m][1]), _mm256_hadd_epi32(acc[m][2], acc[m][3]));
+      const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
+      total[m] = _mm_add_ps(total[m], _mm_cvtepi32_ps(sums));
+    }
+  }
+  for (int m = 0; m < MT; ++m) _mm_storeu_ps(dots[m], total[m]);
+}
+#endif
+
+template <int MT, bool Simd>
+inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
+  float dots[2][4];
+  const int8_t* w = a.w + b * 4 * a.K;
+#if defined(__x86_64__)
+  if constexpr (Simd) int8_gemm_tile_avx2<MT>(a, w, m0, dots);
+  else
+#endif
+    int8_gemm_tile_portable<MT>(a, w, m0, dots);
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
+      const int64_t n = b * 4 + r;
+      a.y[(m0 + m) * a.N + n] = dots[m][r] * a.x_scales[m0 + m] * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+    }
+}
+
+template <bool Simd>
+inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t panel = std::max<int64_t>(2, ((256 << 10) / (2 * a.K)) / 2 * 2);  // rows of q in 256 KB
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel);
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t m = p;
+      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, m);
+      if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, m);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- one copy per instruction set
 // flatten compiles the templates above inside each of these, for its instruction set. (A lambda
 // does not inherit its function's target attribute, so parallel_for's lambda calls these.)
@@ -220,6 +311,7 @@ struct Kernels {
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
   void (*int4_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
+  void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
 };
 
 #define KERNEL __attribute__((flatten))
@@ -228,7 +320,11 @@ KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks
 KERNEL void int4_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int4_activations<Baseline>(x, n, g, q, s, t);
 }
+KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
 #if defined(__x86_64__)
+// The AVX-512 build runs the AVX2 product too: a 512-bit one is not written, as no machine we test
+// on has AVX-512.
+KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
@@ -258,10 +354,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int4_activations_avx512};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int4_activations_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int4_activations_avx512, int8_gemm_avx2};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int4_activations_avx2, int8_gemm_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int4_activations_baseline};
+  return {int8_baseline, int4_baseline, int4_activations_baseline, int8_gemm_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -298,6 +394,24 @@ at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const a
   return shaped_like(y, x_in);
 }
 
+at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const at::Tensor x = float_rows(x_in);
+  const int64_t M = x.size(0), K = x.size(1), N = scales.numel(), blocks = (N + 3) / 4;
+  const at::Tensor bias = float_bias(bias_in, N);
+  TORCH_CHECK(K % 16 == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.numel() == blocks * 4 * K,
+              "weight: int8 from pack_int8_for_cpu");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
+  const Kernels run = kernels_for(isa);
+  const at::Tensor x_scales = (x.abs().amax(1) / 32767.f).clamp_min(1e-30f);  // each row to int16, its own scale
+  const at::Tensor q = (x / x_scales.unsqueeze(1)).round_().clamp_(-32767, 32767).to(at::kShort);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const Int8GemmArgs a{q.data_ptr<int16_t>(), x_scales.data_ptr<float>(), weight.data_ptr<int8_t>(),
+                       scales.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
+  at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
+  return shaped_like(y, x_in);
+}
+
 at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const at::Tensor x = float_rows(x_in);
@@ -323,10 +437,12 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("isas() -> str", &isas);
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
+  m.def("int8_matmul(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int8_matvec", &int8_matvec);
+  m.impl("int8_matmul", &int8_matmul);
   m.impl("int4_matvec", &int4_matvec);
 }

@@ -34,7 +34,8 @@ sys.path.insert(0, str(HERE))
 
 from engine.completion import DocumentState, complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
-from engine.loading import DEMO_MODEL_DIR, load_model  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.paths import DEMO_MODEL_DIR  # noqa: E402
 from engine.prompt import build_prompt  # noqa: E402
 from engine.session import Session  # noqa: E402
 from lsp_server.postprocess import parses  # noqa: E402

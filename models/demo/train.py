@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from engine.config import ModelConfig  # noqa: E402
 from engine.gpt_bigcode import GPTBigCode  # noqa: E402
-from engine.loading import DEMO_MODEL_DIR  # noqa: E402
+from engine.paths import DEMO_MODEL_DIR  # noqa: E402
 
 EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
 SPECIAL_TOKENS = [EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD]  # ids 0..4

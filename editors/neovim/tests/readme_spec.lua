@@ -45,10 +45,3 @@ it("the README snippet starts the server, reports the demo model and shows its s
   assert(hl.ctermfg and hl.italic and hl.cterm and hl.cterm.italic, vim.inspect(hl))
   eq("CodegenLspGhostDefault", child.lua('return vim.api.nvim_get_hl(0, { name = "CodegenLspGhost" }).link'), "link")
 end)
-
-after_file = function()
-  if child then
-    child.lua("vim.lsp.stop_client(vim.lsp.get_clients())")
-    child.stop()
-  end
-end

@@ -56,11 +56,13 @@ it("starts the server for the project root and reports the loaded model", functi
     return child.lua([[local c = require("codegen_lsp").client(0); return c and c.config.root_dir or false]])
   end)
   eq(root, client_root, "root_dir")
-  -- The status tells the model the server uses and where the setting came from.
-  wait_for("model loaded", 60000, function()
-    return child.cmd("CodegenLspStatus"):find("model: " .. model .. " (from editor): ready", 1, true) ~= nil
+  -- The status tells the load's outcome (codegen/modelStatus), the model the server uses and
+  -- where the setting came from.
+  wait_for("model loaded (codegen/modelStatus)", 60000, function()
+    return child.cmd("CodegenLspStatus"):find("model status: ready", 1, true) ~= nil
   end)
   local status = child.cmd("CodegenLspStatus")
+  assert(status:find("model: " .. model .. " (from editor): ready", 1, true), status)
   assert(status:find("state: running", 1, true), status)
   assert(status:find("server: " .. server_cmd .. " serve (setup's cmd)", 1, true), status)
 end)
@@ -147,22 +149,27 @@ it("reports the median keystroke-to-ghost time, with the old 30 ms client deboun
     end
     vim.api.nvim_create_autocmd("InsertCharPre", { callback = function() _G.t0 = vim.uv.hrtime() end })
   ]])
-  local function measure(debounce)
-    child.lua("require('codegen_lsp').config.debounce_ms = ...; _G.latency = {}", debounce)
-    -- One measured keystroke per line, the server idle before it (the line is typed with
-    -- auto_trigger off: a burst of keys sent at once would queue requests no person makes).
+  -- Ten measured keystrokes, one per line, the server idle before each: the line is typed after
+  -- `off` (a burst of keys sent at once would queue requests no person makes), the key after `on`.
+  -- The times go to the child's list _G[times]; a key without an answer is not counted.
+  local function keystrokes(name, times, off, on)
     for i = 1, 10 do
-      child.lua("require('codegen_lsp').config.auto_trigger = false")
-      child.input("<CR>v" .. i .. " = ")
+      child.lua(off)
+      child.input("<CR>" .. name .. i .. " = ")
       child.settle()
-      child.lua("require('codegen_lsp').config.auto_trigger = true; _G.t0 = nil")
+      child.lua(on)
       child.input("a")
-      vim.wait(1500, function() return child.lua("return #_G.latency") >= i end, 10)
-      if child.lua("return #_G.latency") < i then
-        child.lua("table.insert(_G.latency, false)") -- no ghost (an empty suggestion): not counted
+      vim.wait(1500, function() return child.lua("return #_G[...]", times) >= i end, 10)
+      if child.lua("return #_G[...]", times) < i then
+        child.lua("table.insert(_G[...], false)", times) -- no ghost (an empty suggestion)
       end
     end
-    return child.lua("return vim.tbl_filter(function(x) return x end, _G.latency)")
+    return child.lua("return vim.tbl_filter(function(x) return x end, _G[...])", times)
+  end
+  local function measure(debounce)
+    child.lua("require('codegen_lsp').config.debounce_ms = ...; _G.latency = {}", debounce)
+    return keystrokes("v", "latency", "require('codegen_lsp').config.auto_trigger = false",
+      "require('codegen_lsp').config.auto_trigger = true; _G.t0 = nil")
   end
   local function median(xs)
     table.sort(xs)
@@ -190,25 +197,10 @@ it("reports the median keystroke-to-ghost time, with the old 30 ms client deboun
       end, ev.buf)
     end })
   ]])
-  for i = 1, 10 do
-    child.lua("_G.bare_on = false")
-    child.input("<CR>w" .. i .. " = ")
-    child.settle()
-    child.lua("_G.bare_on = true")
-    child.input("a")
-    vim.wait(1500, function() return child.lua("return #_G.bare") >= i end, 10)
-  end
-  local bare = child.lua("return _G.bare")
+  local bare = keystrokes("w", "bare", "_G.bare_on = false", "_G.bare_on = true")
   child.lua("require('codegen_lsp').config.auto_trigger = true")
   io.write(("latency: keystroke to ghost, median %.1f ms (%d ghosts) with the plugin as it is (debounce_ms 0), "
     .. "%.1f ms (%d) with the old client debounce of 30 ms; a bare client's keystroke to answer %.1f ms (%d)\n"):format(
     median(new), #new, median(old), #old, median(bare), #bare))
   assert(#new > 0, "no ghost appeared while measuring")
 end)
-
-after_file = function()
-  if child then
-    child.lua("vim.lsp.stop_client(vim.lsp.get_clients())")
-    child.stop()
-  end
-end

@@ -5,7 +5,17 @@ import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 
+// The names the server uses on the wire (../../lsp_server/methods.py; tests/test_protocol_names.py checks them).
 export const SECTION = "codegen-lsp";
+export const STATS_METHOD = "codegen/stats";
+export const MODEL_STATUS = "codegen/modelStatus";
+
+/** The params of MODEL_STATUS, sent when a model load ends. */
+export interface ModelStatus {
+  model: string;
+  status: "ready" | "failed";
+  message: string;
+}
 
 /** The server's settings keys (../../lsp_server/settings.py); the extension sends exactly these. */
 export const SERVER_KEYS = [

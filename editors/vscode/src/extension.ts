@@ -14,10 +14,19 @@ import {
 } from "vscode-languageclient/node";
 import * as readline from "node:readline";
 import {
-  LogLevel, ModelState, SECTION, Stats, formatStats, resolveServerCommand, serverLogLine, serverSettings, statusText,
+  LogLevel,
+  MODEL_STATUS,
+  ModelState,
+  ModelStatus,
+  SECTION,
+  STATS_METHOD,
+  Stats,
+  formatStats,
+  resolveServerCommand,
+  serverLogLine,
+  serverSettings,
+  statusText,
 } from "./config";
-
-const STATS_METHOD = "codegen/stats";
 
 let client: LanguageClient | undefined;
 let statusItem: vscode.StatusBarItem;
@@ -76,21 +85,21 @@ function createClient(): LanguageClient {
   return new LanguageClient("codegen-lsp", "codegen-lsp", serverOptions, clientOptions);
 }
 
-/** Model loading arrives as work-done progress the server creates; show it in the status bar. */
-function watchProgress(lc: LanguageClient): void {
+/** Model loading arrives as work-done progress the server creates, its outcome as MODEL_STATUS. */
+function watchModel(lc: LanguageClient): void {
   lc.onRequest(WorkDoneProgressCreateRequest.type, ({ token }) => {
     lc.onProgress(WorkDoneProgress.type, token, (value) => {
-      if (value.kind === "end") {
-        const message = value.message ?? "";
-        if (message.startsWith("failed")) {
-          setStatus({ kind: "failed", message });
-        } else {
-          void refreshModel(lc, message);
-        }
-      } else {
+      if (value.kind !== "end") {
         setStatus({ kind: "loading", message: value.message, percentage: value.percentage });
       }
     });
+  });
+  lc.onNotification(MODEL_STATUS, (params: ModelStatus) => {
+    if (params.status === "failed") {
+      setStatus({ kind: "failed", message: params.message });
+    } else {
+      void refreshModel(lc, params.model);
+    }
   });
 }
 
@@ -117,6 +126,7 @@ export async function startServer(): Promise<void> {
       setStatus({ kind: "stopped" });
     }
   });
+  watchModel(client); // before start: the first load may end before start() returns
   try {
     await client.start();
   } catch (error) {
@@ -125,7 +135,6 @@ export async function startServer(): Promise<void> {
     void vscode.window.showErrorMessage(`codegen-lsp: ${message}`);
     return;
   }
-  watchProgress(client);
 }
 
 export async function stopServer(): Promise<void> {

@@ -1,15 +1,23 @@
 import assert from "node:assert/strict";
-import { test } from "node:test";
+import { afterEach, beforeEach, test } from "node:test";
 import * as fake from "./fake-vscode"; // first: installs the fake modules
 import * as extension from "../src/extension";
 
-const context = { subscriptions: [] as unknown[] };
 const status = () => fake.statusItems[0];
 const lastClient = () => fake.clients[fake.clients.length - 1];
 
-test("activate starts the server from PATH with the settings the user set", async () => {
+// Each test activates the extension in a fresh fake VS Code, with these settings.
+beforeEach(async () => {
+  fake.reset();
   Object.assign(fake.settings, { model: "/models/tiny", quantization: "int8", serverCommand: [] });
-  await extension.activate(context as any);
+  await extension.activate({ subscriptions: [] } as any);
+});
+
+afterEach(async () => {
+  await extension.deactivate();
+});
+
+test("activate starts the server from PATH with the settings the user set", () => {
   assert.equal(fake.clients.length, 1);
   const client = lastClient();
   assert.deepEqual(client.serverOptions, { command: "codegen-lsp", args: ["serve"] });
@@ -25,18 +33,25 @@ test("workspace/configuration answers the server's keys only", () => {
   assert.deepEqual(answer, [{ model: "/models/tiny", quantization: "int8" }, null]);
 });
 
-test("loading progress shows in the status bar, then the loaded model", async () => {
+test("loading progress shows in the status bar, then the model codegen/modelStatus names", async () => {
   const client = lastClient();
   client.requestHandlers.get("window/workDoneProgress/create")!({ token: "load/1" });
   const progress = client.progressHandlers.get("load/1")!;
   progress({ kind: "begin", title: "codegen-lsp", message: "loading /models/tiny" });
   assert.equal(status().text, "$(loading~spin) codegen-lsp: loading /models/tiny");
   progress({ kind: "end", message: "loaded /models/tiny in 1.2s" });
+  client.notificationHandlers.get("codegen/modelStatus")!({ model: "/models/tiny", status: "ready", message: "loaded" });
   await new Promise((resolve) => setImmediate(resolve));
   assert.equal(status().text, "$(sparkle) tiny");
+});
+
+test("a failed load is read from codegen/modelStatus, whatever the progress message says", () => {
+  const client = lastClient();
   client.requestHandlers.get("window/workDoneProgress/create")!({ token: "load/2" });
-  client.progressHandlers.get("load/2")!({ kind: "end", message: "failed" });
+  client.progressHandlers.get("load/2")!({ kind: "end", message: "loaded? no" });
+  client.notificationHandlers.get("codegen/modelStatus")!({ model: "/models/x", status: "failed", message: "cannot load /models/x" });
   assert.equal(status().text, "$(error) codegen-lsp");
+  assert.equal(status().tooltip, "codegen-lsp: cannot load /models/x");
 });
 
 test("show stats asks codegen/stats and shows it", async () => {
@@ -66,5 +81,4 @@ test("a server that cannot start is reported with what to do", async () => {
   assert.equal(status().text, "$(error) codegen-lsp");
   const error = fake.messages.filter((m) => m.level === "error").pop()!;
   assert.match(error.text, /ENOENT.*codegen-lsp\.serverCommand/);
-  await extension.deactivate();
 });

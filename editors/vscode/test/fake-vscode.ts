@@ -17,6 +17,17 @@ export function setFailNextStart(value: boolean): void {
   failNextStart = value;
 }
 
+/** Forget everything recorded, so that each test starts from a fresh VS Code. */
+export function reset(): void {
+  for (const key of Object.keys(settings)) delete settings[key];
+  messages.length = 0;
+  commands.clear();
+  configListeners.length = 0;
+  statusItems.length = 0;
+  clients.length = 0;
+  failNextStart = false;
+}
+
 export const vscode = {
   StatusBarAlignment: { Left: 1, Right: 2 },
   Uri: { parse: (value: string) => ({ toString: () => value, fsPath: value.replace(/^file:\/\//, "") }) },
@@ -56,6 +67,7 @@ export class FakeClient {
   state = State.Stopped;
   requestHandlers = new Map<string, Handler>();
   progressHandlers = new Map<string | number, Handler>();
+  notificationHandlers = new Map<string, Handler>();
   notifications: { method: string; params: unknown }[] = [];
   stats = { requests: 2, prompt_tokens: 10, reused_tokens: 4, prefilled_tokens: 6, generated_tokens: 12, models: ["/models/tiny"], last: {} };
   constructor(public id: string, public name: string, public serverOptions: any, public clientOptions: any) {
@@ -76,6 +88,10 @@ export class FakeClient {
   }
   onRequest(type: { method: string }, handler: Handler) {
     this.requestHandlers.set(type.method, handler);
+    return { dispose() {} };
+  }
+  onNotification(method: string, handler: Handler) {
+    this.notificationHandlers.set(method, handler);
     return { dispose() {} };
   }
   onProgress(_type: unknown, token: string | number, handler: Handler) {

@@ -28,6 +28,7 @@ import {
   WorkDoneProgressCreateRequest,
   createProtocolConnection,
 } from "vscode-languageserver-protocol/node";
+import { MODEL_STATUS, ModelStatus, SECTION, STATS_METHOD } from "../src/config";
 
 const serverCmd = process.env.CODEGEN_LSP_CMD;
 const model = process.env.CODEGEN_LSP_TEST_MODEL;
@@ -43,7 +44,7 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
   const pulled: unknown[] = [];
   connection.onRequest(ConfigurationRequest.type, (params) => {
     pulled.push(...params.items.map((item) => item.section));
-    return params.items.map((item) => (item.section === "codegen-lsp" ? { max_new_tokens: 6 } : null));
+    return params.items.map((item) => (item.section === SECTION ? { max_new_tokens: 6 } : null));
   });
   const progress: string[] = [];
   let loaded!: () => void;
@@ -54,6 +55,9 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
       if (value.kind === "end") loaded();
     });
   });
+  let statusOf!: (status: ModelStatus) => void;
+  const modelStatus = new Promise<ModelStatus>((resolve) => (statusOf = resolve));
+  connection.onNotification(MODEL_STATUS, (params: ModelStatus) => statusOf(params));
   connection.listen();
 
   try {
@@ -76,7 +80,8 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
     });
     await modelLoaded;
     assert.deepEqual(progress, ["begin", "end"]);
-    assert.ok(pulled.includes("codegen-lsp"), "the server pulled section codegen-lsp");
+    assert.deepEqual(await modelStatus, { model, status: "ready", message: (await modelStatus).message });
+    assert.ok(pulled.includes(SECTION), "the server pulled section codegen-lsp");
 
     const position = { line: 1, character: 12 };
     const result = await connection.sendRequest(InlineCompletionRequest.type, {
@@ -91,7 +96,7 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
     assert.ok((insert as string).length > 0, "a non-empty suggestion");
     assert.deepEqual(items[0].range, { start: position, end: position });
 
-    const stats = await connection.sendRequest<{ requests: number; last: { generated_tokens: number } }>("codegen/stats", {});
+    const stats = await connection.sendRequest<{ requests: number; last: { generated_tokens: number } }>(STATS_METHOD, {});
     assert.equal(stats.requests, 1);
     assert.ok(stats.last.generated_tokens >= 1 && stats.last.generated_tokens <= 6, `max_new_tokens pulled: ${stats.last.generated_tokens}`);
     await connection.sendRequest(ShutdownRequest.type);

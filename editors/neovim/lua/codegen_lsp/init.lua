@@ -35,16 +35,21 @@ M.config = vim.deepcopy(M.defaults)
 M.enabled = true
 local NAME = "codegen_lsp"
 local INLINE = "textDocument/inlineCompletion"
+-- The server's names (lsp_server/methods.py; tests/test_protocol_names.py checks them).
+local SECTION = "codegen-lsp"
+local STATS = "codegen/stats"
+local MODEL_STATUS = "codegen/modelStatus"
 
--- Per client: the latest $/progress value and server message, for :CodegenLspStatus.
-local progress, messages = {}, {}
+-- Per client, for :CodegenLspStatus: the latest $/progress value, server message and
+-- MODEL_STATUS ({ model, status = "ready" | "failed", message }).
+local progress, messages, model_status = {}, {}, {}
 -- Per project root: how its server was found and started, for :CodegenLspStatus.
 ---@type table<string, {cmd: string[]?, found: string?, tried: string[], state: string, client_id: integer?, error: string?}>
 M.servers = {}
 -- This file is <repo>/editors/neovim/lua/codegen_lsp/init.lua: the plugin's own repository.
 local REPO = (debug.getinfo(1, "S").source:sub(2):match("^(.*)/editors/neovim/lua/codegen_lsp/init%.lua$"))
 local pending = { timer = nil, client = nil, id = nil } -- the request in flight
-M.last_response = nil -- the latest inlineCompletion result and where it was asked (tests read it)
+local ask_in_insert_mode -- defined with the requests, below
 
 -- Neovim 0.11 made client methods take self (client:request); 0.10 did not.
 local function call(client, method, ...)
@@ -121,7 +126,7 @@ function M.start(buf)
     name = NAME,
     cmd = cmd,
     root_dir = root,
-    settings = { ["codegen-lsp"] = M.config.settings },
+    settings = { [SECTION] = M.config.settings },
     init_options = M.config.settings,
     capabilities = capabilities,
     handlers = {
@@ -131,6 +136,14 @@ function M.start(buf)
           server.error = result.message
         end
         return vim.lsp.handlers["window/showMessage"](err, result, ctx)
+      end,
+      [MODEL_STATUS] = function(_, result, ctx)
+        model_status[ctx.client_id] = result
+        -- The model is ready: what was typed while it loaded gets its suggestion now.
+        local current = M.client()
+        if result.status == "ready" and current and current.id == ctx.client_id then
+          ask_in_insert_mode()
+        end
       end,
     },
     on_init = function(client)
@@ -213,7 +226,6 @@ function M.request(trigger)
       return
     end
     local items = result.items or result
-    M.last_response = { items = items, row = cursor[1] - 1, col = cursor[2] }
     local row, col = cursor[1] - 1, cursor[2]
     local line = vim.api.nvim_buf_get_lines(buf, row, row + 1, false)[1] or ""
     local text = items[1] and text_at_cursor(items[1], line, row, col, client.offset_encoding)
@@ -240,6 +252,13 @@ local function schedule_request()
       M.request(2)
     end
   end))
+end
+
+--- A suggestion now, when the current buffer is in insert mode and asks by itself.
+ask_in_insert_mode = function()
+  if vim.startswith(vim.fn.mode(), "i") and M.auto() then
+    schedule_request()
+  end
 end
 
 -- Keys ---------------------------------------------------------------------------
@@ -304,7 +323,11 @@ function M.status_lines()
       state = ("loading %s%s"):format(p.message or p.title or "", p.percentage and (" %d %%"):format(p.percentage) or "")
     end
     table.insert(lines, "  state: " .. state)
-    local response = client and client.initialized and call(client, "request_sync", "codegen/stats", vim.empty_dict(), 2000)
+    local status = client and model_status[client.id]
+    if status then
+      table.insert(lines, ("  model status: %s%s"):format(status.status, status.status == "failed" and (" (" .. status.message .. ")") or ""))
+    end
+    local response = client and client.initialized and call(client, "request_sync", STATS, vim.empty_dict(), 2000)
     local stats = response and response.result
     for _, folder in ipairs(stats and stats.folders or {}) do
       local where = folder.root and folder.root ~= vim.NIL and folder.root ~= root and (" [" .. folder.root .. "]") or ""
@@ -360,76 +383,48 @@ end
 function M.setup(opts)
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts or {})
   local group = vim.api.nvim_create_augroup("codegen_lsp", { clear = true })
-  vim.api.nvim_create_autocmd({ "BufReadPost", "BufNewFile", "FileType" }, {
-    group = group,
-    callback = function(ev)
-      if wanted(ev.buf) and not M.client(ev.buf) then
-        M.start(ev.buf)
+  local function on(events, callback)
+    vim.api.nvim_create_autocmd(events, { group = group, callback = callback })
+  end
+  on({ "BufReadPost", "BufNewFile", "FileType" }, function(ev)
+    if wanted(ev.buf) and not M.client(ev.buf) then
+      M.start(ev.buf)
+    end
+  end)
+  on("LspAttach", function(ev)
+    local client = vim.lsp.get_client_by_id(ev.data.client_id)
+    if client and client.name == NAME then
+      M.map_keys(ev.buf)
+      -- Text typed while the server was starting gets its suggestion now.
+      if ev.buf == vim.api.nvim_get_current_buf() then
+        vim.schedule(ask_in_insert_mode)
       end
-    end,
-  })
-  vim.api.nvim_create_autocmd("LspAttach", {
-    group = group,
-    callback = function(ev)
-      local client = vim.lsp.get_client_by_id(ev.data.client_id)
-      if client and client.name == NAME then
-        M.map_keys(ev.buf)
-        -- Text typed while the server was starting gets its suggestion now.
-        if ev.buf == vim.api.nvim_get_current_buf() and vim.startswith(vim.fn.mode(), "i") then
-          vim.schedule(function()
-            if M.auto() then
-              schedule_request()
-            end
-          end)
-        end
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("LspProgress", {
-    group = group,
-    callback = function(ev)
-      local value = ev.data and ev.data.params and ev.data.params.value
-      if type(value) == "table" then
-        local previous = progress[ev.data.client_id] or {}
-        progress[ev.data.client_id] = vim.tbl_extend("force", previous, value)
-        -- The model is ready: what was typed while it loaded gets its suggestion now.
-        local client = M.client()
-        if value.kind == "end" and client and client.id == ev.data.client_id and vim.startswith(vim.fn.mode(), "i")
-          and M.auto() then
-          schedule_request()
-        end
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("TextChangedI", {
-    group = group,
-    callback = function(ev)
-      if not ghost.sync() and M.auto(ev.buf) then
-        schedule_request()
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("InsertEnter", {
-    group = group,
-    callback = function(ev)
-      if M.auto(ev.buf) then
-        vim.schedule(schedule_request) -- once the cursor has its insert-mode place
-      end
-    end,
-  })
-  vim.api.nvim_create_autocmd("CursorMovedI", {
-    group = group,
-    callback = function()
-      ghost.sync()
-    end,
-  })
-  vim.api.nvim_create_autocmd({ "InsertLeave", "BufLeave" }, {
-    group = group,
-    callback = function()
-      cancel_pending()
-      ghost.clear()
-    end,
-  })
+    end
+  end)
+  on("LspProgress", function(ev)
+    local value = ev.data and ev.data.params and ev.data.params.value
+    if type(value) == "table" then
+      local previous = progress[ev.data.client_id] or {}
+      progress[ev.data.client_id] = vim.tbl_extend("force", previous, value)
+    end
+  end)
+  on("TextChangedI", function(ev)
+    if not ghost.sync() and M.auto(ev.buf) then
+      schedule_request()
+    end
+  end)
+  on("InsertEnter", function(ev)
+    if M.auto(ev.buf) then
+      vim.schedule(schedule_request) -- once the cursor has its insert-mode place
+    end
+  end)
+  on("CursorMovedI", function()
+    ghost.sync()
+  end)
+  on({ "InsertLeave", "BufLeave" }, function()
+    cancel_pending()
+    ghost.clear()
+  end)
   vim.api.nvim_create_user_command("CodegenLspStatus", function()
     vim.api.nvim_echo({ { table.concat(M.status_lines(), "\n") } }, true, {})
   end, { desc = "codegen-lsp: model, loading progress and codegen/stats" })

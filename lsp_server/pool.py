@@ -1,9 +1,9 @@
-"""Loaded models, shared by the workspace folders that name the same one.
+"""The loaded models, shared by the workspace folders that name the same one.
 
-An engine is keyed by the settings that change what is loaded (model, device,
+A served model is keyed by the settings that change what is loaded (model, device,
 dtype, quantization, compile). Loading runs in a background thread so the
 server keeps answering; a failed load is remembered (and reported once) until
-the settings change; an engine no folder uses any more is dropped.
+the settings change; a model no folder uses any more is dropped.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-from engine import EngineError, LoadedModel, load_model
 from engine.completion import DocumentState
+from engine.errors import EngineError
+from engine.loading import LoadedModel, load_model
 from engine.session import SessionStore
 from lsp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EngineKey = tuple[str, str, str, str, str]
+ModelKey = tuple[str, str, str, str, str]  # Settings.engine_key()
 T = TypeVar("T")
 # A load that takes longer is reported as failed: a checkpoint on a hung network
 # drive must not leave the user waiting without a word. Quantizing a 15B model
@@ -31,11 +32,11 @@ LOAD_TIMEOUT_S = 900.0
 
 
 @dataclass
-class Engine:
+class ServedModel:
     """One loaded model, the KV-cache sessions of the documents it serves and what the
     completion layer keeps of each document (cut points, last suggestion)."""
 
-    key: EngineKey
+    key: ModelKey
     lm: LoadedModel
     sessions: SessionStore
     documents: dict[str, DocumentState] = field(default_factory=dict)
@@ -52,27 +53,27 @@ def describe(settings: Settings) -> str:
     return settings.model or "the demo model"
 
 
-class Models:
+class ModelPool:
     def __init__(self, load_timeout_s: float = LOAD_TIMEOUT_S) -> None:
         self.load_timeout_s = load_timeout_s
-        self.engines: dict[EngineKey, Engine] = {}
-        self.loading: dict[EngineKey, asyncio.Future] = {}
-        self.failed: dict[EngineKey, str] = {}
+        self.served: dict[ModelKey, ServedModel] = {}
+        self.loading: dict[ModelKey, asyncio.Future] = {}
+        self.failed: dict[ModelKey, str] = {}
 
-    def ready(self, settings: Settings) -> Engine | None:
-        return self.engines.get(settings.engine_key())
+    def ready(self, settings: Settings) -> ServedModel | None:
+        return self.served.get(settings.engine_key())
 
     def needs_loading(self, settings: Settings) -> bool:
         key = settings.engine_key()
-        return key not in self.engines and key not in self.loading and key not in self.failed
+        return key not in self.served and key not in self.loading and key not in self.failed
 
-    async def load(self, settings: Settings) -> Engine:
+    async def load(self, settings: Settings) -> ServedModel:
         """Load in a background thread; raises EngineError (remembered, with the setting's source)."""
         key = settings.engine_key()
         future = in_daemon_thread(self._load_blocking, settings)
         self.loading[key] = future
         try:
-            engine = await within(future, self.load_timeout_s, f"loading took more than {self.load_timeout_s:.0f} s")
+            served = await within(future, self.load_timeout_s, f"loading took more than {self.load_timeout_s:.0f} s")
         except EngineError as exc:
             source = settings.sources.get("model", "default settings")
             message = f"cannot load {describe(settings)} ({source}: model): {exc}"
@@ -80,11 +81,11 @@ class Models:
             raise EngineError(message) from None
         finally:
             self.loading.pop(key, None)
-        self.engines[key] = engine
-        return engine
+        self.served[key] = served
+        return served
 
     @staticmethod
-    def _load_blocking(settings: Settings) -> Engine:
+    def _load_blocking(settings: Settings) -> ServedModel:
         lm = load_model(
             settings.model or None,
             device=settings.device,
@@ -92,15 +93,15 @@ class Models:
             quantization=settings.quantization,
             compile=settings.compile,
         )
-        return Engine(settings.engine_key(), lm, SessionStore(lm, settings.cache_memory_mb))
+        return ServedModel(settings.engine_key(), lm, SessionStore(lm, settings.cache_memory_mb))
 
-    def retain(self, keys: set[EngineKey]) -> list[EngineKey]:
-        """Drop engines not in keys (and forget failures, so a changed setting retries)."""
+    def retain(self, keys: set[ModelKey]) -> list[ModelKey]:
+        """Drop the models not in keys (and forget failures, so a changed setting retries)."""
         self.failed = {k: v for k, v in self.failed.items() if k in keys}
-        dropped = [key for key in self.engines if key not in keys]
+        dropped = [key for key in self.served if key not in keys]
         for key in dropped:
             log.info("unloading %s: no workspace folder uses it", key[0] or "the demo model")
-            del self.engines[key]
+            del self.served[key]
         if dropped:
             gc.collect()
         return dropped
@@ -108,11 +109,14 @@ class Models:
     def forget_failures(self) -> None:
         self.failed.clear()
 
+    def names(self) -> list[str]:
+        return sorted(served.name for served in self.served.values())
+
     def drop_document(self, uri: str) -> None:
         """Free the document's caches (call it on the generation worker: sessions are its alone)."""
-        for engine in list(self.engines.values()):
-            engine.sessions.drop(uri)
-            engine.documents.pop(uri, None)
+        for served in list(self.served.values()):
+            served.sessions.drop(uri)
+            served.documents.pop(uri, None)
 
 
 def in_daemon_thread(work: Callable[..., T], *args) -> asyncio.Future:

@@ -1,0 +1,70 @@
+"""Every module of engine/ and lsp_server/ imports alone, no import cycle joins them, and the
+command line (which the VS Code extension runs at start to probe an interpreter) imports no torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "lsp_server")
+MODULES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for package in PACKAGES for path in (ROOT / package).glob("*.py") if path.name != "__main__.py"
+)  # fmt: skip
+
+
+def imported_modules(module: str) -> set[str]:
+    """The project modules `module` imports, at the top level or inside functions."""
+    path = ROOT / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in MODULES)
+    return found - {module}
+
+
+def test_no_import_cycles():
+    graph = {module: imported_modules(module) for module in MODULES}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import cycle: " + " -> ".join(path[path.index(module) :] + [module]))
+        if module in done:
+            return
+        for other in sorted(graph[module]):
+            visit(other, path + [module])
+        done.add(module)
+
+    for module in MODULES:
+        visit(module, [])
+
+
+def test_each_module_imports_alone():
+    """In one fresh interpreter per module: an import that works only after another module
+    has been imported (a hidden order dependence, often a cycle) fails here."""
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    for module in MODULES:
+        done = subprocess.run([sys.executable, "-c", script, module], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"import {module}:\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("module", ["lsp_server.cli", "lsp_server.settings", "lsp_server.methods", "engine.paths"])
+def test_command_line_and_settings_import_no_torch(module):
+    script = f"import sys, time\nstart = time.perf_counter()\nimport {module}\nprint(time.perf_counter() - start)\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    seconds, torch_loaded = done.stdout.split()
+    assert torch_loaded == "False", f"importing {module} imports torch"
+    assert float(seconds) < 1.0, f"importing {module} took {seconds} s"
