@@ -378,37 +378,47 @@ at::Tensor shaped_like(const at::Tensor& y, const at::Tensor& x) {
   return y.view(sizes).to(x.scalar_type());
 }
 
+// An int8 op's inputs, checked: x as float32 rows, the bias as float32 (or undefined).
+struct Int8Inputs {
+  at::Tensor x, bias;
+  int64_t M, K, N, blocks;
+  const float* bias_data() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+};
+
+Int8Inputs int8_inputs(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
+                       const c10::optional<at::Tensor>& bias_in, int64_t k_multiple) {
+  Int8Inputs in;
+  in.x = float_rows(x_in);
+  in.M = in.x.size(0), in.K = in.x.size(1), in.N = scales.numel(), in.blocks = (in.N + 3) / 4;
+  in.bias = float_bias(bias_in, in.N);
+  TORCH_CHECK(in.K % k_multiple == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                  weight.numel() == in.blocks * 4 * in.K,
+              "weight: int8 from pack_int8_for_cpu, K a multiple of ", k_multiple);
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
+  return in;
+}
+
 at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
-  const at::Tensor x = float_rows(x_in);
-  const int64_t M = x.size(0), K = x.size(1), N = scales.numel(), blocks = (N + 3) / 4;
-  const at::Tensor bias = float_bias(bias_in, N);
-  TORCH_CHECK(K % 32 == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.numel() == blocks * 4 * K,
-              "weight: int8 from pack_int8_for_cpu, K a multiple of 32");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
+  const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 32);
   const Kernels run = kernels_for(isa);
-  at::Tensor y = at::empty({M, N}, x.options());
-  const Int8Args a{x.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
-  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t b, int64_t e) { run.int8(a, b, e); });
+  at::Tensor y = at::empty({in.M, in.N}, in.x.options());
+  const Int8Args a{in.x.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in.bias_data(),
+                   y.data_ptr<float>(), in.M, in.N, in.K};
+  at::parallel_for(0, in.blocks, grain(4 * in.K), [&](int64_t b, int64_t e) { run.int8(a, b, e); });
   return shaped_like(y, x_in);
 }
 
 at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
-  const at::Tensor x = float_rows(x_in);
-  const int64_t M = x.size(0), K = x.size(1), N = scales.numel(), blocks = (N + 3) / 4;
-  const at::Tensor bias = float_bias(bias_in, N);
-  TORCH_CHECK(K % 16 == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() && weight.numel() == blocks * 4 * K,
-              "weight: int8 from pack_int8_for_cpu");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous(), "scales: float32 (N,)");
+  const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
   const Kernels run = kernels_for(isa);
-  const at::Tensor x_scales = (x.abs().amax(1) / 32767.f).clamp_min(1e-30f);  // each row to int16, its own scale
-  const at::Tensor q = (x / x_scales.unsqueeze(1)).round_().clamp_(-32767, 32767).to(at::kShort);
-  at::Tensor y = at::empty({M, N}, x.options());
-  const Int8GemmArgs a{q.data_ptr<int16_t>(), x_scales.data_ptr<float>(), weight.data_ptr<int8_t>(),
-                       scales.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K};
-  at::parallel_for(0, blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
+  const at::Tensor x_scales = (in.x.abs().amax(1) / 32767.f).clamp_min(1e-30f);  // each row to int16, its own scale
+  const at::Tensor q = (in.x / x_scales.unsqueeze(1)).round_().clamp_(-32767, 32767).to(at::kShort);
+  at::Tensor y = at::empty({in.M, in.N}, in.x.options());
+  const Int8GemmArgs a{q.data_ptr<int16_t>(), x_scales.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                       in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K};
+  at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return shaped_like(y, x_in);
 }
 
