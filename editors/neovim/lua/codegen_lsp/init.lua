@@ -40,9 +40,9 @@ local SECTION = "codegen-lsp"
 local STATS = "codegen/stats"
 local MODEL_STATUS = "codegen/modelStatus"
 
--- Per client, for :CodegenLspStatus: the latest $/progress value, server message and
--- MODEL_STATUS ({ model, status = "ready" | "failed", message }).
-local progress, messages, model_status = {}, {}, {}
+-- Per client, for :CodegenLspStatus: the latest $/progress value and MODEL_STATUS
+-- ({ model, status = "ready" | "failed", message }).
+local progress, model_status = {}, {}
 -- Per project root: how its server was found and started, for :CodegenLspStatus.
 ---@type table<string, {cmd: string[]?, found: string?, tried: string[], state: string, client_id: integer?, error: string?}>
 M.servers = {}
@@ -131,7 +131,6 @@ function M.start(buf)
     capabilities = capabilities,
     handlers = {
       ["window/showMessage"] = function(err, result, ctx)
-        messages[ctx.client_id] = result.message
         if result.type <= vim.lsp.protocol.MessageType.Warning then
           server.error = result.message
         end
