@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import save_file
 
 from engine.config import ModelConfig
-from engine.build import ARCHITECTURES
 
 # Shapes of published checkpoints, as their config.json files give them.
 CODEGEN_350M_MONO = {
@@ -27,6 +26,19 @@ SANTACODER = {
     "n_head": 16, "n_inner": 8192, "multi_query": True, "activation_function": "gelu_pytorch_tanh",
     "bos_token_id": 49152, "eos_token_id": 49152, "torch_dtype": "float16",
 }
+QWEN25_CODER_1_5B = {  # Qwen/Qwen2.5-Coder-1.5B
+    "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+    "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 32768,
+    "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
+    "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 21,
+    "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+}
+STARCODER2_3B = {  # bigcode/starcoder2-3b
+    "model_type": "starcoder2", "vocab_size": 49152, "hidden_size": 3072, "intermediate_size": 12288,
+    "num_hidden_layers": 30, "num_attention_heads": 24, "num_key_value_heads": 2, "max_position_embeddings": 16384,
+    "sliding_window": 4096, "rope_theta": 999999.4420358813, "norm_epsilon": 1e-5, "hidden_act": "gelu_pytorch_tanh",
+    "use_bias": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "float32",
+}
 
 
 def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: Iterable[Path], seed: int = 0) -> Path:
@@ -35,14 +47,14 @@ def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: Iter
     directory.mkdir(parents=True, exist_ok=True)
     model_config = ModelConfig.from_dict(config)
     torch.manual_seed(seed)
-    model = ARCHITECTURES[model_config.model_type](model_config)
+    model = model_config.architecture.model_class(model_config)
     state = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight" and model_config.tie_word_embeddings:
             continue  # tied to wte, left out of the file as save_pretrained does
         if name.endswith(".weight") and tensor.dim() == 2:
             state[name] = torch.randn_like(tensor) * 0.02
-        elif "ln" in name and name.endswith(".weight"):
+        elif ("ln" in name or "norm" in name) and name.endswith(".weight"):
             state[name] = torch.ones_like(tensor)
         else:
             state[name] = torch.zeros_like(tensor)

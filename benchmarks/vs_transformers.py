@@ -1,10 +1,13 @@
 """Ours in each mode vs transformers' generate() on the same random weights and prompt.
 
-    .venv/bin/python benchmarks/vs_transformers.py [--models codegen-350M-mono santacoder]
-        [--modes float32 bfloat16 int8 int4] [--prompt-tokens 512] [--new-tokens 32] [--rounds 2]
+    .venv/bin/python benchmarks/vs_transformers.py
+        [--models codegen-350M-mono santacoder qwen2.5-coder-1.5b starcoder2-3b]
+        [--modes float32 bfloat16 int8 int4] [--prompt-tokens 512] [--new-tokens 32] [--rounds 2] [--layers N]
 
-Random-weight checkpoints with the shapes of Salesforce/codegen-350M-mono and
-bigcode/gpt_bigcode-santacoder (written once under /tmp/codegen-lsp-bench).
+Random-weight checkpoints with the shapes of Salesforce/codegen-350M-mono,
+bigcode/gpt_bigcode-santacoder, Qwen/Qwen2.5-Coder-1.5B and bigcode/starcoder2-3b
+(written once under /tmp/codegen-lsp-bench; --layers N keeps only N blocks, to
+check the script quickly).
 Prints load time, prefill tokens/s and decode ms/token for transformers
 float32 and for ours in each mode, with the speed-ups over transformers, side
 by side from one run. int8 and int4 run with float32 activations except
@@ -27,14 +30,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, checkpoint, median_seconds, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
 
-# No SantaCoder tokenizer on these machines: its checkpoint carries CodeGen's,
-# and prompt ids are folded below its vocabulary (only speed is measured).
-MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER}
+# No SantaCoder, Qwen or StarCoder2 tokenizer on these machines: their checkpoints carry
+# CodeGen's, and prompt ids are folded below their vocabulary (only speed is measured).
+MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER,
+          "qwen2.5-coder-1.5b": QWEN25_CODER_1_5B, "starcoder2-3b": STARCODER2_3B}
+LAYER_KEYS = ("n_layer", "num_hidden_layers")
 MODES = {  # name -> (dtype, quantization)
     "float32": ("float32", "none"),
     "bfloat16": ("bfloat16", "none"),
@@ -85,6 +90,9 @@ class Transformers:
 
 def compare(name: str, modes: list[str], args) -> None:
     config = MODELS[name]
+    if args.layers:
+        config = {k: args.layers if k in LAYER_KEYS else v for k, v in config.items()}
+        name = f"{name}-{args.layers}-layers"
     directory = checkpoint(name, config)
     ids = load_tokenizer(directory).encode(real_code(40000))
     limit = config["eos_token_id"] if config["model_type"] == "gpt_bigcode" else config["vocab_size"]
@@ -124,6 +132,7 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2, help="measurements per runner (the best is kept)")
+    parser.add_argument("--layers", type=int, help="keep only this many blocks (a quick check of the script)")
     args = parser.parse_args()
     # Quantized weights of these throwaway checkpoints stay beside them, not in the user's cache.
     os.environ.setdefault("CODEGEN_LSP_CACHE", str(CACHE / "quantized-cache"))

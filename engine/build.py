@@ -8,10 +8,8 @@ from pathlib import Path
 
 import torch
 
-from engine.codegen import CodeGen
 from engine.config import ModelConfig
 from engine.errors import EngineError
-from engine.gpt_bigcode import GPTBigCode
 from engine.quantize import (
     QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, remove_stale_temporaries, save_quantized,
 )  # fmt: skip
@@ -19,16 +17,20 @@ from engine.weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = {"codegen": CodeGen, "gpt_bigcode": GPTBigCode}
+
+def empty_model(config: ModelConfig) -> torch.nn.Module:
+    """The architecture's module for config, on the meta device (no memory)."""
+    with torch.device("meta"):
+        return config.architecture.model_class(config)
 
 
 def build_model(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn.Module:
     """Our module for config, with every parameter taken from state (checked by name and shape)."""
-    with torch.device("meta"):
-        model = ARCHITECTURES[config.model_type](config)
+    model = empty_model(config)
+    head = "lm_head.weight"
     expected = dict(model.named_parameters())
     if config.tie_word_embeddings:
-        expected.pop("lm_head.weight")  # shared with wte, often left out of the file
+        expected.pop(head)  # shared with the embedding, often left out of the file
     missing = [name for name in expected if name not in state]
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
@@ -40,12 +42,12 @@ def build_model(config: ModelConfig, state: dict[str, torch.Tensor]) -> torch.nn
             )
     # Legacy .bin files also carry attention-mask buffers; anything that is not
     # one of our parameters is left behind.
-    ignored = sorted(set(state) - set(expected) - {"lm_head.weight"})
+    ignored = sorted(set(state) - set(expected) - {head})
     if ignored:
         log.debug("ignoring %d tensors that are not parameters, e.g. %s", len(ignored), ignored[0])
     model.load_state_dict({name: state[name] for name in expected}, strict=False, assign=True)
     if config.tie_word_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.embedding.weight
     return model.eval().requires_grad_(False)
 
 
@@ -55,9 +57,7 @@ def build_quantized_model(config: ModelConfig, directory: Path, settings: QuantS
     remove_stale_temporaries(path.parent)
     model = None
     if path.exists():
-        with torch.device("meta"):
-            skeleton = ARCHITECTURES[config.model_type](config)
-        model = load_quantized(skeleton, config, settings, dtype, path)
+        model = load_quantized(empty_model(config), config, settings, dtype, path)
     if model is not None:
         log.info("quantized weights read from %s", path)
     else:

@@ -1,4 +1,10 @@
-"""Model configuration read from a Hugging Face checkpoint's config.json."""
+"""Model configuration read from a Hugging Face checkpoint's config.json.
+
+ModelConfig holds what every architecture has; each architecture's module
+(engine/architectures/) subclasses it with its own fields and reads them in
+`read_fields`, through a ConfigReader that checks every value and names the
+file and key of a bad one.
+"""
 
 from __future__ import annotations
 
@@ -7,107 +13,65 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import torch.nn.functional as F
 
 from engine.errors import EngineError
 from engine.files import read_json_object
 
-SUPPORTED_MODEL_TYPES = ("codegen", "gpt_bigcode")
-
 
 @dataclass
 class ModelConfig:
-    model_type: str  # "codegen" or "gpt_bigcode"
+    model_type: str  # config.json's model_type (engine/architectures/)
     vocab_size: int  # rows of the embedding / lm_head (may exceed the tokenizer)
     n_positions: int  # context window in tokens
     n_embd: int  # hidden size
     n_layer: int
-    n_head: int
-    n_inner: int  # MLP width (4 * n_embd when the checkpoint says null)
-    activation_function: str = "gelu_new"
-    layer_norm_epsilon: float = 1e-5
-    rotary_dim: int | None = None  # codegen: rotated dims per head (None = all)
-    multi_query: bool = False  # gpt_bigcode: one shared K/V head
-    scale_attn_weights: bool = True  # gpt_bigcode: scale scores by 1/sqrt(head_dim)
-    tie_word_embeddings: bool = False  # lm_head shares wte's weight
+    n_head: int  # query heads
+    n_kv_heads: int  # key/value heads (n_head: multi-head, 1: multi-query, between: grouped-query)
+    head_dim: int
+    n_inner: int  # MLP width
+    tie_word_embeddings: bool = False  # lm_head shares the token embedding's weight
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     torch_dtype: str | None = None  # dtype the checkpoint was saved in
+    sliding_window: int | None = None  # attend to at most this many latest positions (None: all)
+
+    mlp_matrices: ClassVar[int] = 2  # weight matrices of one MLP (3 for a gated one)
 
     @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def architecture(self):
+        from engine.architectures import architecture
 
-    @property
-    def n_kv_heads(self) -> int:
-        return 1 if self.model_type == "gpt_bigcode" and self.multi_query else self.n_head
+        return architecture(self.model_type)
 
     @property
     def parameter_count(self) -> int:
-        """Parameters the config describes (an upper estimate: full K/V heads), known before any allocation."""
-        E = self.n_embd
-        per_layer = 4 * E * E + 2 * E * self.n_inner + 9 * E + self.n_inner
+        """Parameters the config describes (an upper estimate), known before any allocation."""
+        E, q_width, kv_width = self.n_embd, self.n_head * self.head_dim, self.n_kv_heads * self.head_dim
+        per_layer = 2 * E * q_width + 2 * E * kv_width + self.mlp_matrices * E * self.n_inner + 9 * E + self.n_inner
         heads = self.vocab_size * E * (1 if self.tie_word_embeddings else 2)
-        positions = self.n_positions * E if self.model_type == "gpt_bigcode" else 0
-        return self.n_layer * per_layer + heads + positions + 2 * E
+        return self.n_layer * per_layer + heads + self.extra_parameters + 2 * E
+
+    @property
+    def extra_parameters(self) -> int:
+        """Parameters outside the blocks and heads (a learned position table)."""
+        return 0
+
+    @classmethod
+    def read_fields(cls, r: "ConfigReader") -> dict:
+        """This architecture's fields, read and checked from config.json."""
+        raise NotImplementedError
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config.json") -> "ModelConfig":
-        """The config, every size checked against BOUNDS (EngineError naming source, key and range)."""
-        model_type = raw.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise EngineError(
-                f"{source}: unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-            )
+        """The config of raw's architecture, every size checked against BOUNDS (EngineError naming source,
+        key and range)."""
+        from engine.architectures import architecture
 
-        def size(key: str, value) -> int:
-            low, high = BOUNDS[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
-                raise EngineError(f"{source}: {key} must be a whole number from {low} to {high}, got {value!r}")
-            if not low <= value <= high:
-                raise EngineError(f"{source}: {key} = {int(value)} is out of range (allowed {low} to {high})")
-            return int(value)
-
-        for key in ("vocab_size", "n_embd", "n_layer", "n_head"):
-            if raw.get(key) is None:
-                raise EngineError(f"{source}: {key} is missing")
-        n_embd = size("n_embd", raw["n_embd"])
-        n_head = size("n_head", raw["n_head"])
-        if n_embd % n_head:
-            raise EngineError(f"{source}: n_embd {n_embd} is not divisible by n_head {n_head}")
-        rotary_dim = None
-        if model_type == "codegen" and raw.get("rotary_dim", 64) is not None:  # None: the whole head
-            rotary_dim = size("rotary_dim", raw.get("rotary_dim", 64))
-            if rotary_dim > n_embd // n_head or rotary_dim % 2:
-                raise EngineError(f"{source}: rotary_dim {rotary_dim} must be even and at most the head size {n_embd // n_head}")
-        epsilon = raw.get("layer_norm_epsilon", 1e-5)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
-            raise EngineError(f"{source}: layer_norm_epsilon must be a number between 0 and 1, got {epsilon!r}")
-        activation = raw.get("activation_function", "gelu_new")
-        if activation not in ACTIVATIONS:
-            raise EngineError(f"{source}: unsupported activation_function {activation!r}")
-        vocab_size = size("vocab_size", raw["vocab_size"])
-        config = cls(
-            model_type=model_type,
-            vocab_size=vocab_size,
-            n_positions=size("n_positions", raw.get("n_positions") or raw.get("n_ctx") or 2048),
-            n_embd=n_embd,
-            n_layer=size("n_layer", raw["n_layer"]),
-            n_head=n_head,
-            n_inner=size("n_inner", raw.get("n_inner") or 4 * n_embd),
-            activation_function=activation,
-            layer_norm_epsilon=float(epsilon),
-            rotary_dim=rotary_dim,
-            multi_query=bool(raw.get("multi_query", True)) if model_type == "gpt_bigcode" else False,
-            scale_attn_weights=bool(raw.get("scale_attn_weights", True)),
-            # transformers' own defaults differ per architecture.
-            tie_word_embeddings=bool(raw.get("tie_word_embeddings", model_type == "gpt_bigcode")),
-            bos_token_id=_token_id(raw, "bos_token_id", vocab_size, source),
-            eos_token_id=_token_id(raw, "eos_token_id", vocab_size, source),
-            torch_dtype=raw.get("dtype") or raw.get("torch_dtype"),
-        )
-        return config
+        config_class = architecture(raw.get("model_type"), source).config_class
+        return config_class(model_type=raw["model_type"], **config_class.read_fields(ConfigReader(raw, source)))
 
     @classmethod
     def from_file(cls, path: Path) -> "ModelConfig":
@@ -118,8 +82,8 @@ class ModelConfig:
         return config
 
 
-# Allowed sizes: every published CodeGen / StarCoder checkpoint fits well inside,
-# and nothing outside them can be a model worth allocating.
+# Allowed sizes (by kind: each architecture names its keys): every published
+# checkpoint fits well inside, and nothing outside them can be a model worth allocating.
 BOUNDS = {
     "vocab_size": (1, 1 << 20),
     "n_positions": (1, 1 << 20),
@@ -128,7 +92,123 @@ BOUNDS = {
     "n_head": (1, 1024),
     "n_inner": (1, 1 << 18),
     "rotary_dim": (2, 1 << 16),
+    "head_dim": (2, 1 << 12),
 }
+
+
+class ConfigReader:
+    """Checked reads of config.json's values; each error names the file and the key."""
+
+    def __init__(self, raw: dict, source: str):
+        self.raw, self.source = raw, source
+
+    def error(self, message: str) -> EngineError:
+        return EngineError(f"{self.source}: {message}")
+
+    def get(self, key: str, default=None):
+        value = self.raw.get(key)
+        return default if value is None else value
+
+    def require(self, *keys: str) -> None:
+        for key in keys:
+            if self.raw.get(key) is None:
+                raise self.error(f"{key} is missing")
+
+    def size(self, key: str, kind: str | None = None, default=None) -> int:
+        """A whole number within BOUNDS[kind or key]; default where the key is absent or null."""
+        value = self.get(key, default)
+        low, high = BOUNDS[kind or key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or int(value) != value:
+            raise self.error(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+        if not low <= value <= high:
+            raise self.error(f"{key} = {int(value)} is out of range (allowed {low} to {high})")
+        return int(value)
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        """A number strictly between low and high."""
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
+            raise self.error(f"{key} must be a number between {low:g} and {high:g}, got {value!r}")
+        return float(value)
+
+    def choice(self, key: str, default: str, allowed) -> str:
+        value = self.get(key, default)
+        if value not in allowed:
+            raise self.error(f"unsupported {key} {value!r}")
+        return value
+
+    def heads(self, n_embd: int, embd_key: str, n_head: int, head_key: str) -> None:
+        if n_embd % n_head:
+            raise self.error(f"{embd_key} {n_embd} is not divisible by {head_key} {n_head}")
+
+    def token_id(self, key: str, vocab_size: int) -> int | None:
+        value = self.raw.get(key)
+        if isinstance(value, list):  # some configs give a list of eos ids; the first is the document separator
+            value = value[0] if value else None
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+            raise self.error(f"{key} must be a token id from 0 to {vocab_size - 1}, got {value!r}")
+        return value
+
+    def common(self, vocab_size: int, tie_default: bool) -> dict:
+        """The fields every architecture reads the same way."""
+        return dict(
+            vocab_size=vocab_size,
+            # transformers' own defaults differ per architecture.
+            tie_word_embeddings=bool(self.get("tie_word_embeddings", tie_default)),
+            bos_token_id=self.token_id("bos_token_id", vocab_size),
+            eos_token_id=self.token_id("eos_token_id", vocab_size),
+            torch_dtype=self.raw.get("dtype") or self.raw.get("torch_dtype"),
+        )
+
+    def gpt2_sizes(self, *, tie_default: bool) -> dict:
+        """Sizes under GPT-2's names (n_embd, n_layer, n_head, n_inner, n_positions), as CodeGen and
+        GPTBigCode spell them."""
+        self.require("vocab_size", "n_embd", "n_layer", "n_head")
+        n_embd, n_head = self.size("n_embd"), self.size("n_head")
+        self.heads(n_embd, "n_embd", n_head, "n_head")
+        epsilon = self.number("layer_norm_epsilon", 1e-5, 0, 1)
+        activation = self.choice("activation_function", "gelu_new", ACTIVATIONS)
+        vocab_size = self.size("vocab_size")
+        return dict(
+            n_positions=self.size("n_positions", default=self.raw.get("n_ctx") or 2048),
+            n_embd=n_embd,
+            n_layer=self.size("n_layer"),
+            n_head=n_head,
+            n_kv_heads=n_head,
+            head_dim=n_embd // n_head,
+            n_inner=self.size("n_inner", default=4 * n_embd),
+            layer_norm_epsilon=epsilon,
+            activation_function=activation,
+            **self.common(vocab_size, tie_default),
+        )
+
+    def hf_sizes(self, *, norm_epsilon_key: str, tie_default: bool) -> dict:
+        """Sizes under the names of Llama and the architectures after it (hidden_size, num_hidden_layers,
+        num_attention_heads, num_key_value_heads, intermediate_size, max_position_embeddings)."""
+        self.require("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        n_embd = self.size("hidden_size", "n_embd")
+        n_head = self.size("num_attention_heads", "n_head")
+        n_kv_heads = self.size("num_key_value_heads", "n_head", default=n_head)
+        if n_head % n_kv_heads:
+            raise self.error(f"num_attention_heads {n_head} is not divisible by num_key_value_heads {n_kv_heads}")
+        if self.raw.get("head_dim") is None:
+            self.heads(n_embd, "hidden_size", n_head, "num_attention_heads")
+        head_dim = self.size("head_dim", default=n_embd // n_head)
+        if head_dim % 2:
+            raise self.error(f"head_dim {head_dim} must be even (rotary embeddings rotate pairs)")
+        return dict(
+            n_positions=self.size("max_position_embeddings", "n_positions", default=2048),
+            n_embd=n_embd,
+            n_layer=self.size("num_hidden_layers", "n_layer"),
+            n_head=n_head,
+            n_kv_heads=n_kv_heads,
+            head_dim=head_dim,
+            n_inner=self.size("intermediate_size", "n_inner"),
+            norm_epsilon=self.number(norm_epsilon_key, 1e-5, 0, 1),
+            **self.common(self.size("vocab_size"), tie_default),
+        )
 
 
 def available_memory_bytes() -> int:
@@ -153,18 +233,7 @@ def _check_memory(config: ModelConfig, path: Path) -> None:
         )
 
 
-def _token_id(raw: dict, key: str, vocab_size: int, source: str) -> int | None:
-    value = raw.get(key)
-    if isinstance(value, list):  # some configs give a list of eos ids; the first is the document separator
-        value = value[0] if value else None
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise EngineError(f"{source}: {key} must be a token id from 0 to {vocab_size - 1}, got {value!r}")
-    return value
-
-
-# Every name here is a GELU variant or relu; "gelu_new", "gelu_fast" and
+# Every name here is a GELU variant, relu or silu; "gelu_new", "gelu_fast" and
 # "gelu_pytorch_tanh" are all the tanh approximation.
 ACTIVATIONS = {
     "gelu_new": partial(F.gelu, approximate="tanh"),
@@ -172,4 +241,5 @@ ACTIVATIONS = {
     "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
     "gelu": F.gelu,
     "relu": F.relu,
+    "silu": F.silu,
 }

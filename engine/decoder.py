@@ -1,7 +1,8 @@
 """What every architecture's model shares: ids -> embeddings -> blocks over the KV cache -> logits.
 
-An architecture module (codegen.py, gpt_bigcode.py) subclasses DecoderLM with its
-`transformer` (wte, h, ln_f), `lm_head` and `embed`.
+An architecture module (engine/architectures/) subclasses DecoderLM with its blocks
+(`layers`), final norm (`final_norm`), token embedding (`embedding`), `lm_head` and
+`embed`, keeping the checkpoint's parameter names.
 """
 
 from __future__ import annotations
@@ -13,8 +14,21 @@ from engine.kv_cache import KVCache, attention_span
 
 
 class DecoderLM(nn.Module):
-    transformer: nn.Module  # .h: the blocks, .ln_f: the final norm
-    lm_head: nn.Module
+    lm_head: nn.Module  # the LM head (every Hugging Face causal LM names it so; quantize.py relies on it)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The blocks, each called as block(x, input_pos, cache, kv_len, mask, *extra)."""
+        raise NotImplementedError
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        """The token embedding (a tied lm_head shares its weight)."""
+        raise NotImplementedError
 
     def embed(self, idx: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         """(the input embeddings (B, T, E), what each block gets after the mask)."""
@@ -28,10 +42,28 @@ class DecoderLM(nn.Module):
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
     ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
-        kv_len, mask = attention_span(input_pos, cache, kv_len)
+        kv_len, mask = attention_span(input_pos, cache, kv_len, self.config.sliding_window)
         x, extra = self.embed(idx, input_pos)
-        for block in self.transformer.h:
+        for block in self.layers:
             x = block(x, input_pos, cache, kv_len, mask, *extra)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.transformer.ln_f(x)).float()
+        return self.lm_head(self.final_norm(x)).float()
+
+
+class GPT2LayoutLM(DecoderLM):
+    """GPT-2's module names: transformer.wte, transformer.h (the blocks), transformer.ln_f (CodeGen, GPTBigCode)."""
+
+    transformer: nn.Module
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.transformer.h
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.transformer.ln_f
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.transformer.wte

@@ -32,6 +32,7 @@ files and the settings, so a second start skips quantizing.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -112,12 +113,50 @@ def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
     return packed.permute(0, 2, 1, 3).reshape(blocks * 4, chunks * 16)[:rows]
 
 
-class Int8Linear(nn.Module):
+class QuantizedLinear(nn.Module):
+    """What Int8Linear and Int4Linear share: where the weight is and which kernels can run it."""
+
+    PYTORCH_KERNEL = PYTORCH_OP = ""  # PyTorch's packed kernel: our name for it, its aten op
+    OURS_K_MULTIPLE = 1  # our CPU kernel runs layers whose in_features this divides
+
+    @staticmethod
+    def unpack(packed: torch.Tensor, rows: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.buffers()).device  # weight or packed, and the scales: all on one device
+
+    def checkpoint_weight(self) -> torch.Tensor:
+        """The weight in its checkpoint layout (quantize_int8's or quantize_int4's), whichever layout the module holds."""
+        return self.weight if self.weight is not None else self.unpack(self.packed, self.out_features)
+
+    def kernel_candidates(self) -> list[str]:
+        """The decode kernels that run here, the fallback last."""
+        if self.device.type != "cpu":
+            return ["dequantize"]
+        fits = self.in_features % self.OURS_K_MULTIPLE == 0
+        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if fits else []
+        theirs = [self.PYTORCH_KERNEL] if _has_op(self.PYTORCH_OP) else []
+        return ours + theirs + ["dequantize"]
+
+    def with_kernel(self, kernel: str) -> "QuantizedLinear":
+        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
+        twin = copy.copy(self)
+        twin._buffers = dict(self._buffers)  # prepare() below gives the twin its own layout
+        twin.prepare(kernel)
+        return twin
+
+
+class Int8Linear(QuantizedLinear):
     """y = x W^T + b with W stored as int8 and one float32 scale per output channel.
 
     The weight lives in one layout at a time: `weight` (N, K) as in the checkpoint, or, for our CPU
     kernels, `packed` (pack_int8_for_cpu) with `weight` None, so memory holds one copy either way.
     """
+
+    PYTORCH_KERNEL, PYTORCH_OP, OURS_K_MULTIPLE = "int8pack", "_weight_int8pack_mm", 32
+    unpack = staticmethod(unpack_int8_for_cpu)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype=None, device=None):
         super().__init__()
@@ -129,21 +168,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
-    @property
-    def device(self) -> torch.device:
-        return self.scales.device
-
-    def checkpoint_weight(self) -> torch.Tensor:
-        """The int8 weight in its (N, K) layout, whichever layout the module holds."""
-        return self.weight if self.weight is not None else unpack_int8_for_cpu(self.packed, self.out_features)
-
-    def kernel_candidates(self) -> list[str]:
-        """The decode kernels that run here, the fallback last."""
-        if self.device.type != "cpu":
-            return ["dequantize"]
-        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels") if self.in_features % 32 == 0 else []
-        theirs = ["int8pack"] if _has_op("_weight_int8pack_mm") else []
-        return ours + theirs + ["dequantize"]
 
     def prepare(self, kernel: str | None = None) -> None:
         """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
@@ -153,13 +177,6 @@ class Int8Linear(nn.Module):
         self.kernel = kernel
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
-
-    def with_kernel(self, kernel: str) -> "Int8Linear":
-        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
-        twin = Int8Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
-        twin.weight, twin.scales, twin.bias = self.checkpoint_weight(), self.scales, self.bias
-        twin.prepare(kernel)
-        return twin
 
     def shape_key(self) -> str:
         return f"int8 {self.in_features}->{self.out_features}"
@@ -242,12 +259,15 @@ def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     return (q[:, ::2] << 4) | q[:, 1::2]
 
 
-class Int4Linear(nn.Module):
+class Int4Linear(QuantizedLinear):
     """y = x W^T + b with W stored as grouped int4 (see quantize_int4).
 
     For our CPU kernels the weight moves to `packed` (pack_int4_for_cpu) and `weight` is None: one
     copy in memory. PyTorch's packed kernels keep a copy in their layout beside `weight`.
     """
+
+    PYTORCH_KERNEL, PYTORCH_OP = "int4pack", "_weight_int4pack_mm_for_cpu"
+    unpack = staticmethod(unpack_int4_for_cpu)
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int, dtype=None, device=None):
         super().__init__()
@@ -261,21 +281,6 @@ class Int4Linear(nn.Module):
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
-    @property
-    def device(self) -> torch.device:
-        return self.scales_and_zeros.device
-
-    def checkpoint_weight(self) -> torch.Tensor:
-        """The weight in quantize_int4's (N, K/2) layout, whichever layout the module holds."""
-        return self.weight if self.weight is not None else unpack_int4_for_cpu(self.packed, self.out_features)
-
-    def kernel_candidates(self) -> list[str]:
-        """The decode kernels that run here, the fallback last."""
-        if self.device.type != "cpu":
-            return ["dequantize"]
-        ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
-        theirs = ["int4pack"] if _has_op("_weight_int4pack_mm_for_cpu") else []
-        return ours + theirs + ["dequantize"]
 
     def prepare(self, kernel: str | None = None) -> None:
         """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""
@@ -304,13 +309,6 @@ class Int4Linear(nn.Module):
     def _cuda_shapes_ok(self) -> bool:
         # The tensor-core kernel tiles N by 8 and K by 16 * inner_k_tiles (>= 2).
         return self.out_features % 8 == 0 and self.in_features % 256 == 0
-
-    def with_kernel(self, kernel: str) -> "Int4Linear":
-        """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
-        twin = Int4Linear(self.in_features, self.out_features, self.bias is not None, self.group_size, device="meta")
-        twin.weight, twin.scales_and_zeros, twin.bias = self.checkpoint_weight(), self.scales_and_zeros, self.bias
-        twin.prepare(kernel)
-        return twin
 
     def shape_key(self) -> str:
         return f"int4 g{self.group_size} {self.in_features}->{self.out_features}"
@@ -445,7 +443,7 @@ def _layout_digest(layout: dict[str, list]) -> str:
 def _cached_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict a cache file holds: a tied LM head that stayed float is left out, as in the checkpoint."""
     state = model.state_dict()
-    if model.lm_head.weight is model.transformer.wte.weight:
+    if model.lm_head.weight is model.embedding.weight:
         state.pop("lm_head.weight", None)
     return state
 
@@ -499,7 +497,7 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
     model = empty_quantized_model(model_on_meta.to(dtype), settings)
     tied = config.tie_word_embeddings and not isinstance(model.lm_head, (Int8Linear, Int4Linear))
     if tied:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = model.embedding.weight
     expected = tensor_layout(_cached_state(model))
     try:
         check_regular(path)
@@ -526,8 +524,8 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
         log.warning("ignoring unreadable quantized cache %s: %s", path, exc)
         return None
     model.load_state_dict(state, strict=False, assign=True)
-    if tied:  # assign=True replaced wte.weight alone
-        model.lm_head.weight = model.transformer.wte.weight
+    if tied:  # assign=True replaced the embedding's weight alone
+        model.lm_head.weight = model.embedding.weight
     return model.eval().requires_grad_(False)
 
 

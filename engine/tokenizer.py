@@ -1,4 +1,4 @@
-"""Tokenizers for CodeGen and GPTBigCode checkpoints, through the `tokenizers` library.
+"""Tokenizers of the checkpoints we run, through the `tokenizers` library.
 
 Two layouts are accepted: `tokenizer.json`, or the older `vocab.json` +
 `merges.txt` + `added_tokens.json` of the published Salesforce/codegen-* repos.
@@ -12,24 +12,23 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
+from engine.architectures import fim_spellings
 from engine.errors import EngineError
 from engine.files import TOKENIZER_FILE_LIMIT, check_regular, read_json_object, read_text
 from engine.options import FIM_LAYOUTS
 
-FIM_SPELLINGS = {
-    # StarCoder family and SantaCoder spell the same four tokens differently.
-    "underscore": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>"),
-    "hyphen": ("<fim-prefix>", "<fim-suffix>", "<fim-middle>", "<fim-pad>"),
-}
-
-
 @dataclass(frozen=True)
 class FimTokens:
+    """The ids of a vocabulary's FIM tokens (spelled as one of the architectures declares, engine/architectures/)."""
+
     prefix: int
     suffix: int
     middle: int
     pad: int | None
     layout: str  # what fim = "auto" builds (see _fim_layout)
+    end: int | None = None  # ends an infill where it is not eos (CodeLlama)
+    file_separator: int | None = None  # repository-level prompts (StarCoder2, Qwen2.5-Coder)
+    repo_name: int | None = None
 
 
 class Tokenizer:
@@ -41,8 +40,12 @@ class Tokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
-        self.special_ids = frozenset(i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special)
         self.fim = _find_fim(tokenizer, fim_layout)
+        # Generation stops at these: special tokens, and the FIM tokens that end an infill or a file.
+        ends = [] if self.fim is None else [self.fim.end, self.fim.file_separator, self.fim.repo_name]
+        self.special_ids = frozenset(
+            [i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special] + [i for i in ends if i is not None]
+        )
         self._spelling: dict[tuple[str, int], list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
@@ -87,11 +90,20 @@ def tokens_spelling(token_texts: list[str], pending: str, allowed: int) -> list[
 
 
 def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:
-    for prefix, suffix, middle, pad in FIM_SPELLINGS.values():
-        ids = [tokenizer.token_to_id(t) for t in (prefix, suffix, middle)]
+    """The FIM tokens of the first spelling the vocabulary has; of spellings sharing prefix, suffix and
+    middle (StarCoder's and StarCoder2's), the one with the most of its other tokens in the vocabulary."""
+    found = []
+    for spelling in fim_spellings():
+        ids = [tokenizer.token_to_id(t) for t in (spelling.prefix, spelling.suffix, spelling.middle)]
         if None not in ids:
-            return FimTokens(*ids, pad=tokenizer.token_to_id(pad), layout=layout)
-    return None
+            optional = {key: tokenizer.token_to_id(t) if t else None for key, t in (
+                ("pad", spelling.pad), ("end", spelling.end), ("file_separator", spelling.file_separator),
+                ("repo_name", spelling.repo_name))}
+            found.append(FimTokens(*ids, layout=layout, **optional))
+    if not found:
+        return None
+    same = [f for f in found if (f.prefix, f.suffix, f.middle) == (found[0].prefix, found[0].suffix, found[0].middle)]
+    return max(same, key=lambda f: sum(i is not None for i in (f.pad, f.end, f.file_separator, f.repo_name)))
 
 
 def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenizer:

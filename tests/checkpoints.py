@@ -4,7 +4,8 @@ Each is small enough to build in a second and run on CPU, yet has the
 features that trip loaders: CodeGen with rotary_dim < head_dim and an
 embedding padded past the tokenizer, GPTBigCode multi-query and multi-head,
 the legacy `.bin` layout with attention-mask buffers, and both tokenizer
-layouts.
+layouts; and one checkpoint per family of the rotary architectures (FAMILIES),
+each with grouped-query attention and its family's FIM tokens.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def write_codegen_vocab_tokenizer(directory: Path) -> None:
 
 
 def write_bigcode_tokenizer(directory: Path, fim_tokens: list[str]) -> None:
-    """GPT-2's BPE plus FIM special tokens, saved as tokenizer.json (a test stand-in for StarCoder's)."""
+    """GPT-2's BPE plus FIM special tokens, saved as tokenizer.json (a test stand-in for StarCoder's,
+    and for every family's in FAMILIES)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE.from_file(str(GPT2_DIR / "vocab.json"), str(GPT2_DIR / "merges.txt")))
@@ -105,13 +107,54 @@ def make_bigcode(directory: Path, *, multi_query: bool = True, fim_tokens=STARCO
     return directory
 
 
+# name -> (transformers' model_type, config overrides, FIM and file tokens, config.json edits after saving).
+# Shared: 4 query heads over 2 K/V heads, a window of 512, GPT-2's BPE and <|endoftext|> as eos.
+FAMILIES = {
+    # A sliding window shorter than the tests' prompts (300 tokens).
+    "starcoder2": ("starcoder2", dict(sliding_window=48, rope_theta=1e5),
+                   [*STARCODER_FIM, "<file_sep>", "<repo_name>"], {}),
+    # DeepSeek-Coder 6.7B's config spells its rope as older exports do: rope_theta and a linear rope_scaling.
+    "deepseek": ("llama", {}, ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+                 dict(rope_parameters=None, rope_theta=100000, rope_scaling={"type": "linear", "factor": 4.0})),
+    "codellama": ("llama", dict(rope_theta=1e6), ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"], {}),
+    # Tied embeddings (as Qwen2.5-Coder up to 3B).
+    "qwen2": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1e6),
+              ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"], {}),
+}
+
+
+def make_family(directory: Path, family: str, seed: int = 0) -> Path:
+    """A checkpoint of one of FAMILIES, saved by transformers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type, overrides, tokens, edits = FAMILIES[family]
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    params = dict(
+        vocab_size=50304, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=50256, eos_token_id=50256,
+    )
+    config = AutoConfig.for_model(model_type, **{**params, **overrides})
+    model = AutoModelForCausalLM.from_config(config).eval()
+    _spread_weights(model)
+    model.save_pretrained(directory, max_shard_size="8MB")  # sharded, with model.safetensors.index.json
+    if edits:
+        saved = json.loads((directory / "config.json").read_text())
+        saved.update(edits)
+        (directory / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if v is not None}))
+    write_bigcode_tokenizer(directory, tokens)
+    return directory
+
+
 def _spread_weights(model: torch.nn.Module) -> None:
     """Wider random weights than the default init, so logits are far from uniform and greedy
     decoding is not decided by float noise (ties would make token comparisons flaky)."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 0.15 if "wte" in name or "wpe" in name else 0.08)
+                p.normal_(0.0, 0.15 if "wte" in name or "wpe" in name or "embed_tokens" in name else 0.08)
+            elif "bias" in name:
+                p.normal_(0.0, 0.02)
 
 
 def hf_model(directory: Path):

@@ -43,8 +43,23 @@ def bigcode_mh_dir(tmp_path_factory):
     )
 
 
-@pytest.fixture(scope="session", params=["codegen", "codegen_bin", "bigcode_mq", "bigcode_mh"])
-def any_checkpoint(request):
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    """family name -> its checkpoint (checkpoints.FAMILIES), each made once per session."""
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            made[family] = checkpoints.make_family(tmp_path_factory.mktemp(family), family)
+        return made[family]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=["codegen", "codegen_bin", "bigcode_mq", "bigcode_mh", *checkpoints.FAMILIES])
+def any_checkpoint(request, family_checkpoint):
+    if request.param in checkpoints.FAMILIES:
+        return family_checkpoint(request.param)
     return request.getfixturevalue(f"{request.param}_dir")
 
 

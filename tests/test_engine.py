@@ -136,3 +136,24 @@ def test_codegen_keeps_its_cache_in_float32(codegen_dir, bigcode_mq_dir):
         session.prefill([1, 2, 3])
     assert codegen.cache.k.dtype == codegen.cache.v.dtype == torch.float32
     assert bigcode.cache.k.dtype == torch.bfloat16
+
+
+# Each family's FIM tokens (prefix, suffix, middle) and its token that ends a file or an infill.
+FAMILY_FIM = {
+    "starcoder2": ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<file_sep>"),
+    "deepseek": ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", None),
+    "codellama": ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"),
+    "qwen2": ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FIM))
+def test_each_family_gets_psm_prompts_in_its_fim_tokens(family, family_checkpoint):
+    from engine.prompt import build_prompt
+    from engine.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(family_checkpoint(family))
+    prefix, suffix, middle, end = (tok.token_id(t) if t else None for t in FAMILY_FIM[family])
+    prompt = build_prompt(tok, "def f(", ")\n", max_prompt_tokens=64)
+    assert prompt.ids == [prefix, *tok.encode("def f("), suffix, *tok.encode(")\n"), middle]
+    assert end is None or end in tok.special_ids  # generation stops there

@@ -48,8 +48,8 @@ def test_hub_id_resolved_in_the_offline_cache(codegen_dir, tmp_path, monkeypatch
 def test_unsupported_model_type(codegen_dir, tmp_path):
     ckpt = copy_checkpoint(codegen_dir, tmp_path)
     config = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps(dict(config, model_type="llama")))
-    with pytest.raises(EngineError, match="unsupported model_type 'llama'"):
+    (ckpt / "config.json").write_text(json.dumps(dict(config, model_type="mamba")))
+    with pytest.raises(EngineError, match=r"unsupported model_type .mamba. \(supported: codegen, gpt_bigcode, llama, qwen2, starcoder2\)"):
         load_model(str(ckpt))
 
 

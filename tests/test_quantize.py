@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 
+import checkpoints
 from engine.errors import EngineError
 from engine.loading import load_model
 from engine.bench import weight_bytes_per_token
@@ -94,10 +95,13 @@ def test_cpu_kernels_match_the_dequantized_matmul(mode, tokens):
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("checkpoint", ["codegen", "bigcode_mq", "bigcode_mh"])
+@pytest.mark.parametrize("checkpoint", ["codegen", "bigcode_mq", "bigcode_mh", "starcoder2", "deepseek", "qwen2"])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_every_mode_runs_and_tracks_float32(request, checkpoint, mode, prompt_ids):
-    directory = request.getfixturevalue(f"{checkpoint}_dir")
+def test_every_mode_runs_and_tracks_float32(request, checkpoint, mode, prompt_ids, family_checkpoint):
+    if checkpoint in checkpoints.FAMILIES:
+        directory = family_checkpoint(checkpoint)
+    else:
+        directory = request.getfixturevalue(f"{checkpoint}_dir")
     reference_tokens, reference_logits = greedy(load_model(str(directory), device="cpu", dtype="float32"), prompt_ids)
     lm = load_model(str(directory), device="cpu", dtype="float32", quantization=mode)
     assert lm.quantization == mode

@@ -33,7 +33,7 @@ Recipe (SantaCoder-style, scaled down to a 2-core CPU: 50 minutes of training,
     SPM: <fim_prefix><fim_suffix>S<fim_middle>PM<|endoftext|>   (variant 2 of
          Bavarian et al. 2022, the one engine/prompt.py builds)
   Other chunks are plain text followed by <|endoftext|>. The loss covers every token.
-- Model: our own engine.gpt_bigcode.GPTBigCode (multi-query), trained with
+- Model: our own engine.architectures.gpt_bigcode.GPTBigCode (multi-query), trained with
   cache=None (batched causal attention) under bfloat16 autocast (float32 master
   weights; 1.5x the float32 speed on a 2-core AMD EPYC, 2x on an Intel CPU
   with AMX); AdamW, linear warmup then cosine decay, fixed seed. Weights are saved in float16 (the engine casts to float32 on CPU).
@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from engine.config import ModelConfig  # noqa: E402
-from engine.gpt_bigcode import GPTBigCode  # noqa: E402
+from engine.architectures.gpt_bigcode import GPTBigCode  # noqa: E402
 from engine.paths import DEMO_MODEL_DIR  # noqa: E402
 
 EOS, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"

@@ -5,38 +5,41 @@ Parameter names match the Hugging Face checkpoints, so loading is a 1:1 copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.config import ACTIVATIONS, ModelConfig
-from engine.decoder import DecoderLM
+from engine.architectures import Architecture
+from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
+from engine.decoder import GPT2LayoutLM
 from engine.kv_cache import KVCache, attend
+from engine.layers import Rope, apply_rotary_interleaved, rotary_sin_cos
 
 # The original model was trained with its qkv projection split over 4 devices:
 # the fused output is 4 chunks, each laid out [q | v | k] for n_head/4 heads.
 MP_NUM = 4
 
 
-def rotary_sin_cos(input_pos: torch.Tensor, rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """sin, cos of shape (T, rotary_dim), each angle repeated for its pair (GPT-J style)."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=input_pos.device) / rotary_dim))
-    angles = input_pos.float()[:, None] * inv_freq  # (T, rotary_dim/2)
-    return angles.sin().repeat_interleave(2, -1), angles.cos().repeat_interleave(2, -1)
+@dataclass
+class CodeGenConfig(ModelConfig):
+    activation_function: str = "gelu_new"
+    layer_norm_epsilon: float = 1e-5
+    rotary_dim: int | None = None  # rotated dims per head (None = all)
 
-
-def apply_rotary(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of the first rotary_dim dims of x (1, T, H, D)."""
-    rot_dim = sin.shape[-1]
-    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
-    x1, x2 = x_rot[..., ::2], x_rot[..., 1::2]
-    rotated_half = torch.stack((-x2, x1), dim=-1).flatten(-2)
-    sin, cos = sin[None, :, None, :], cos[None, :, None, :]
-    return torch.cat((x_rot * cos + rotated_half * sin, x_pass), dim=-1)
+    @classmethod
+    def read_fields(cls, r: ConfigReader) -> dict:
+        fields = r.gpt2_sizes(tie_default=False)
+        if r.raw.get("rotary_dim", 64) is not None:  # None: the whole head
+            fields["rotary_dim"] = r.size("rotary_dim", default=64)
+            if fields["rotary_dim"] > fields["head_dim"] or fields["rotary_dim"] % 2:
+                raise r.error(f"rotary_dim {fields['rotary_dim']} must be even and at most the head size {fields['head_dim']}")
+        return fields
 
 
 class CodeGenAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: CodeGenConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_head = config.n_head
@@ -51,8 +54,8 @@ class CodeGenAttention(nn.Module):
         q, v, k = (qkv[:, :, :, i].reshape(B, T, self.n_head, self.head_dim) for i in range(3))  # (B, T, nh, hs)
         # Queries and keys are rotated and attended in float32, as in the original.
         sin, cos = sin_cos
-        q = apply_rotary(q.float(), sin, cos).transpose(1, 2)  # (B, nh, T, hs)
-        k = apply_rotary(k.float(), sin, cos).transpose(1, 2)
+        q = apply_rotary_interleaved(q.float(), sin, cos).transpose(1, 2)  # (B, nh, T, hs)
+        k = apply_rotary_interleaved(k.float(), sin, cos).transpose(1, 2)
         v = v.transpose(1, 2)
         if cache is None:  # training: the batch holds whole sequences, no past
             y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True)
@@ -64,7 +67,7 @@ class CodeGenAttention(nn.Module):
 
 
 class CodeGenMLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: CodeGenConfig):
         super().__init__()
         self.fc_in = nn.Linear(config.n_embd, config.n_inner)
         self.fc_out = nn.Linear(config.n_inner, config.n_embd)
@@ -75,7 +78,7 @@ class CodeGenMLP(nn.Module):
 
 
 class CodeGenBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: CodeGenConfig, layer: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = CodeGenAttention(config, layer)
@@ -88,15 +91,15 @@ class CodeGenBlock(nn.Module):
 
 
 class CodeGenTransformer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: CodeGenConfig):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.h = nn.ModuleList(CodeGenBlock(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-class CodeGen(DecoderLM):
-    def __init__(self, config: ModelConfig):
+class CodeGen(GPT2LayoutLM):
+    def __init__(self, config: CodeGenConfig):
         super().__init__()
         self.config = config
         self.transformer = CodeGenTransformer(config)
@@ -104,5 +107,10 @@ class CodeGen(DecoderLM):
 
     def embed(self, idx: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         # No position table: each block rotates q and k by these (engine/decoder.py runs the blocks).
-        sin_cos = rotary_sin_cos(input_pos, self.config.rotary_dim or self.config.head_dim)
-        return self.transformer.wte(idx), (sin_cos,)
+        inv_freq = Rope().inverse_frequencies(self.config.rotary_dim or self.config.head_dim, input_pos.device)
+        return self.transformer.wte(idx), (rotary_sin_cos(input_pos, inv_freq, interleaved=True),)
+
+
+# CodeGen attends in float32 (as the original does): a 16-bit cache would be cast whole on every
+# decode step, which costs more than the step's matmuls at a long context. Twice the memory instead.
+ARCHITECTURE = Architecture("codegen", CodeGenConfig, CodeGen, cache_dtype=torch.float32)

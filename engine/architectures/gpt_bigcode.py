@@ -5,17 +5,39 @@ Parameter names match the Hugging Face checkpoints, so loading is a 1:1 copy.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.config import ACTIVATIONS, ModelConfig
-from engine.decoder import DecoderLM
+from engine.architectures import Architecture, FimSpelling
+from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
+from engine.decoder import GPT2LayoutLM
 from engine.kv_cache import KVCache, attend
 
 
+@dataclass
+class GPTBigCodeConfig(ModelConfig):
+    activation_function: str = "gelu_pytorch_tanh"
+    layer_norm_epsilon: float = 1e-5
+    multi_query: bool = True  # one shared K/V head
+    scale_attn_weights: bool = True  # scale scores by 1/sqrt(head_dim)
+
+    @property
+    def extra_parameters(self) -> int:
+        return self.n_positions * self.n_embd  # learned positions
+
+    @classmethod
+    def read_fields(cls, r: ConfigReader) -> dict:
+        fields = r.gpt2_sizes(tie_default=True)
+        multi_query = bool(r.get("multi_query", True))
+        return dict(fields, multi_query=multi_query, scale_attn_weights=bool(r.get("scale_attn_weights", True)),
+                    n_kv_heads=1 if multi_query else fields["n_head"])
+
+
 class GPTBigCodeAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: GPTBigCodeConfig, layer: int):
         super().__init__()
         self.layer = layer
         self.n_head = config.n_head
@@ -46,7 +68,7 @@ class GPTBigCodeAttention(nn.Module):
 
 
 class GPTBigCodeMLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: GPTBigCodeConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.n_inner)
         self.c_proj = nn.Linear(config.n_inner, config.n_embd)
@@ -57,7 +79,7 @@ class GPTBigCodeMLP(nn.Module):
 
 
 class GPTBigCodeBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: GPTBigCodeConfig, layer: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.attn = GPTBigCodeAttention(config, layer)
@@ -70,7 +92,7 @@ class GPTBigCodeBlock(nn.Module):
 
 
 class GPTBigCodeTransformer(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: GPTBigCodeConfig):
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)  # learned absolute positions
@@ -78,8 +100,8 @@ class GPTBigCodeTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
-class GPTBigCode(DecoderLM):
-    def __init__(self, config: ModelConfig):
+class GPTBigCode(GPT2LayoutLM):
+    def __init__(self, config: GPTBigCodeConfig):
         super().__init__()
         self.config = config
         self.transformer = GPTBigCodeTransformer(config)
@@ -87,3 +109,10 @@ class GPTBigCode(DecoderLM):
 
     def embed(self, idx: torch.Tensor, input_pos: torch.Tensor) -> tuple[torch.Tensor, tuple]:
         return self.transformer.wte(idx) + self.transformer.wpe(input_pos)[None], ()
+
+
+# StarCoder's spelling, also StarCoder2's (engine/architectures/starcoder2.py), and SantaCoder's.
+STARCODER_FIM = FimSpelling("<fim_prefix>", "<fim_suffix>", "<fim_middle>", pad="<fim_pad>")
+SANTACODER_FIM = FimSpelling("<fim-prefix>", "<fim-suffix>", "<fim-middle>", pad="<fim-pad>")
+
+ARCHITECTURE = Architecture("gpt_bigcode", GPTBigCodeConfig, GPTBigCode, fim=(STARCODER_FIM, SANTACODER_FIM))
