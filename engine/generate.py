@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
+    stopper: Any = None  # engine.stops.Stopper: asked after each token where to end (repeats, confidence)
 
 
 @dataclass
@@ -99,6 +101,9 @@ def generate(
                 break
             generated.append(token)
             text = tokenizer.decode(generated)
+            if params.stopper is not None and (cut := params.stopper.step(generated, logits, text, len(heal))) is not None:
+                text, finish = text[:cut], "stop"
+                break
             cut = _first_stop(text[len(heal) :], params.stop)
             if cut is not None:
                 text, finish = text[: len(heal) + cut], "stop"

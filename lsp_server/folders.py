@@ -20,6 +20,17 @@ from lsp_server.settings import Settings, project_files_stamp, resolve
 
 log = logging.getLogger(__name__)
 
+EDITOR_SOURCES = ("initializationOptions", "workspace/configuration")
+
+
+def origin(source: str | None) -> str:
+    """A setting's source as a user reads it: default, editor, or the project file's path."""
+    if not source:
+        return "default"
+    if source in EDITOR_SOURCES:
+        return "editor"
+    return f"project file {source}"
+
 
 class FolderSettings:
     def __init__(self, server: LanguageServer, warn: Callable[[str], None]) -> None:
@@ -52,12 +63,16 @@ class FolderSettings:
         if cached and cached[0] == stamp and cached[1] == self.editor_version:
             return cached[2]
         scoped = self.configuration.get(root.as_uri() if root else "", self.configuration.get(""))
-        editor = [("initializationOptions", self.init_options), ("workspace/configuration", scoped)]
+        editor = list(zip(EDITOR_SOURCES, (self.init_options, scoped)))
         settings, problems = resolve(editor, root)
         for problem in problems:
             self.warn(problem)
         self.cache[root] = (stamp, self.editor_version, settings)
         return settings
+
+    def resolved(self) -> list[tuple[Path | None, Settings]]:
+        """(root, settings) of each folder (None: documents outside any) resolved so far."""
+        return [(root, settings) for root, (_, _, settings) in list(self.cache.items())]
 
     def in_use(self, documents: list[str]) -> list[Settings]:
         """The settings of every folder and of every open document's folder."""

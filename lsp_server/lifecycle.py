@@ -51,6 +51,17 @@ class ModelLifecycle:
             self.tasks.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self.tasks.discard)
 
+    def state(self, settings: Settings) -> tuple[str, str | None]:
+        """Where the model these settings name stands: ready, failed (with why), loading or not loaded."""
+        key = settings.engine_key()
+        if key in self.pool.served:
+            return READY, None
+        if key in self.pool.failed:
+            return FAILED, self.pool.failed[key]
+        if key in self.pool.loading or key in self.starting:
+            return "loading", None
+        return "not loaded", None
+
     def settings_changed(self, wanted: list[Settings]) -> None:
         """Unload what no folder names any more, retry failures, load what is new."""
         self.pool.forget_failures()

@@ -12,18 +12,20 @@ import ast
 import re
 import warnings
 
+from lsp_server import syntax
+
 CLOSERS = ")]}\"'`>;,"
 # A new top-level statement ends a Python suggestion: it belongs to the next block.
 PYTHON_STOPS = ("\ndef ", "\nclass ", "\nasync def ", "\nif __name__", "\n@")
 # Other languages: two blank lines end a block of code as well as anything does.
 GENERIC_STOPS = ("\n\n\n",)
-EXTENSIONS = {".py": "python", ".pyi": "python", ".pyw": "python"}
+EXTENSIONS = {".py": "python", ".pyi": "python", ".pyw": "python", **syntax.EXTENSIONS}
 
 
 def language_of(language_id: str, uri: str) -> str:
     """The editor's languageId, or a guess from the file name."""
     if language_id:
-        return language_id.lower()
+        return syntax.canonical(language_id)
     for ext, language in EXTENSIONS.items():
         if uri.lower().endswith(ext):
             return language
@@ -44,6 +46,8 @@ def opens_block(line: str, language: str) -> bool:
     if language == "python":
         code = re.sub(r"#.*$", "", code).rstrip()  # rough: '#' inside a string is rare here
         return code.endswith(":")
+    if language == "lua" and re.search(r"(\bthen|\bdo|\brepeat|\bfunction\b.*\))$", code):
+        return True
     return code.endswith(("{", "(", "[", "=>", ":"))
 
 
@@ -60,7 +64,7 @@ def wants_multiline(prefix: str, suffix: str, language: str, mode: str) -> bool:
 def stop_sequences(language: str, multiline: bool) -> tuple[str, ...]:
     if not multiline:
         return ("\n",)
-    return PYTHON_STOPS if language == "python" else GENERIC_STOPS
+    return PYTHON_STOPS if language == "python" else GENERIC_STOPS + syntax.TOP_LEVEL.get(syntax.family(language), ())
 
 
 def indent_width(line: str) -> int:
@@ -90,10 +94,14 @@ def cut_at_dedent(text: str, prefix: str, suffix: str, language: str) -> str:
         inside = width > base if block else width >= base
         if inside:
             continue
-        if language != "python" and width == base and line.strip()[0] in ")]}":
+        if language != "python" and width == base and (line.strip()[0] in ")]}" or closes_lua(line, language)):
             return "\n".join(lines[: i + 1])
         return "\n".join(lines[:i])
     return text
+
+
+def closes_lua(line: str, language: str) -> bool:
+    return language == "lua" and re.match(r"(end|until)\b", line.strip()) is not None
 
 
 def trim_repeated_lines(text: str, suffix: str) -> str:
@@ -178,6 +186,8 @@ def postprocess(text: str, prefix: str, suffix: str, language: str, multiline: b
             text = keep_what_parses(text.rstrip(), prefix, suffix)
         text = text.rstrip()
     text = trim_closers(text, suffix)
+    if language != "python" and syntax.parser_for(language) is not None:
+        text = syntax.keep_what_parses(text, prefix, suffix, language, close=multiline)
     if not text.strip():
         return ""
     return text

@@ -26,13 +26,14 @@ from pygls.protocol.language_server import lsp_method
 from engine.errors import EngineError
 from lsp_server.documents import Document, DocumentStore
 from lsp_server.folders import FolderSettings
+from lsp_server.languages import LanguageOff, check_language
 from lsp_server.lifecycle import ModelLifecycle
 from lsp_server.methods import STATS
 from lsp_server.pool import ModelPool, ServedModel
 from lsp_server.postprocess import language_of
 from lsp_server.scheduler import Scheduler, Superseded
 from lsp_server.settings import Settings
-from lsp_server.stats import Stats
+from lsp_server.stats import Stats, folder_status
 from lsp_server.suggest import Suggestion, suggest
 
 log = logging.getLogger("codegen-lsp.server")
@@ -155,6 +156,11 @@ class CodegenServer(LanguageServer):
                                    settings: Settings) -> Suggestion | None:  # fmt: skip
         """suggest() in the scheduler's worker; failures are reported and cost this suggestion only."""
         uri, language = document.uri, language_of(document.language_id, document.uri)
+        try:
+            check_language(served, settings, language)
+        except LanguageOff as exc:  # a model trained on other languages: say so once, answer nothing
+            self.report(str(exc), types.MessageType.Info)
+            return None
         # The scheduler calls work(cancel) in its worker, with the text as it is now.
         work = partial(self.stats.measure, served.name, partial(suggest, served, uri, document.text, offset, language, settings))
         request = self.protocol.msg_id
@@ -232,7 +238,7 @@ def completion_item(text: str, where: types.Range) -> types.CompletionItem:
 
 @server.feature(STATS)
 def stats(ls: CodegenServer, params: Any = None) -> dict[str, Any]:
-    return {**ls.stats.to_dict(), "models": ls.models.pool.names()}
+    return {**ls.stats.to_dict(), "models": ls.models.pool.names(), "folders": folder_status(ls.folders, ls.models)}
 
 
 @server.feature(types.SHUTDOWN)

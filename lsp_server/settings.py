@@ -84,6 +84,12 @@ class Settings:
     )  # fmt: skip
     request_timeout_ms: int = _setting(10_000, "Longest wait for the server to connect or to send the next token.",
                                        bounds=(100, 600_000))
+    languages: str = _setting(
+        "auto", "Languages to suggest in: auto (what the checkpoint says it was trained on), all, or a "
+        'comma-separated list such as "python, lua".', values='`auto` \\| `all` \\| a list such as `"python, lua"`',
+    )  # fmt: skip
+    ramble_stop: str = _setting("on", "End a suggestion at a repeated chunk or where the model is unsure (engine/stops.py).",
+                                choices=("on", "off"))
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 
@@ -131,6 +137,10 @@ def _check(key: str, value: Any) -> tuple[Any, str | None]:
             return None, f"expected a string, got {_short(value)}"
         value = value.strip()
         return (value, None) if not value or TEXT_CHECKS[key][0](value) else (None, f"{TEXT_CHECKS[key][1]}, got {_short(value)}")
+    if key == "languages":
+        if not isinstance(value, str) or not re.fullmatch(r"\s*[\w+#.-]+(\s*,\s*[\w+#.-]+)*\s*", value):
+            return None, f'expected "auto", "all" or a comma-separated list of languages, got {_short(value)}'
+        return value.strip().lower(), None
     if spec.choices:
         if key == "compile" and isinstance(value, bool):
             value = "true" if value else "false"

@@ -1,12 +1,22 @@
-"""The figures `codegen/stats` answers with: totals since start and the latest completion's."""
+"""The figures `codegen/stats` answers with: totals since start, the latest completion's, and
+each workspace folder's model (folder_status), which editors show (`:CodegenLspStatus`, VS Code's
+status item) so that what they say is what the server does."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
+from lsp_server.folders import origin
+from lsp_server.languages import languages_for
+from lsp_server.pool import describe
 from lsp_server.suggest import Suggestion
+
+if TYPE_CHECKING:
+    from lsp_server.folders import FolderSettings
+    from lsp_server.lifecycle import ModelLifecycle
 
 STAT_FIELDS = ("prompt_tokens", "reused_tokens", "prefilled_tokens", "generated_tokens")
 
@@ -40,3 +50,24 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         with self.lock:
             return {"requests": self.requests, **self.totals, "last": dict(self.last), "running": self.running}
+
+
+def folder_status(folders: FolderSettings, models: ModelLifecycle) -> list[dict[str, Any]]:
+    """One entry per folder (or documents outside any) whose settings the server has resolved:
+    the model it uses, where that setting came from, whether it is loading, ready or failed,
+    and which languages it completes."""
+    entries = []
+    for root, settings in folders.resolved():
+        state, error = models.state(settings)
+        entry = {
+            "root": str(root) if isinstance(root, Path) else None,
+            "model": describe(settings),
+            "model_source": origin(settings.sources.get("model")),
+            "state": state,
+            "error": error,
+        }
+        served = models.pool.ready(settings)
+        if served is not None:
+            entry["languages"] = languages_for(served, settings)
+        entries.append(entry)
+    return entries

@@ -61,12 +61,13 @@ def test_neovim_specs(server_env):
     specs = [str(NEOVIM_DIR / "tests" / f"{name}_spec.lua") for name in ("ghost", "server")]
     output = run([nvim, "--headless", "-l", str(NEOVIM_DIR / "tests" / "run.lua"), *specs], ROOT, server_env, 240)
     assert "0 failed, 0 skipped" in output, output
-    assert len(re.findall(r"^ok ", output, re.MULTILINE)) == 10, output
+    assert len(re.findall(r"^ok ", output, re.MULTILINE)) == 11, output
+    print("\n".join(line for line in output.splitlines() if line.startswith("latency:")))  # reported, not asserted
 
 
 def test_vscode_build_unit_and_protocol_tests(server_env):
     output = run([npm(), "test"], VSCODE_DIR, server_env, 240)
-    assert re.search(r"^# pass 12$", output, re.MULTILINE), output
+    assert re.search(r"^# pass 14$", output, re.MULTILINE), output
     assert re.search(r"^# skipped 0$", output, re.MULTILINE), output
 
 
@@ -79,3 +80,24 @@ def test_vscode_package(tmp_path):
     assert "extension/out/src/extension.js" in names
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     assert not any(n.startswith("extension/out/test/") for n in names)
+
+
+def readme_neovim_snippet() -> str:
+    """The Lua block of the README's Neovim section, as a user pastes it."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Neovim\n", 1)[1]
+    return section.split("```lua\n", 1)[1].split("```", 1)[0]
+
+
+def test_neovim_readme_snippet(tmp_path):
+    """The README's snippet verbatim (the placeholder path made this checkout's) against the real
+    server on the shipped demo model: found without `cmd`, a real suggestion as ghost text."""
+    nvim = neovim()
+    snippet = readme_neovim_snippet()
+    assert "/path/to/codegen-lsp/editors/neovim" in snippet and "\n  settings =" not in snippet
+    init = tmp_path / "init.lua"
+    init.write_text(snippet.replace("/path/to/codegen-lsp", str(ROOT)), encoding="utf-8")
+    env = {**os.environ, "CODEGEN_LSP_README_INIT": str(init)}
+    spec = str(NEOVIM_DIR / "tests" / "readme_spec.lua")
+    output = run([nvim, "--headless", "-l", str(NEOVIM_DIR / "tests" / "run.lua"), spec], ROOT, env, 180)
+    assert "0 failed, 0 skipped" in output, output
+    print(output)

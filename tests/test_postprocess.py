@@ -39,13 +39,16 @@ def test_stop_sequences():
     assert stop_sequences("python", False) == ("\n",)
     python = stop_sequences("python", True)
     assert "\ndef " in python and "\nclass " in python and "\n@" in python and "\nif __name__" in python
-    assert stop_sequences("rust", True) == ("\n\n\n",)
+    assert stop_sequences("rust", True)[0] == "\n\n\n" and "\nfn " in stop_sequences("rust", True)
+    assert stop_sequences("markdown", True) == ("\n\n\n",)
 
 
 def test_language_of():
     assert language_of("Python", "file:///a.txt") == "python"
     assert language_of("", "file:///x/mod.py") == "python"
-    assert language_of("", "file:///x/mod.c") == ""
+    assert language_of("", "file:///x/mod.c") == "c"
+    assert language_of("", "file:///x/notes.txt") == ""
+    assert language_of("TypeScriptReact", "") == "typescriptreact" and language_of("jsx", "") == "javascriptreact"
 
 
 @pytest.mark.parametrize(

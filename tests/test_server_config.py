@@ -31,7 +31,7 @@ async def test_models_per_folder_with_precedence_sharing_and_unloading(
     # .codegen-lsp.toml beats [tool.codegen-lsp] in the same folder.
     (folders["toml"] / ".codegen-lsp.toml").write_text(toml(model=codegen_dir))
     (folders["toml"] / "pyproject.toml").write_text("[tool.codegen-lsp]\n" + toml(model=bigcode_mq_dir, max_new_tokens=3))
-    (folders["pyproject"] / "pyproject.toml").write_text('[project]\nname = "p"\n\n[tool.codegen-lsp]\n' + toml(model=bigcode_mq_dir))
+    (folders["pyproject"] / "pyproject.toml").write_text('[project]\nname = "p"\n\n[tool.codegen-lsp]\n' + toml(model=bigcode_mq_dir, ramble_stop="off"))
     (folders["shared"] / ".codegen-lsp.toml").write_text(toml(model=codegen_dir, max_new_tokens=5))
     # Editor settings: workspace/configuration beats initializationOptions; project files beat both.
     init_options = {"codegen-lsp": {"model": "/no/such/model", "debounce_ms": 0, "max_new_tokens": 8}}
@@ -70,7 +70,7 @@ async def test_models_per_folder_with_precedence_sharing_and_unloading(
             for item in items:
                 assert item.range.start == types.Position(line=2, character=len(line2.encode("utf-8")) - 1)
             if name == "pyproject":  # a FIM model, with text after the cursor
-                expected = Expected(bigcode_mq_dir, debounce_ms=0, max_new_tokens=8, multiline="always")
+                expected = Expected(bigcode_mq_dir, debounce_ms=0, max_new_tokens=8, multiline="always", ramble_stop="off")
                 assert [i.insert_text for i in items] == [expected(EMOJI_CODE, 2, len(line2.encode("utf-8")) - 1, "utf-8")]
         assert (await stats(client))["models"] == sorted(map(str, {codegen_dir, bigcode_mq_dir, codegen_bin_dir}))
 
@@ -124,7 +124,13 @@ async def test_missing_model_is_reported_once_and_exit_code_is_zero(tmp_path):
         )
         assert await inline(client, uri, 1, 4) == []
         assert len([m for m in client.messages if m.type == types.MessageType.Error]) == 1  # reported once
-        assert (await stats(client))["requests"] == 0
+        figures = await stats(client)
+        assert figures["requests"] == 0
+        # codegen/stats tells what an editor's status must show: the failed model, from the project file.
+        (folder_status,) = [f for f in figures["folders"] if f["root"] == str(folder)]
+        assert folder_status["model"] == "/no/such/model" and folder_status["state"] == "failed"
+        assert folder_status["model_source"] == f"project file {settings_file}"
+        assert "not found" in folder_status["error"]
     finally:
         await stop_server(client)  # shutdown, then exit
     assert client._server.returncode == 0

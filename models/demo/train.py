@@ -220,6 +220,7 @@ def save_checkpoint(out: Path, model: GPTBigCode, config: dict, tokenizer: Token
         # codegen-lsp's fim = "auto" builds SPM prompts for this model: it fills
         # far better after SPM than after PSM (figures in README.md).
         "fim_layout": "spm",
+        "languages": ["python"],  # trained on Python only: lsp_server/languages.py reads it
     }
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
 

@@ -105,7 +105,3 @@ it("typing after a partial accept still shortens; dismiss clears", function()
   eq(false, displayed(), "ghost after dismiss")
   eq({ "print('he" }, lines(), "buffer unchanged by dismiss")
 end)
-
-after_file = function()
-  child.stop()
-end

@@ -29,6 +29,8 @@ function wait_for(what, timeout_ms, fn)
   return value
 end
 
+local children = {} -- the children a spec file started: stopped after it
+
 --- A fresh Neovim driven over RPC, with the plugin on its runtimepath.
 function child_nvim()
   local chan = vim.fn.jobstart({ vim.v.progpath, "--embed", "--headless", "--clean", "-n" }, { rpc = true })
@@ -49,10 +51,13 @@ function child_nvim()
       return not vim.rpcrequest(chan, "nvim_get_mode").blocking and child.lua("return vim.fn.getchar(1) == 0")
     end)
   end
+  -- Its language servers first (they would outlive it), then the child.
   function child.stop()
+    pcall(child.lua, "vim.lsp.stop_client(vim.lsp.get_clients())")
     vim.fn.jobstop(chan)
   end
   child.lua("vim.opt.runtimepath:prepend(...)", PLUGIN_DIR)
+  table.insert(children, child)
   return child
 end
 
@@ -84,6 +89,10 @@ for _, file in ipairs(_G.arg) do
     pcall(_G.after_file)
     _G.after_file = nil
   end
+  for _, child in ipairs(children) do
+    child.stop()
+  end
+  children = {}
 end
 io.write(("%d failed, %d skipped\n"):format(failures, skipped))
 io.flush()

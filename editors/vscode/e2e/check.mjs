@@ -24,7 +24,7 @@ try {
   // The model loads when the extension starts; the status item then names it.
   await page.waitForFunction(() => {
     const text = document.querySelector(".statusbar")?.innerText ?? "";
-    return text.includes("tiny-model") && !text.includes("loading"); // "loading <path>" names it too
+    return text.includes("the demo model") && !text.includes("loading"); // "loading ..." names it too
   }, null, { timeout: 90000 });
   await page.click(".explorer-folders-view >> text=main.py");
   const editor = ".editor-group-container .monaco-editor .view-lines";

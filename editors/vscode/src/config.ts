@@ -21,8 +21,27 @@ export interface ModelStatus {
 export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
   "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline",
-  "backend", "endpoint", "remote_model", "api_key_env", "request_timeout_ms",
+  "backend", "endpoint", "remote_model", "api_key_env", "request_timeout_ms", "languages",
+  "ramble_stop",
 ] as const;
+
+export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
+const PYTHON_LEVELS: Record<string, LogLevel> = {
+  DEBUG: "debug", INFO: "info", WARNING: "warn", ERROR: "error", CRITICAL: "error",
+};
+
+/**
+ * The level of one line the server wrote to stderr (`2026-11-29 10:00:00,123 INFO name: text`,
+ * Python's logging), and the text to log without the time and level (the output channel adds
+ * its own). A line without a level (a traceback's) keeps the level of the line before it.
+ */
+export function serverLogLine(line: string, previous: LogLevel = "info"): { level: LogLevel; text: string } {
+  const match = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$/.exec(line);
+  if (!match) {
+    return { level: previous, text: line };
+  }
+  return { level: PYTHON_LEVELS[match[1]], text: match[2] };
+}
 
 export interface ServerCommand {
   command: string;
@@ -91,6 +110,8 @@ export interface Stats {
   prefilled_tokens: number;
   generated_tokens: number;
   models?: string[];
+  /** Per workspace folder: the model the server uses, where that setting came from, its state. */
+  folders?: { root: string | null; model: string; model_source: string; state: string; error: string | null; languages?: string[] | null }[];
   last?: {
     prompt_tokens?: number;
     reused_tokens?: number;
@@ -108,6 +129,12 @@ export function formatStats(stats: Stats): string {
   ];
   if (stats.models && stats.models.length > 0) {
     lines.push(`loaded: ${stats.models.join(", ")}`);
+  }
+  for (const folder of stats.folders ?? []) {
+    const languages = folder.languages ? `, languages: ${folder.languages.join(", ")}` : "";
+    const where = folder.root ? ` [${folder.root}]` : "";
+    lines.push(`model: ${folder.model} (from ${folder.model_source}): ${folder.state}${languages}${where}` +
+      (folder.error ? ` - ${folder.error}` : ""));
   }
   const last = stats.last;
   if (last && last.total_ms !== undefined) {

@@ -12,7 +12,9 @@ import {
   WorkDoneProgress,
   WorkDoneProgressCreateRequest,
 } from "vscode-languageclient/node";
+import * as readline from "node:readline";
 import {
+  LogLevel,
   MODEL_STATUS,
   ModelState,
   ModelStatus,
@@ -21,6 +23,7 @@ import {
   Stats,
   formatStats,
   resolveServerCommand,
+  serverLogLine,
   serverSettings,
   statusText,
 } from "./config";
@@ -57,6 +60,18 @@ function createClient(): LanguageClient {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     initializationOptions: editorSettings(),
     outputChannel: output,
+    // The server logs to stderr at its own levels: show INFO as info, not as [error].
+    stdioOptions: {
+      stdout: (input, channel) => readline.createInterface({ input, terminal: false }).on("line", (l) => channel.info(l)),
+      stderr: (input, channel) => {
+        let level: LogLevel = "info";
+        readline.createInterface({ input, terminal: false }).on("line", (line) => {
+          const parsed = serverLogLine(line, level);
+          level = parsed.level;
+          channel[level](parsed.text);
+        });
+      },
+    },
     middleware: {
       workspace: {
         // Answer workspace/configuration with the server's keys only (serverCommand is ours).
@@ -93,6 +108,11 @@ async function refreshModel(lc: LanguageClient, fallback: string): Promise<void>
     const stats = await lc.sendRequest<Stats>(STATS_METHOD, {});
     const models = stats.models ?? [];
     setStatus({ kind: "ready", model: models.length > 0 ? models.join(", ") : fallback });
+    // The tooltip says which model each folder uses and where that setting came from.
+    const folders = formatStats(stats).split("\n").filter((line) => line.startsWith("model: "));
+    if (folders.length > 0) {
+      statusItem.tooltip = `codegen-lsp\n${folders.join("\n")}\nClick for stats`;
+    }
   } catch {
     setStatus({ kind: "ready", model: fallback });
   }

@@ -4,8 +4,31 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { test } from "node:test";
 import {
-  formatStats, resolveServerCommand, serverSettings, shortModelName, statusText, venvPython,
+  formatStats, resolveServerCommand, serverLogLine, serverSettings, shortModelName, statusText, venvPython,
 } from "../src/config";
+
+test("stats name each folder's model, where the setting came from and its state", () => {
+  const text = formatStats({
+    requests: 0, prompt_tokens: 0, reused_tokens: 0, prefilled_tokens: 0, generated_tokens: 0,
+    folders: [
+      { root: "/w", model: "the demo model", model_source: "default", state: "ready", error: null, languages: ["python"] },
+      { root: "/v", model: "/m", model_source: "project file /v/.codegen-lsp.toml", state: "failed", error: "not found" },
+    ],
+  });
+  assert.equal(text, "0 requests: 0 prompt tokens (0 reused, 0 prefilled), 0 generated\n" +
+    "model: the demo model (from default): ready, languages: python [/w]\n" +
+    "model: /m (from project file /v/.codegen-lsp.toml): failed [/v] - not found");
+});
+
+test("server log lines keep their level in the output channel; a traceback keeps the level before it", () => {
+  assert.deepEqual(serverLogLine("2026-11-29 10:00:00,123 INFO codegen-lsp.server: loaded x in 0.2s"),
+    { level: "info", text: "codegen-lsp.server: loaded x in 0.2s" });
+  assert.equal(serverLogLine("2026-11-29 10:00:00,123 WARNING a: b").level, "warn");
+  assert.equal(serverLogLine("2026-11-29 10:00:00,123 ERROR a: b").level, "error");
+  assert.equal(serverLogLine("2026-11-29 10:00:00,123 DEBUG a: b").level, "debug");
+  assert.deepEqual(serverLogLine('  File "x.py", line 3', "error"), { level: "error", text: '  File "x.py", line 3' });
+  assert.equal(serverLogLine("plain text").level, "info");
+});
 
 test("the configured command wins, then a folder's .venv interpreter, then codegen-lsp on PATH", () => {
   const none = () => undefined;

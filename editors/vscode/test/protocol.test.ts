@@ -70,7 +70,7 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
         workspace: { configuration: true },
         textDocument: { inlineCompletion: { dynamicRegistration: false } },
       },
-      initializationOptions: { model, debounce_ms: 0, multiline: "never" },
+      initializationOptions: { model, debounce_ms: 0, multiline: "never", ramble_stop: "off" },
     });
     assert.ok(init.capabilities.inlineCompletionProvider, "inlineCompletionProvider advertised");
     await connection.sendNotification(InitializedNotification.type, {});

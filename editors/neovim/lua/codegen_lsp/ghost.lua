@@ -8,7 +8,29 @@ local M = {}
 
 M.ns = vim.api.nvim_create_namespace("codegen_lsp_ghost")
 M.hl = "CodegenLspGhost"
-vim.api.nvim_set_hl(0, M.hl, { link = "Comment", default = true })
+M.fallback_hl = "CodegenLspGhostDefault"
+
+--- The ghost's look. CodegenLspGhost is a link (override it with `:hi link` or
+--- nvim_set_hl) to CodegenLspGhostDefault: Comment's colours, plus a grey
+--- terminal colour where the colour scheme gives Comment none (Neovim 0.11's
+--- default scheme has only a true-colour one, so 256- and 16-colour terminals
+--- showed the ghost exactly like typed code), and italic. Set again on :colorscheme.
+function M.define_highlights()
+  local comment = vim.api.nvim_get_hl(0, { name = "Comment", link = false })
+  local hl = { fg = comment.fg, bg = comment.bg, ctermfg = comment.ctermfg, ctermbg = comment.ctermbg,
+    italic = true, cterm = { italic = true } }
+  if hl.ctermfg == nil then
+    -- grey in a 256-colour terminal, "bright black" (dark grey) in a 16-colour one
+    hl.ctermfg = ((vim.env.TERM or ""):find("256") or vim.env.COLORTERM) and 244 or 8
+  end
+  vim.api.nvim_set_hl(0, M.fallback_hl, hl)
+  vim.api.nvim_set_hl(0, M.hl, { link = M.fallback_hl, default = true })
+end
+M.define_highlights()
+vim.api.nvim_create_autocmd("ColorScheme", {
+  group = vim.api.nvim_create_augroup("codegen_lsp_ghost", { clear = true }),
+  callback = M.define_highlights,
+})
 
 -- The suggestion on screen, or nil. anchor_col is where the suggestion started
 -- (0-based byte column); text is what remains to be inserted at col.

@@ -8,8 +8,8 @@ local ghost = require("codegen_lsp.ghost")
 local M = {}
 
 M.defaults = {
-  -- Command that runs the server; nil: <root>/.venv/bin/codegen-lsp when it
-  -- exists, else `codegen-lsp` on PATH.
+  -- Command that runs the server; nil: the first of `codegen-lsp` on PATH, the
+  -- .venv of the repository this plugin comes from, the project's .venv.
   cmd = nil,
   -- Server settings (keys as in the README: model, device, quantization, ...),
   -- sent as initializationOptions and as workspace/configuration `codegen-lsp`.
@@ -17,8 +17,10 @@ M.defaults = {
   -- Files that mark a project root; the server starts once per root.
   root_markers = { ".codegen-lsp.toml", "pyproject.toml", ".git" },
   filetypes = nil, -- nil: every file-backed buffer
-  auto_trigger = true, -- ask after each change in insert mode
-  debounce_ms = 30, -- client side; the server debounces too (debounce_ms setting)
+  auto_trigger = true, -- ask after each change in insert mode, and on entering it
+  -- Client side wait before asking. 0: ask at once; the server debounces (its
+  -- debounce_ms setting) and a newer request replaces the one before.
+  debounce_ms = 0,
   builtin_display = false, -- Neovim 0.12+: let vim.lsp.inline_completion show suggestions
   keys = {
     accept = "<M-l>",
@@ -38,10 +40,16 @@ local SECTION = "codegen-lsp"
 local STATS = "codegen/stats"
 local MODEL_STATUS = "codegen/modelStatus"
 
--- Per client, for :CodegenLspStatus: the latest $/progress value, server message and
--- MODEL_STATUS ({ model, status = "ready" | "failed", message }).
-local progress, messages, model_status = {}, {}, {}
+-- Per client, for :CodegenLspStatus: the latest $/progress value and MODEL_STATUS
+-- ({ model, status = "ready" | "failed", message }).
+local progress, model_status = {}, {}
+-- Per project root: how its server was found and started, for :CodegenLspStatus.
+---@type table<string, {cmd: string[]?, found: string?, tried: string[], state: string, client_id: integer?, error: string?}>
+M.servers = {}
+-- This file is <repo>/editors/neovim/lua/codegen_lsp/init.lua: the plugin's own repository.
+local REPO = (debug.getinfo(1, "S").source:sub(2):match("^(.*)/editors/neovim/lua/codegen_lsp/init%.lua$"))
 local pending = { timer = nil, client = nil, id = nil } -- the request in flight
+local ask_in_insert_mode -- defined with the requests, below
 
 -- Neovim 0.11 made client methods take self (client:request); 0.10 did not.
 local function call(client, method, ...)
@@ -66,12 +74,24 @@ function M.client(buf)
   return vim.lsp.get_clients({ bufnr = buf or 0, name = NAME })[1]
 end
 
-local function default_cmd(root)
-  local venv = root .. "/.venv/bin/codegen-lsp"
-  if vim.fn.executable(venv) == 1 then
-    return { venv, "serve" }
+--- The server command when setup gives none: `codegen-lsp` on PATH, then the
+--- .venv of the plugin's own repository, then the project's .venv.
+--- Returns the command (or nil) and the places tried, in order.
+function M.find_cmd(root)
+  local candidates = { { "PATH", "codegen-lsp" } }
+  if REPO then
+    table.insert(candidates, { "the plugin's repository", REPO .. "/.venv/bin/codegen-lsp" })
   end
-  return { "codegen-lsp", "serve" }
+  table.insert(candidates, { "the project", root .. "/.venv/bin/codegen-lsp" })
+  local tried = {}
+  for _, c in ipairs(candidates) do
+    local path = vim.fn.exepath(c[2])
+    table.insert(tried, ("%s (%s)"):format(c[2], c[1]))
+    if path ~= "" then
+      return { path, "serve" }, tried, c[1]
+    end
+  end
+  return nil, tried, nil
 end
 
 -- Server start ---------------------------------------------------------------
@@ -79,13 +99,26 @@ end
 function M.start(buf)
   buf = buf or vim.api.nvim_get_current_buf()
   local root = vim.fs.root(buf, M.config.root_markers) or vim.fn.getcwd()
-  local cmd = M.config.cmd or default_cmd(root)
-  if vim.fn.executable(cmd[1]) == 0 then
-    vim.notify_once(
-      ("codegen-lsp: server command not found: %s (set `cmd` in setup, or `pip install -e .` into the project's .venv)"):format(cmd[1]),
-      vim.log.levels.ERROR
-    )
+  local cmd, tried, found = M.config.cmd, {}, "setup's cmd"
+  if not cmd then
+    cmd, tried, found = M.find_cmd(root)
+  elseif vim.fn.executable(cmd[1]) == 0 then
+    tried, cmd = { cmd[1] .. " (setup's cmd)" }, nil
+  end
+  local server = M.servers[root]
+  if not (server and server.cmd and vim.deep_equal(server.cmd, cmd) and (server.state == "starting" or server.state == "running")) then
+    server = { cmd = cmd, found = found, tried = tried, state = "not started" }
+    M.servers[root] = server
+  end
+  if not cmd then
+    server.state = "not started"
+    server.error = "server command not found; tried " .. table.concat(tried, ", ")
+    vim.notify_once(("codegen-lsp: %s. Set `cmd` in setup or install the project (make install)"):format(server.error),
+      vim.log.levels.WARN)
     return nil
+  end
+  if server.state ~= "running" then
+    server.state = "starting"
   end
   local capabilities = vim.lsp.protocol.make_client_capabilities()
   capabilities.textDocument.inlineCompletion = { dynamicRegistration = false }
@@ -98,13 +131,29 @@ function M.start(buf)
     capabilities = capabilities,
     handlers = {
       ["window/showMessage"] = function(err, result, ctx)
-        messages[ctx.client_id] = result.message
+        if result.type <= vim.lsp.protocol.MessageType.Warning then
+          server.error = result.message
+        end
         return vim.lsp.handlers["window/showMessage"](err, result, ctx)
       end,
       [MODEL_STATUS] = function(_, result, ctx)
         model_status[ctx.client_id] = result
+        -- The model is ready: what was typed while it loaded gets its suggestion now.
+        local current = M.client()
+        if result.status == "ready" and current and current.id == ctx.client_id then
+          ask_in_insert_mode()
+        end
       end,
     },
+    on_init = function(client)
+      server.client_id, server.state = client.id, "running"
+    end,
+    on_exit = function(code, signal)
+      server.state = ("exited (code %s%s)"):format(code, signal ~= 0 and (", signal " .. signal) or "")
+      if code ~= 0 then
+        server.error = "the server " .. server.state .. "; see :LspLog"
+      end
+    end,
     on_attach = function(client, bufnr)
       if M.config.builtin_display and vim.lsp.inline_completion then
         vim.lsp.inline_completion.enable(true, { bufnr = bufnr, client_id = client.id })
@@ -188,6 +237,10 @@ end
 
 local function schedule_request()
   cancel_pending()
+  if M.config.debounce_ms <= 0 then
+    M.request(2) -- no timer: the server debounces, and this request replaces the one before
+    return
+  end
   pending.timer = vim.uv.new_timer()
   pending.timer:start(M.config.debounce_ms, 0, vim.schedule_wrap(function()
     if pending.timer then
@@ -198,6 +251,13 @@ local function schedule_request()
       M.request(2)
     end
   end))
+end
+
+--- A suggestion now, when the current buffer is in insert mode and asks by itself.
+ask_in_insert_mode = function()
+  if vim.startswith(vim.fn.mode(), "i") and M.auto() then
+    schedule_request()
+  end
 end
 
 -- Keys ---------------------------------------------------------------------------
@@ -233,43 +293,61 @@ end
 
 -- Commands -----------------------------------------------------------------------
 
---- What :CodegenLspStatus prints, as lines.
+local function client_for(root, server)
+  for _, client in ipairs(vim.lsp.get_clients({ name = NAME })) do
+    if client.id == server.client_id or client.config.root_dir == root then
+      return client
+    end
+  end
+end
+
+--- What :CodegenLspStatus prints, as lines: for each project root, how its server was
+--- found, its state (starting, loading with progress, running), the model the server uses
+--- and where that setting came from, the last error and the latest codegen/stats.
 function M.status_lines()
   local lines = { ("codegen-lsp: %s"):format(M.enabled and "enabled" or "disabled") }
-  local clients = vim.lsp.get_clients({ name = NAME })
-  if #clients == 0 then
-    table.insert(lines, "no server running")
+  if next(M.servers) == nil then
+    table.insert(lines, "no server started (no file opened yet, or its filetype is not in `filetypes`)")
   end
-  for _, client in ipairs(clients) do
-    local settings = client.config.settings[SECTION] or {}
-    table.insert(lines, ("server %d: %s (root %s)"):format(client.id, table.concat(client.config.cmd, " "), client.config.root_dir))
-    table.insert(lines, ("  model: %s"):format(settings.model and settings.model ~= "" and settings.model or "(default)"))
-    local p = progress[client.id]
-    if p then
-      local pct = p.percentage and (" %d%%"):format(p.percentage) or ""
-      table.insert(lines, ("  loading: %s%s%s"):format(p.message or p.title or "", pct, p.kind == "end" and " (done)" or ""))
+  for root, server in pairs(M.servers) do
+    table.insert(lines, ("project %s"):format(root))
+    if server.cmd then
+      table.insert(lines, ("  server: %s (%s%s)"):format(table.concat(server.cmd, " "), server.found or "",
+        #server.tried > 1 and ("; tried " .. table.concat(server.tried, ", ")) or ""))
     end
-    local status = model_status[client.id]
+    local client = client_for(root, server)
+    local state = server.state
+    local p = client and progress[client.id]
+    if p and p.kind ~= "end" then
+      state = ("loading %s%s"):format(p.message or p.title or "", p.percentage and (" %d %%"):format(p.percentage) or "")
+    end
+    table.insert(lines, "  state: " .. state)
+    local status = client and model_status[client.id]
     if status then
       table.insert(lines, ("  model status: %s%s"):format(status.status, status.status == "failed" and (" (" .. status.message .. ")") or ""))
     end
-    if messages[client.id] then
-      table.insert(lines, "  message: " .. messages[client.id])
-    end
-    local response = call(client, "request_sync", STATS, vim.empty_dict(), 2000)
+    local response = client and client.initialized and call(client, "request_sync", STATS, vim.empty_dict(), 2000)
     local stats = response and response.result
+    for _, folder in ipairs(stats and stats.folders or {}) do
+      local where = folder.root and folder.root ~= vim.NIL and folder.root ~= root and (" [" .. folder.root .. "]") or ""
+      local langs = type(folder.languages) == "table" and (", languages: " .. table.concat(folder.languages, ", ")) or ""
+      table.insert(lines, ("  model: %s (from %s): %s%s%s"):format(folder.model, folder.model_source, folder.state, langs, where))
+      if type(folder.error) == "string" then
+        table.insert(lines, "  model error: " .. folder.error)
+      end
+    end
+    if server.error then
+      table.insert(lines, "  last error: " .. server.error)
+    end
     if stats then
       table.insert(lines, ("  stats: %d requests, %d prompt tokens (%d reused, %d prefilled), %d generated"):format(
         stats.requests, stats.prompt_tokens, stats.reused_tokens, stats.prefilled_tokens, stats.generated_tokens))
-      if stats.models and #stats.models > 0 then
-        table.insert(lines, "  loaded: " .. table.concat(stats.models, ", "))
-      end
       local last = stats.last or {}
       if last.total_ms then
         table.insert(lines, ("  last: %d prompt tokens (%d reused), %d generated, first token %.0f ms, total %.0f ms"):format(
           last.prompt_tokens, last.reused_tokens, last.generated_tokens, last.time_to_first_token_ms, last.total_ms))
       end
-    else
+    elseif client and client.initialized then
       table.insert(lines, "  stats: no answer")
     end
   end
@@ -295,6 +373,12 @@ local function wanted(buf)
   return fts == nil or vim.tbl_contains(fts, vim.bo[buf].filetype)
 end
 
+--- Whether suggestions are asked for by themselves in buf (the plugin shows them itself).
+function M.auto(buf)
+  local builtin = M.config.builtin_display and vim.lsp.inline_completion
+  return M.enabled and M.config.auto_trigger and not builtin and M.client(buf or 0) ~= nil
+end
+
 function M.setup(opts)
   M.config = vim.tbl_deep_extend("force", vim.deepcopy(M.defaults), opts or {})
   local group = vim.api.nvim_create_augroup("codegen_lsp", { clear = true })
@@ -310,6 +394,10 @@ function M.setup(opts)
     local client = vim.lsp.get_client_by_id(ev.data.client_id)
     if client and client.name == NAME then
       M.map_keys(ev.buf)
+      -- Text typed while the server was starting gets its suggestion now.
+      if ev.buf == vim.api.nvim_get_current_buf() then
+        vim.schedule(ask_in_insert_mode)
+      end
     end
   end)
   on("LspProgress", function(ev)
@@ -320,9 +408,13 @@ function M.setup(opts)
     end
   end)
   on("TextChangedI", function(ev)
-    local builtin = M.config.builtin_display and vim.lsp.inline_completion
-    if not ghost.sync() and M.enabled and M.config.auto_trigger and not builtin and M.client(ev.buf) then
+    if not ghost.sync() and M.auto(ev.buf) then
       schedule_request()
+    end
+  end)
+  on("InsertEnter", function(ev)
+    if M.auto(ev.buf) then
+      vim.schedule(schedule_request) -- once the cursor has its insert-mode place
     end
   end)
   on("CursorMovedI", function()
