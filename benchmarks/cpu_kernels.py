@@ -33,7 +33,8 @@ from benchmarks.common import checkpoint
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER
 from engine import cpu_kernels
 from engine.loading import load_model
-from engine.bench import bench_prompt, weight_bytes_per_token
+from engine.bench import bench_prompt
+from engine.quantize import weight_bytes_per_token
 from engine.paths import cache_dir
 from engine.quantize import Int4Linear, Int8Linear, QuantSettings, quantize_model
 from engine.session import Session

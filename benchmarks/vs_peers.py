@@ -39,7 +39,7 @@ from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_c
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
-from engine.bench import weight_bytes_per_token  # noqa: E402
+from engine.quantize import weight_bytes_per_token  # noqa: E402
 
 PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from engine.loading import LoadedModel
-from engine.quantize import Int4Linear, Int8Linear
+from engine.quantize import Int4Linear, Int8Linear, weight_bytes_per_token
 from engine.session import Session
 
 
@@ -49,28 +49,6 @@ class BenchResult:
                         if self.device_gb_per_second else "")
             out.append(f"weight bandwidth   {self.achieved_gb_per_second:8.0f} GB/s{share}{roofline}")
         return out
-
-
-def weight_bytes_per_token(model: torch.nn.Module) -> int:
-    """Bytes of parameters and buffers one decode step reads (embedding tables: one row only), of a
-    model or of one layer."""
-    skip = set()
-    lm_head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.weight is not lm_head_weight:
-            skip.add(module.weight.data_ptr())
-        if isinstance(module, Int4Linear) and module.kernel != "dequantize":  # the packed copy is read
-            skip.update({t.data_ptr() for t in (module.weight, module.scales_and_zeros) if t is not None})
-    seen, total = set(), 0
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        if tensor is None or tensor.data_ptr() in seen or tensor.data_ptr() in skip:
-            continue
-        seen.add(tensor.data_ptr())
-        total += tensor.nbytes
-    for module in model.modules():  # int8 decode on CPU reads bfloat16 scales, not the float32 ones
-        if isinstance(module, Int8Linear) and module.scales_bf16 is not None:
-            total -= module.scales.nbytes
-    return total
 
 
 def device_copy_gb_per_second(device: torch.device) -> float | None:

@@ -18,6 +18,7 @@ and reference(x, rows) (the float32 result of those output rows).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -152,7 +153,7 @@ def machine_key() -> dict:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "kernel_source": source_digest(),
-        "threads": torch.get_num_threads(),
+        "threads": default_threads(),
     }
 
 
@@ -215,19 +216,34 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
     return min(seconds, key=seconds.get)
 
 
-def choose_threads(step: Callable[[], object], name: str, folder: Path) -> int:
+@functools.cache
+def default_threads() -> int:
+    """torch's thread count before any generation changed it (generate() sets it per model)."""
+    return torch.get_num_threads()
+
+
+# Models that read more weights per decode step always take all threads: they are bound by memory
+# bandwidth, which one thread does not reach, and a measurement made while the machine happens to
+# be busy must not leave them on one thread for good.
+SMALL_MODEL_BYTES = 64 << 20
+
+
+def choose_threads(step: Callable[[], object], name: str, folder: Path, weight_bytes: int) -> int:
     """How many threads a model runs with on this CPU: one, or all of torch's, whichever runs its
     decode step faster (measured once, saved beside the kernel choices under `name`).
 
     Small models lose with more threads: each of their many small ops pays for waking the other
     threads (~10 us), and when another process holds a core, for waiting until it is scheduled
     again (a 4-layer model took 30-40 ms per token with 2 threads and 3 with one, beside a busy
-    test run). Changing the count costs a few milliseconds, so it is set once per request."""
+    test run). Changing the count costs a few milliseconds, so it is set once per request. Only models
+    of at most SMALL_MODEL_BYTES of weights per step are measured; larger ones get all threads."""
     path = Path(folder) / CHOICES_FILE
     key = machine_key()
     saved = _read_choices(path)
     choices = saved.get("choices", {}) if saved.get("key") == key else {}
     counts = sorted({1, key["threads"]})
+    if weight_bytes > SMALL_MODEL_BYTES:
+        return key["threads"]
     choice = choices.get(f"threads {name}")
     if choice not in counts:
         choice = counts[0]

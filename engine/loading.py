@@ -25,7 +25,7 @@ from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
 from engine.paths import DEMO_MODEL_DIR, cache_dir
-from engine.quantize import QuantSettings
+from engine.quantize import QuantSettings, weight_bytes_per_token
 from engine.tokenizer import Tokenizer, load_tokenizer
 from engine.weights import read_state_dict
 
@@ -83,7 +83,8 @@ def load_model(
     threads = None
     if torch_device.type == "cpu":
         name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
-        threads = cpu_kernels.choose_threads(decode_step_for_timing(model, config, torch_dtype), name, cache_dir() / "quantized")
+        step = decode_step_for_timing(model, config, torch_dtype)
+        threads = cpu_kernels.choose_threads(step, name, cache_dir() / "quantized", weight_bytes_per_token(model))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)

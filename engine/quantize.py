@@ -539,3 +539,25 @@ def _differences(found: dict[str, list], expected: dict[str, list]) -> str:
 # safetensors' dtype names -> torch's.
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "I8": "int8", "U8": "uint8",
                        "I32": "int32", "I64": "int64", "F64": "float64", "BOOL": "bool", "I16": "int16"}  # fmt: skip
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of parameters and buffers one decode step reads (embedding tables: one row only), of a
+    model or of one layer."""
+    skip = set()
+    lm_head_weight = getattr(getattr(model, "lm_head", None), "weight", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight is not lm_head_weight:
+            skip.add(module.weight.data_ptr())
+        if isinstance(module, Int4Linear) and module.kernel != "dequantize":  # the packed copy is read
+            skip.update({t.data_ptr() for t in (module.weight, module.scales_and_zeros) if t is not None})
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor is None or tensor.data_ptr() in seen or tensor.data_ptr() in skip:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.nbytes
+    for module in model.modules():  # int8 decode on CPU reads bfloat16 scales, not the float32 ones
+        if isinstance(module, Int8Linear) and module.scales_bf16 is not None:
+            total -= module.scales.nbytes
+    return total

@@ -195,6 +195,9 @@ def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_d
         assert lm.threads == 1 and settings == []
         generate(Session(lm), [1, 2, 3], SamplingParams(max_new_tokens=2))
         assert torch.get_num_threads() == 1  # this thread's count, for its generations
+        never = lambda: pytest.fail("a large model's thread count is not measured")  # noqa: E731
+        big = cpu_kernels.SMALL_MODEL_BYTES + 1
+        assert cpu_kernels.choose_threads(never, "big", tmp_path, big) == cpu_kernels.default_threads() == default
     finally:
         real_set(default)
 

@@ -13,7 +13,7 @@ import torch
 import checkpoints
 from engine.errors import EngineError
 from engine.loading import load_model
-from engine.bench import weight_bytes_per_token
+from engine.quantize import weight_bytes_per_token
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
