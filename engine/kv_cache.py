@@ -37,7 +37,13 @@ class KVCache:
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 
-def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int | None):
+class RowSpans(tuple):
+    """The mask of a verify forward (engine/speculative.py): each query row attends alone to keys
+    [0, span), exactly as a single-token decode step at its position would, so the rows' results
+    are bit for bit those of decode steps (a batched masked SDPA differs in the last bits)."""
+
+
+def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int | None, exact_rows: bool = False):
     """(kv_len, mask) for one forward call over the cache.
 
     kv_len None means the whole static cache (the compiled decode step, whose
@@ -51,6 +57,8 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
         return None, None
     if kv_len is not None and input_pos.shape[0] == 1:
         return kv_len, None
+    if exact_rows and kv_len is not None:
+        return kv_len, RowSpans(int(p) + 1 for p in input_pos.tolist())
     kv_len = cache.capacity if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
     return kv_len, key_pos[None, :] <= input_pos[:, None]
@@ -59,6 +67,8 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
     """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); KVH may be 1 (multi-query)."""
     B, H, T, D = q.shape
+    if isinstance(mask, RowSpans):
+        return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], None, scale) for i, n in enumerate(mask)], dim=2)
     if k.shape[1] == 1 and H > 1 and T == 1:
         # Multi-query decode: every head reads the same keys, so the heads become the query rows
         # of one head and the cache is read once, in one matmul. On CPU this is 2x (float32) to
