@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import torch
 
+from engine.errors import EngineError
+from engine.options import SPECULATIVE
 from engine.session import Session
 
-MODES = ("auto", "off", "ngram")
 NGRAM_SIZES = (4, 3, 2)  # longest match first
 FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within INT8_KERNEL_MAX_TOKENS)
 MAX_PAUSE = 16  # most tokens decoded plainly after a draft that was wholly rejected
@@ -43,6 +44,8 @@ TIE_MARGIN = 1e-2  # logits closer than this (top two) are decided by a decode s
 def wanted(mode: str, session: Session) -> bool:
     """Whether to draft: ngram always; auto when decode is eager (a compiled CUDA-graph step is
     launch-bound and the verify is not compiled, so there it is not measured to pay)."""
+    if mode not in SPECULATIVE:
+        raise EngineError(f"unknown speculative mode {mode!r} (use {', '.join(SPECULATIVE)})")
     if mode == "auto":
         return session.lm.decode_step is None
     return mode == "ngram"

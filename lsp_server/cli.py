@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="print the raw continuation of a prompt")
-    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens",), defaults=True)
+    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens", "speculative"), defaults=True)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="file whose contents are the prompt")
@@ -162,6 +162,7 @@ def run_generate(args: argparse.Namespace) -> int:
         temperature=0.0 if args.greedy else args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        speculative=args.speculative,
     )
     result = generate(Session(lm), prompt_ids, params)
     if args.json:

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.files import read_text
-from engine.options import COMPILE, DEVICES, DTYPES, FIM_MODES, QUANTIZATIONS
+from engine.options import COMPILE, DEVICES, DTYPES, FIM_MODES, QUANTIZATIONS, SPECULATIVE
 from lsp_server.methods import SECTION
 
 PROJECT_FILE = ".codegen-lsp.toml"
@@ -60,6 +60,10 @@ class Settings:
     cache_memory_mb: int = _setting(512, "Memory for the KV caches of one model's documents.", bounds=(1, 1_048_576))
     multiline: str = _setting("auto", "auto: a block after a line that opens one or on an empty line.",
                               choices=("auto", "always", "never"))
+    speculative: str = _setting(
+        "auto", "Draft tokens from the text around the cursor and check several per forward pass; "
+        "output is the same (auto: on unless the decode step is compiled).", choices=SPECULATIVE,
+    )  # fmt: skip
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 

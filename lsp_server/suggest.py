@@ -47,7 +47,8 @@ def suggest(
     # keeps its cut points in the document's state, as offsets into this very text.
     prefix, suffix = clean(text[:offset]), clean(text[offset:])
     multiline = wants_multiline(prefix, suffix, language, settings.multiline)
-    params = SamplingParams(max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline))
+    params = SamplingParams(max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline),
+                            speculative=settings.speculative)
     state = served.document_state(document)
     generation = complete(
         served.sessions.get(document), state, prefix, suffix, params,

@@ -21,6 +21,7 @@ export interface ModelStatus {
 export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
   "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline",
+  "speculative",
 ] as const;
 
 export interface ServerCommand {
