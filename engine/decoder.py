@@ -41,8 +41,9 @@ class DecoderLM(nn.Module):
         cache: KVCache | None,  # None = training: full sequences from position 0, plain causal attention
         kv_len: int | None = None,  # attend to cache[:kv_len]; None = the whole (static) cache
         last_only: bool = False,  # only the last position's logits (prefill)
+        exact_rows: bool = False,  # attention row by row, as decode steps do it (speculative verify)
     ) -> torch.Tensor:  # (B, T or 1, vocab_size) float32 logits
-        kv_len, mask = attention_span(input_pos, cache, kv_len, self.config.sliding_window)
+        kv_len, mask = attention_span(input_pos, cache, kv_len, self.config.sliding_window, exact_rows)
         x, extra = self.embed(idx, input_pos)
         for block in self.layers:
             x = block(x, input_pos, cache, kv_len, mask, *extra)

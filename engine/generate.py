@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from engine.session import Cancelled, Session
+from engine.speculative import Speculator, wanted
 
 
 @dataclass
@@ -20,6 +21,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # generation ends before the first of these strings
     stopper: Any = None  # engine.stops.Stopper: asked after each token where to end (repeats, confidence)
+    speculative: str = "off"  # auto | off | ngram: draft from the prompt, verify k tokens per forward
 
 
 @dataclass
@@ -31,6 +33,8 @@ class GenerationStats:
     time_to_first_token_ms: float = 0.0
     total_ms: float = 0.0
     typeahead: bool = False  # answered from the previous suggestion, without running the model
+    draft_tokens: int = 0  # tokens drafted by speculative decoding (engine/speculative.py)
+    accepted_draft_tokens: int = 0  # of which the model agreed with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +64,16 @@ def sample(logits: torch.Tensor, params: SamplingParams, allowed: int, rng: torc
     return int(torch.multinomial(probs, 1, generator=rng))
 
 
+def probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution `sample` draws from when sampling (temperature, then top-p), over logits' ids."""
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        sorted_probs[torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= params.top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return probs / probs.sum()
+
+
 def generate(
     session: Session,
     prompt: list[int],
@@ -86,14 +100,20 @@ def generate(
 
     generated: list[int] = []
     text, finish = "", "length"
+    limit = min(params.max_new_tokens, room)
+    speculator = Speculator(session, prompt, params.temperature, allowed, rng) if wanted(params.speculative, session) else None
+    decided: list[tuple[int, torch.Tensor]] = []  # (token, its logits) a verify already chose
     try:
         logits, stats.reused_tokens = session.prefill(prompt, cancel)
         stats.prefilled_tokens = len(prompt) - stats.reused_tokens
-        for step in range(min(params.max_new_tokens, room)):
-            logits = logits.to("cpu", non_blocking=False)
-            if len(text) < len(heal):
-                logits = _healing(logits, tokenizer.spelling(heal[len(text) :], allowed))
-            token = sample(logits, params, allowed, rng)
+        for step in range(limit):
+            if decided:
+                token, logits = decided.pop(0)  # logits: what the stop rules read
+            else:
+                logits = logits.to("cpu", non_blocking=False)
+                if len(text) < len(heal):
+                    logits = _healing(logits, tokenizer.spelling(heal[len(text) :], allowed))
+                token = sample(logits, params, allowed, rng)
             if step == 0:
                 stats.time_to_first_token_ms = (time.perf_counter() - start) * 1000
             if token in stop_ids:
@@ -112,10 +132,23 @@ def generate(
                 break  # the last token needs no forward: nothing will read its logits
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
-            logits = session.step(token)
+            if speculator is None:
+                logits = session.step(token)
+                continue
+            speculator.observe(token)
+            drafts = [] if decided or len(text) < len(heal) else speculator.draft(limit - step - 2)
+            if drafts:
+                decided = speculator.verify(token, drafts, lambda row: probabilities(row, params))
+            elif not decided:
+                logits = session.step(token)
     except Cancelled:
         finish = "cancelled"
         text = tokenizer.decode(generated)
+    if speculator is not None:
+        # Keep what plain decoding keeps: every token before the last one the loop took.
+        taken = len(generated) + (finish == "eos")
+        session.truncate(len(prompt) + max(taken - 1, 0))
+        stats.draft_tokens, stats.accepted_draft_tokens = speculator.draft_tokens, speculator.accepted_draft_tokens
     stats.generated_tokens = len(generated)
     stats.total_ms = (time.perf_counter() - start) * 1000
     return Generation(text=text[len(heal) :], token_ids=generated, finish_reason=finish, stats=stats)

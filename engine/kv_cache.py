@@ -33,7 +33,15 @@ class KVCache:
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 
-def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int | None, window: int | None = None):
+class RowSpans(tuple):
+    """The mask of a verify forward (engine/speculative.py): one (kv_len, mask) per query row, what a
+    single-token decode step at its position would use, so that each row attends alone exactly as
+    that step does and the rows' results are bit for bit those of decode steps (a batched masked
+    SDPA differs in the last bits)."""
+
+
+def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int | None, window: int | None = None,
+                   exact_rows: bool = False):
     """(kv_len, mask) for one forward call over the cache.
 
     kv_len None means the whole static cache (the compiled decode step, whose
@@ -48,6 +56,8 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
         return None, None
     if kv_len is not None and input_pos.shape[0] == 1 and (window is None or kv_len <= window):
         return kv_len, None
+    if exact_rows and kv_len is not None:
+        return kv_len, RowSpans(attention_span(p[None], cache, int(p) + 1, window) for p in input_pos)
     kv_len = cache.capacity if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
     mask = key_pos[None, :] <= input_pos[:, None]
@@ -60,6 +70,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); H is a multiple of KVH (grouped-query;
     KVH = 1 is multi-query), query heads [j*H/KVH, (j+1)*H/KVH) reading K/V head j."""
     B, H, T, D = q.shape
+    if isinstance(mask, RowSpans):
+        return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
     KVH = k.shape[1]
     if KVH < H and T == 1:
         # Grouped decode: the heads of a group read the same keys, so they become the query rows

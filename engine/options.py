@@ -7,3 +7,4 @@ QUANTIZATIONS = ("none", "int8", "int4")
 COMPILE = ("auto", "true", "false")
 FIM_LAYOUTS = ("psm", "spm")  # prefix-suffix-middle, suffix-prefix-middle
 FIM_MODES = ("auto", "off", *FIM_LAYOUTS)
+SPECULATIVE = ("auto", "off", "ngram")  # engine/speculative.py

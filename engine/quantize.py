@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP_SIZE = 32
 CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
-# Up to this many tokens per call our int8 matrix-vector kernel runs, with float32 activations;
+# Up to this many tokens per call our int8 matrix-vector kernel (or PyTorch's packed one) runs, as for one token;
 # beyond (prefill), the product with activations rounded to int16 (engine/kernels/cpu_matvec.cpp).
 INT8_KERNEL_MAX_TOKENS = 64
 
@@ -191,8 +191,9 @@ class Int8Linear(QuantizedLinear):
         if self.kernel.startswith("cpp-"):
             op = torch.ops.codegen_lsp_cpu.int8_matvec if tokens <= INT8_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int8_matmul
             return op(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
-        if self.kernel == "int8pack" and tokens == 1:
-            y = torch.ops.aten._weight_int8pack_mm(x.reshape(1, -1).to(torch.bfloat16), self.weight, self.scales_bf16)
+        if self.kernel == "int8pack" and tokens <= INT8_KERNEL_MAX_TOKENS:
+            # Row by row the same results as one token (a speculative verify's rows equal decode steps).
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         else:
             # Scaling the output rather than the weight keeps the dequantized

@@ -86,12 +86,12 @@ class Session:
         if self.on_grow is not None:
             self.on_grow(self)
 
-    def _forward(self, ids: list[int], last_only: bool) -> torch.Tensor:
+    def _forward(self, ids: list[int], last_only: bool, exact_rows: bool = False) -> torch.Tensor:
         start = len(self.ids)
         device = self.lm.device
         idx = torch.tensor([ids], dtype=torch.long, device=device)
         input_pos = torch.arange(start, start + len(ids), device=device)
-        logits = self.lm.model(idx, input_pos, self.cache, kv_len=start + len(ids), last_only=last_only)
+        logits = self.lm.model(idx, input_pos, self.cache, kv_len=start + len(ids), last_only=last_only, exact_rows=exact_rows)
         self.ids.extend(ids)  # only after the forward: a failed one leaves ids as they were
         return logits
 
@@ -124,6 +124,21 @@ class Session:
             self.ids.append(token)
             return logits
         return self._forward([token], last_only=True)[0, -1]
+
+
+    @torch.inference_mode()
+    def verify(self, tokens: list[int]) -> torch.Tensor:
+        """Append tokens in one forward; return the logits after each (len(tokens), vocab).
+
+        Each row is computed as a decode step would compute it (attention row by row), so with
+        row-exact linear kernels (engine/quantize.py) the logits equal those of len(tokens) steps.
+        """
+        self._reserve(len(self.ids) + len(tokens))
+        return self._forward(tokens, last_only=False, exact_rows=True)[0]
+
+    def truncate(self, length: int) -> None:
+        """Forget every token from position `length` on (rejected drafts); the cache keeps the rest."""
+        del self.ids[length:]
 
 
 class SessionStore:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="print the raw continuation of a prompt")
-    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens",) + REMOTE_FLAGS, defaults=True)
+    add_setting_flags(gen, LOAD_FLAGS + ("max_new_tokens", "speculative") + REMOTE_FLAGS, defaults=True)
     source = gen.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="prompt text")
     source.add_argument("--prompt-file", help="file whose contents are the prompt")
@@ -181,6 +181,7 @@ def run_generate(args: argparse.Namespace) -> int:
         temperature=0.0 if args.greedy else args.temperature,
         top_p=args.top_p,
         seed=args.seed,
+        speculative=args.speculative,
     )
     result = remote.sessions.get("").generate(prompt_ids, params) if remote else generate(Session(lm), prompt_ids, params)
     if args.json:

@@ -18,7 +18,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.files import read_text
-from engine.options import COMPILE, DEVICES, DTYPES, FIM_MODES, QUANTIZATIONS
+from engine.options import COMPILE, DEVICES, DTYPES, FIM_MODES, QUANTIZATIONS, SPECULATIVE
 from lsp_server.methods import SECTION
 
 PROJECT_FILE = ".codegen-lsp.toml"
@@ -90,6 +90,10 @@ class Settings:
     )  # fmt: skip
     ramble_stop: str = _setting("on", "End a suggestion at a repeated chunk or where the model is unsure (engine/stops.py).",
                                 choices=("on", "off"))
+    speculative: str = _setting(
+        "auto", "Draft tokens from the text around the cursor and check several per forward pass; "
+        "output is the same (auto: on unless the decode step is compiled).", choices=SPECULATIVE,
+    )  # fmt: skip
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""
 

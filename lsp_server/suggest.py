@@ -59,7 +59,8 @@ def suggest(
         *(thresholds if on else (None, None)), repeats=on,
     )  # fmt: skip
     params = SamplingParams(
-        max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline), stopper=stopper
+        max_new_tokens=settings.max_new_tokens, stop=stop_sequences(language, multiline), stopper=stopper,
+        speculative=settings.speculative,
     )
     state = served.document_state(document)
     generation = complete(

@@ -22,7 +22,7 @@ export const SERVER_KEYS = [
   "model", "device", "dtype", "quantization", "compile", "max_new_tokens",
   "max_prompt_tokens", "fim", "debounce_ms", "cache_memory_mb", "multiline",
   "backend", "endpoint", "remote_model", "api_key_env", "request_timeout_ms", "languages",
-  "ramble_stop",
+  "ramble_stop", "speculative",
 ] as const;
 
 export type LogLevel = "trace" | "debug" | "info" | "warn" | "error";
