@@ -56,11 +56,13 @@ def load_model(
     quantization: str = "none",
     compile: str = "auto",
     quantize_lm_head: bool = True,
+    progress: Callable[[int], None] = lambda percent: None,
 ) -> LoadedModel:
     """Load a checkpoint (the shipped demo model when spec is None or empty).
 
     quantization: none | int8 | int4 (weight-only, engine/quantize.py);
-    compile: auto | true | false (compiled decode, engine/compile.py).
+    compile: auto | true | false (compiled decode, engine/compile.py);
+    progress: told the percentage done after each step (from this thread).
     """
     settings = QuantSettings(quantization, lm_head=quantize_lm_head)
     if compile not in COMPILE_SETTINGS:
@@ -69,12 +71,14 @@ def load_model(
     directory = resolve_model_dir(spec or str(DEMO_MODEL_DIR))
     config = ModelConfig.from_file(directory / "config.json")
     tokenizer = load_tokenizer(directory, eos_token_id=config.eos_token_id)
+    progress(10)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
     if settings.mode == "none":
         model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
+    progress(70)  # the weights read (and quantized); compiling or timing the threads is left
     decode_step = None
     if want_compile(compile, torch_device):
         compile_start = time.perf_counter()

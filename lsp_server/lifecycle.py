@@ -73,7 +73,7 @@ class ModelLifecycle:
         token = await self._begin_progress(settings)
         status, message = FAILED, ""
         try:
-            loading = self.pool.load(settings)
+            loading = self.pool.load(settings, self._reporter(token, settings))
             self.starting.discard(settings.engine_key())
             served = await loading
             status, message = READY, f"loaded {served.name} in {served.lm.load_seconds:.1f}s"
@@ -89,6 +89,19 @@ class ModelLifecycle:
             self.server.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
         self.server.protocol.notify(MODEL_STATUS, {"model": describe(settings), "status": status, "message": message})
 
+    def _reporter(self, token: str | None, settings: Settings) -> Callable[[int], None]:
+        """progress(percent) for the loading thread: a work-done report sent from the event loop."""
+        if token is None:
+            return lambda percent: None
+        loop = asyncio.get_running_loop()
+        message = f"loading {describe(settings)}"
+
+        def report(percent: int) -> None:
+            progress = types.WorkDoneProgressReport(message=message, percentage=percent)
+            loop.call_soon_threadsafe(self.server.work_done_progress.report, token, progress)
+
+        return report
+
     async def _begin_progress(self, settings: Settings) -> str | None:
         window = self.server.client_capabilities.window
         if not (window and window.work_done_progress):
@@ -97,7 +110,7 @@ class ModelLifecycle:
         token = f"codegen-lsp/load/{self.progress_count}"
         try:
             await asyncio.wait_for(self.server.work_done_progress.create_async(token), PROGRESS_CREATE_TIMEOUT_S)
-            begin = types.WorkDoneProgressBegin(title="codegen-lsp", message=f"loading {describe(settings)}")
+            begin = types.WorkDoneProgressBegin(title="codegen-lsp", message=f"loading {describe(settings)}", percentage=0)
             self.server.work_done_progress.begin(token, begin)
         except Exception as exc:
             log.warning("no progress reporting: %s", exc)

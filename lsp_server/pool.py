@@ -68,10 +68,11 @@ class ModelPool:
         key = settings.engine_key()
         return key not in self.served and key not in self.loading and key not in self.failed
 
-    async def load(self, settings: Settings) -> ServedModel:
-        """Load in a background thread; raises EngineError (remembered, with the setting's source)."""
+    async def load(self, settings: Settings, progress: Callable[[int], None] = lambda percent: None) -> ServedModel:
+        """Load in a background thread (which calls progress with the percentage done); raises
+        EngineError (remembered, with the setting's source)."""
         key = settings.engine_key()
-        future = in_daemon_thread(self._load_blocking, settings)
+        future = in_daemon_thread(self._load_blocking, settings, progress)
         self.loading[key] = future
         try:
             served = await within(future, self.load_timeout_s, f"loading took more than {self.load_timeout_s:.0f} s")
@@ -86,8 +87,8 @@ class ModelPool:
         return served
 
     @staticmethod
-    def _load_blocking(settings: Settings) -> ServedModel:
-        backend = backends.load(settings)  # the local engine, or a remote server's client (lsp_server/backends/)
+    def _load_blocking(settings: Settings, progress: Callable[[int], None]) -> ServedModel:
+        backend = backends.load(settings, progress)  # the local engine, or a remote server's client (lsp_server/backends/)
         return ServedModel(settings.engine_key(), backend.lm, backend.sessions)
 
     def retain(self, keys: set[ModelKey]) -> list[ModelKey]:

@@ -181,6 +181,13 @@ async def test_capabilities(client):
     assert client.messages == []  # no errors or warnings at start
 
 
+async def test_a_load_reports_its_percentage_before_it_ends(client):
+    await wait_for(lambda: ended_loads(client) >= 1, "the model's load")
+    loads = [reports for reports in client.progress_reports.values() if isinstance(reports[-1], types.WorkDoneProgressEnd)]
+    percentages = [r.percentage for r in loads[0] if isinstance(r, (types.WorkDoneProgressBegin, types.WorkDoneProgressReport))]
+    assert percentages == [0, 10, 70]
+
+
 async def test_round_trip_with_emoji_and_edits(client, main_folder, expected):
     uri = (main_folder / "greet.py").as_uri()
     open_doc(client, uri, CODE)

@@ -11,7 +11,7 @@ stats and settings are the server's, the same for every backend.
   (vLLM, llama.cpp server, Ollama, TGI),
 - llamacpp.py: llama.cpp server's /infill (prefix and suffix as text, its own KV reuse).
 
-Adding a backend is one module with a `load(settings) -> Backend` and a line in LOADERS.
+Adding a backend is one module with a `load(settings) -> Backend` and a line in `load`'s loaders.
 """
 
 from __future__ import annotations
@@ -29,9 +29,12 @@ class Backend:
     name: str  # "local", "openai", "llama.cpp"
 
 
-def load(settings: Settings) -> Backend:
-    """The backend the settings name, loaded (blocking: call it off the event loop)."""
+def load(settings: Settings, progress: Callable[[int], None] = lambda percent: None) -> Backend:
+    """The backend the settings name, loaded (blocking: call it off the event loop); progress is
+    told the percentage done where loading takes long (the local engine's weights)."""
     from lsp_server.backends import llamacpp, local, openai
 
-    loaders: dict[str, Callable[[Settings], Backend]] = {"local": local.load, "openai": openai.load, "llama.cpp": llamacpp.load}
+    if settings.backend == "local":
+        return local.load(settings, progress)
+    loaders: dict[str, Callable[[Settings], Backend]] = {"openai": openai.load, "llama.cpp": llamacpp.load}
     return loaders[settings.backend](settings)
