@@ -87,7 +87,7 @@ class ModelPool:
         return served
 
     @staticmethod
-    def _load_blocking(settings: Settings, progress: Callable[[int], None]) -> ServedModel:
+    def _load_blocking(settings: Settings, progress: Callable[[int], None] = lambda percent: None) -> ServedModel:
         backend = backends.load(settings, progress)  # the local engine, or a remote server's client (lsp_server/backends/)
         return ServedModel(settings.engine_key(), backend.lm, backend.sessions)
 

@@ -86,8 +86,9 @@ async def timed(client, uri: str, places) -> tuple[list[str], float]:
 
 async def compare_with_local(tmp_path: Path, backend: str, endpoint: str) -> None:
     """Greedy suggestions of `backend` against the local engine's at the same positions, through the LSP."""
-    local = folder(tmp_path, "local", max_new_tokens=MAX_NEW_TOKENS)
-    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend=backend, endpoint=endpoint)
+    # The stop rules off on both: the confidence stop reads logits, which a server does not send.
+    local = folder(tmp_path, "local", max_new_tokens=MAX_NEW_TOKENS, ramble_stop="off")
+    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend=backend, endpoint=endpoint, ramble_stop="off")
     client = await start_server([local, remote])
     try:
         text, places = code(), positions(code(), POSITIONS)

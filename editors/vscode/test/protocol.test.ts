@@ -79,7 +79,7 @@ test("inline completion from the real server", { skip: !(serverCmd && model) && 
       textDocument: { uri, languageId: "python", version: 1, text },
     });
     await modelLoaded;
-    assert.deepEqual(progress, ["begin", "end"]);
+    assert.deepEqual(progress, ["begin", "report", "report", "end"]);  // the load's percentage, 10 then 70
     assert.deepEqual(await modelStatus, { model, status: "ready", message: (await modelStatus).message });
     assert.ok(pulled.includes(SECTION), "the server pulled section codegen-lsp");
 
