@@ -162,10 +162,7 @@ def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
     it was measured on this machine, else by measuring now (and saving the choice)."""
     if not modules:
         return
-    path = Path(folder) / CHOICES_FILE
-    key = machine_key()
-    saved = _read_choices(path)
-    choices = saved.get("choices", {}) if saved.get("key") == key else {}
+    path, key, choices = _saved_choices(folder)
     by_shape: dict[str, list[nn.Module]] = {}
     for module in modules:
         by_shape.setdefault(module.shape_key(), []).append(module)
@@ -181,10 +178,7 @@ def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
             module.prepare(choice)
     log.info("CPU decode kernels: %s", ", ".join(f"{shape}: {choices[shape]}" for shape in by_shape))
     if changed:
-        try:
-            _write_choices(path, {"key": key, "choices": choices})
-        except OSError as exc:
-            log.warning("cannot save the CPU kernel choice in %s: %s", path, exc)
+        _save_choices(path, key, choices, "kernel")
 
 
 @torch.no_grad()
@@ -237,13 +231,10 @@ def choose_threads(step: Callable[[], object], name: str, folder: Path, weight_b
     again (a 4-layer model took 30-40 ms per token with 2 threads and 3 with one, beside a busy
     test run). Changing the count costs a few milliseconds, so it is set once per request. Only models
     of at most SMALL_MODEL_BYTES of weights per step are measured; larger ones get all threads."""
-    path = Path(folder) / CHOICES_FILE
-    key = machine_key()
-    saved = _read_choices(path)
-    choices = saved.get("choices", {}) if saved.get("key") == key else {}
-    counts = sorted({1, key["threads"]})
     if weight_bytes > SMALL_MODEL_BYTES:
-        return key["threads"]
+        return default_threads()
+    path, key, choices = _saved_choices(folder)
+    counts = sorted({1, key["threads"]})
     choice = choices.get(f"threads {name}")
     if choice not in counts:
         choice = counts[0]
@@ -262,10 +253,7 @@ def choose_threads(step: Callable[[], object], name: str, folder: Path, weight_b
                 torch.set_num_threads(key["threads"])
             choice = min(counts, key=lambda n: statistics.median(seconds[n]))
         choices[f"threads {name}"] = choice
-        try:
-            _write_choices(path, {"key": key, "choices": choices})
-        except OSError as exc:
-            log.warning("cannot save the CPU thread choice in %s: %s", path, exc)
+        _save_choices(path, key, choices, "thread")
     log.info("CPU threads for %s: %d", name, choice)
     return choice
 
@@ -288,6 +276,22 @@ def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int 
                 call()
             samples[name].append((time.perf_counter() - start) / repeats[name])
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def _saved_choices(folder: Path) -> tuple[Path, dict, dict]:
+    """The choices file in folder, this machine's key, and the choices saved under that key (none
+    when they were measured elsewhere)."""
+    path = Path(folder) / CHOICES_FILE
+    key = machine_key()
+    saved = _read_choices(path)
+    return path, key, (saved.get("choices", {}) if saved.get("key") == key else {})
+
+
+def _save_choices(path: Path, key: dict, choices: dict, what: str) -> None:
+    try:
+        _write_choices(path, {"key": key, "choices": choices})
+    except OSError as exc:
+        log.warning("cannot save the CPU %s choice in %s: %s", what, path, exc)
 
 
 def _read_choices(path: Path) -> dict:

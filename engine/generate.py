@@ -128,7 +128,7 @@ def generate(
             if cut is not None:
                 text, finish = text[: len(heal) + cut], "stop"
                 break
-            if step + 1 == min(params.max_new_tokens, room):
+            if step + 1 == limit:
                 break  # the last token needs no forward: nothing will read its logits
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
