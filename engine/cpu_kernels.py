@@ -222,9 +222,10 @@ def default_threads() -> int:
 SMALL_MODEL_BYTES = 64 << 20
 
 
-def choose_threads(step: Callable[[], object], name: str, folder: Path, weight_bytes: int) -> int:
+def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, folder: Path, weight_bytes: int) -> int:
     """How many threads a model runs with on this CPU: one, or all of torch's, whichever runs its
-    decode step faster (measured once, saved beside the kernel choices under `name`).
+    decode step (make_step(), made only when it is measured) faster (measured once, saved beside
+    the kernel choices under `name`).
 
     Small models lose with more threads: each of their many small ops pays for waking the other
     threads (~10 us), and when another process holds a core, for waiting until it is scheduled
@@ -239,6 +240,7 @@ def choose_threads(step: Callable[[], object], name: str, folder: Path, weight_b
     if choice not in counts:
         choice = counts[0]
         if len(counts) > 1:
+            step = make_step()
             seconds = {n: [] for n in counts}
             try:
                 for _ in range(ROUNDS):

@@ -87,8 +87,8 @@ def load_model(
     threads = None
     if torch_device.type == "cpu":
         name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
-        step = decode_step_for_timing(model, config, torch_dtype)
-        threads = cpu_kernels.choose_threads(step, name, cache_dir() / "quantized", weight_bytes_per_token(model))
+        threads = cpu_kernels.choose_threads(lambda: decode_step_for_timing(model, config, torch_dtype), name,
+                                             cache_dir() / "quantized", weight_bytes_per_token(model))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
