@@ -188,9 +188,10 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
   }
 }
 
-// x (M, K) -> int16 with one scale per group of columns (a multiple of 8), and each group's sum.
+// x (M, K) -> int16 with one scale per group of columns (a multiple of 8), and each group's sum
+// (int4 uses groups of its weights' group size, int8_matmul one group per row).
 template <class Isa>
-inline void int4_activations(const float* x, int64_t count, int64_t group_size, int16_t* q, float* scales, float* sums) {
+inline void int16_activations(const float* x, int64_t count, int64_t group_size, int16_t* q, float* scales, float* sums) {
   for (int64_t g = 0; g < count / group_size; ++g) {
     const float* xg = x + g * group_size;
     f32x8 amax = {}, total = {};
@@ -310,15 +311,15 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 struct Kernels {
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
-  void (*int4_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
+  void (*int16_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
 };
 
 #define KERNEL __attribute__((flatten))
 KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
-KERNEL void int4_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int4_activations<Baseline>(x, n, g, q, s, t);
+KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int16_activations<Baseline>(x, n, g, q, s, t);
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
 #if defined(__x86_64__)
@@ -327,13 +328,13 @@ KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { in
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
-KERNEL AVX2 void int4_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int4_activations<Avx2>(x, n, g, q, s, t);
+KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int16_activations<Avx2>(x, n, g, q, s, t);
 }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
-KERNEL AVX512 void int4_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int4_activations<Avx512>(x, n, g, q, s, t);
+KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
+  int16_activations<Avx512>(x, n, g, q, s, t);
 }
 #endif
 
@@ -354,10 +355,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int4_activations_avx512, int8_gemm_avx2};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int4_activations_avx2, int8_gemm_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int4_activations_baseline, int8_gemm_baseline};
+  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -413,10 +414,16 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
   const Kernels run = kernels_for(isa);
-  const at::Tensor x_scales = (in.x.abs().amax(1) / 32767.f).clamp_min(1e-30f);  // each row to int16, its own scale
-  const at::Tensor q = (in.x / x_scales.unsqueeze(1)).round_().clamp_(-32767, 32767).to(at::kShort);
+  // Each row to int16 with its own scale, in one pass (7 tensor ops took 7 parallel regions, each a
+  // wait for the other thread on a busy machine); the row sums are not needed here.
+  std::vector<int16_t> q(in.M * in.K);
+  std::vector<float> x_scales(in.M), row_sums(in.M);
+  const float* x = in.x.data_ptr<float>();
+  at::parallel_for(0, in.M, grain(2 * in.K), [&](int64_t b, int64_t e) {
+    run.int16_activations(x + b * in.K, (e - b) * in.K, in.K, q.data() + b * in.K, x_scales.data() + b, row_sums.data() + b);
+  });
   at::Tensor y = at::empty({in.M, in.N}, in.x.options());
-  const Int8GemmArgs a{q.data_ptr<int16_t>(), x_scales.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+  const Int8GemmArgs a{q.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
                        in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return shaped_like(y, x_in);
@@ -434,7 +441,7 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(M * K);
   std::vector<float> x_scales(M * K / group_size), x_sums(M * K / group_size);
-  run.int4_activations(x.data_ptr<float>(), M * K, group_size, xq.data(), x_scales.data(), x_sums.data());
+  run.int16_activations(x.data_ptr<float>(), M * K, group_size, xq.data(), x_scales.data(), x_sums.data());
   at::Tensor y = at::empty({M, N}, x.options());
   const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(),
                    bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group_size};
