@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
 # cost 1 bit per weight in memory (0.25 for 128).
 DEFAULT_GROUP_SIZE = 32
-CACHE_FORMAT = 2  # bump when the on-disk layout of quantized weights changes
+CACHE_FORMAT = 3  # bump when the on-disk layout of quantized weights changes
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
 # Up to this many tokens per call our int8 matrix-vector kernel (or PyTorch's packed one) runs, as for one token;
 # beyond (prefill), the product with activations rounded to int16 (engine/kernels/cpu_matvec.cpp).
@@ -213,8 +213,11 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     """
     N, K = weight.shape
     groups = weight.float().reshape(N, K // group_size, group_size)
+    # The scale and the value of q = 0 are float16 numbers, which our CPU kernel stores (half the
+    # bytes of float32 beside 4-bit weights); the other kernels read them as they are.
     low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
-    scales = (high - low).clamp(min=1e-6) / 15
+    scales = ((high - low).clamp(min=1e-6) / 15).half().float()
+    low = low.half().float()
     zeros = low + scales * 8  # the value that q = 8 decodes to
     q = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8).reshape(N, K)
     packed = (q[:, ::2] << 4) | q[:, 1::2]
@@ -240,7 +243,7 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
     blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
     per 4 columns: bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2,
-    4c+3 in their high ones), then the 8 rows' scales and offsets (zero - 8 * scale) as float32."""
+    4c+3 in their high ones), then the 8 rows' scales and offsets (zero - 8 * scale) as float16."""
     N, K = packed.shape[0], packed.shape[1] * 2
     blocks, groups = -(-N // 8), K // group_size
     q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
@@ -248,14 +251,14 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     weights = (q[..., :2] | (q[..., 2:] << 4)).reshape(blocks, groups, 4 * group_size)
     scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
     per_row = F.pad(torch.stack([scales, zeros - 8 * scales], dim=1), (0, blocks * 8 - N))  # (K/g, 2, N padded)
-    per_block = per_row.view(groups, 2, blocks, 8).permute(2, 0, 1, 3).reshape(blocks, groups, 16)
+    per_block = per_row.view(groups, 2, blocks, 8).permute(2, 0, 1, 3).reshape(blocks, groups, 16).half()
     return torch.cat([weights, per_block.contiguous().view(torch.uint8)], dim=-1)
 
 
 def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     """pack_int4_for_cpu's output -> quantize_int4's (N, K/2) bytes."""
     blocks, groups, group_bytes = weights.shape
-    q = weights[..., : group_bytes - 64].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
+    q = weights[..., : group_bytes - 32].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
     q = torch.cat([q & 15, q >> 4], dim=-1).permute(0, 2, 1, 3).reshape(blocks * 8, -1)[:rows]
     return (q[:, ::2] << 4) | q[:, 1::2]
 

@@ -51,9 +51,10 @@ def random_layer(mode: str, in_features: int, out_features: int, group_size: int
     else:
         layer = Int4Linear(in_features, out_features, bias=True, group_size=group_size, dtype=dtype)
         layer.weight = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, generator=generator)
-        scales = torch.rand(in_features // group_size, out_features, generator=generator) * 1e-2 + 1e-3
-        zeros = torch.randn(in_features // group_size, out_features, generator=generator) * 1e-2
-        layer.scales_and_zeros = torch.stack([scales, zeros], dim=-1)
+        # float16 numbers, as quantize_int4 makes them: our kernel stores them so
+        scales = (torch.rand(in_features // group_size, out_features, generator=generator) * 1e-2 + 1e-3).half().float()
+        lows = (torch.randn(in_features // group_size, out_features, generator=generator) * 1e-2).half().float()
+        layer.scales_and_zeros = torch.stack([scales, lows + 8 * scales], dim=-1)
     layer.bias.copy_(torch.randn(out_features, generator=generator) * 1e-2)
     return layer
 

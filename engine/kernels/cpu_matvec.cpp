@@ -59,6 +59,15 @@ inline float sum(V v) {
   return s;
 }
 
+inline float half_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 31, mantissa = h & 1023;
+  if (exponent == 0) return (sign ? -1.f : 1.f) * float(mantissa) * (1.f / 16777216.f);  // subnormal: m * 2^-24
+  const uint32_t bits = sign | (exponent == 31 ? 0x7f800000u | mantissa << 13 : (exponent + 112) << 23 | mantissa << 13);
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // What vector extensions cannot say in one instruction (GCC 12 scalarizes widening from bytes):
 // int8 -> int32 lanes; 16 bytes -> 16 int16; dot_add: acc[i] += a[2i] b[2i] + a[2i+1] b[2i+1].
 struct Baseline {
@@ -73,17 +82,23 @@ struct Baseline {
     for (int i = 0; i < 8; ++i) acc[i] += a[2 * i] * b[2 * i] + a[2 * i + 1] * b[2 * i + 1];
     return acc;
   }
+  static f32x8 halves(const uint8_t* p) {  // 8 float16 -> float32
+    f32x8 v;
+    for (int i = 0; i < 8; ++i) v[i] = half_to_float(load<uint16_t>(p + 2 * i));
+    return v;
+  }
 };
 
 #if defined(__x86_64__)
-#define AVX2 __attribute__((target("avx2,fma")))
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 struct Avx2 {
   static constexpr int W = 8;
   AVX2 static Vec<8>::i32 widen_int8(const int8_t* p) { return (Vec<8>::i32)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
   AVX2 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX2 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return acc + (i32x8)_mm256_madd_epi16((__m256i)a, (__m256i)b); }
+  AVX2 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 };
 
 struct Avx512 {
@@ -91,6 +106,7 @@ struct Avx512 {
   AVX512 static Vec<16>::i32 widen_int8(const int8_t* p) { return (Vec<16>::i32)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return (i32x8)_mm256_dpwssd_epi32((__m256i)acc, (__m256i)a, (__m256i)b); }
+  AVX512 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
 };
 #endif
 
@@ -141,7 +157,7 @@ inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blo
 // ---------------------------------------------------------------- int4
 // Block b of 8 rows (zero rows pad the last), group g: 8 * g / 2 bytes of weights, 16 bytes per
 // 4 columns (bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2, 4c+3
-// in their high ones), then the 8 rows' scales and their offsets, 16 float32. With w = q * scale +
+// in their high ones), then the 8 rows' scales and their offsets, 16 float16. With w = q * scale +
 // offset (q in [0, 15]), per group:
 //   sum_k w[n, k] x[k] = scale[n, g] * sum_k q[n, k] x[k] + offset[n, g] * sum_k x[k].
 
@@ -149,7 +165,7 @@ struct Int4Args {
   const int16_t* x;       // (M, K) x[m, k] / x_scales[m, g]
   const float* x_scales;  // (M, K/g)
   const float* x_sums;    // (M, K/g) sums of x per group
-  const uint8_t* w;       // (N/8, K/g, 4g + 64)
+  const uint8_t* w;       // (N/8, K/g, 4g + 32)
   const float* bias;      // (N,) or nullptr
   float* y;               // (M, N)
   int64_t M, N, K, group_size;
@@ -165,7 +181,7 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
   const i16x16 low_nibble = (i16x16){} + 15;
   for (int64_t b = begin; b < end; ++b) {
     for (int64_t m = 0; m < a.M; ++m) {
-      const uint8_t* w = a.w + b * groups * (4 * a.group_size + 64);
+      const uint8_t* w = a.w + b * groups * (4 * a.group_size + 32);
       const int16_t* x = a.x + m * a.K;
       f32x8 acc = {};
       for (int64_t g = 0; g < groups; ++g) {
@@ -179,9 +195,9 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
           }
         }
         __builtin_prefetch(w + PREFETCH_BYTES);
-        acc += __builtin_convertvector(dot, f32x8) * (load<f32x8>(w) * a.x_scales[m * groups + g]);
-        acc += load<f32x8>(w + 32) * a.x_sums[m * groups + g];
-        w += 64;
+        acc += __builtin_convertvector(dot, f32x8) * (Isa::halves(w) * a.x_scales[m * groups + g]);
+        acc += Isa::halves(w + 16) * a.x_sums[m * groups + g];
+        w += 32;
       }
       for (int r = 0; r < 8 && b * 8 + r < a.N; ++r) a.y[m * a.N + b * 8 + r] = acc[r] + (a.bias ? a.bias[b * 8 + r] : 0.f);
     }
@@ -436,7 +452,7 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const at::Tensor bias = float_bias(bias_in, N);
   TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
   TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
-                  weight.numel() == blocks * K / group_size * (4 * group_size + 64),
+                  weight.numel() == blocks * K / group_size * (4 * group_size + 32),
               "weight: uint8 from pack_int4_for_cpu");
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(M * K);
