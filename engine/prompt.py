@@ -11,7 +11,10 @@ Layouts (FIM = fill in the middle, detected from the tokenizer's vocabulary):
 - "prefix": {prefix} alone, left to right (CodeGen, or fim="off").
 
 SantaCoder spells the same tokens with hyphens (<fim-prefix>, ...);
-`tokenizer.fim` holds whichever ids the vocabulary has.
+`tokenizer.fim` holds whichever ids the vocabulary has. Every layout starts
+with `tokenizer.start_ids`, the bos that DeepSeek-Coder's and CodeLlama's
+tokenizers put before every text (none for the others): the one token that
+never changes, counted in the budget like the FIM tokens.
 
 Whitespace just before the cursor (line breaks and indentation) is left out
 of the prompt and becomes `heal`, text the continuation must start with
@@ -83,7 +86,8 @@ def build_prompt(
     if not 0.0 <= suffix_share < 1.0:
         raise EngineError(f"suffix_share must be in [0, 1), got {suffix_share}")
     layout = choose_layout(tokenizer, fim)
-    specials = 3 if layout != "prefix" else 0
+    start = tokenizer.start_ids
+    specials = len(start) + (3 if layout != "prefix" else 0)
     if max_prompt_tokens < specials + 1:
         raise EngineError(f"max_prompt_tokens {max_prompt_tokens} is too small for a prompt")
     step = cut_step_chars or max(64, max_prompt_tokens // 2)
@@ -99,18 +103,18 @@ def build_prompt(
     )
 
     if layout == "prefix":
-        ids = prefix_ids
+        ids = [*start, *prefix_ids]
         if not ids:  # nothing before the cursor: start from the document-start token
-            start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-            ids = [start] if start is not None else []
+            document_start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+            ids = [document_start] if document_start is not None else []
         if not ids:
             raise EngineError("empty prompt and the tokenizer has no bos or eos token")
     elif layout == "psm":
         f = tokenizer.fim
-        ids = [f.prefix, *prefix_ids, f.suffix, *suffix_ids, f.middle]
+        ids = [*start, f.prefix, *prefix_ids, f.suffix, *suffix_ids, f.middle]
     else:  # spm
         f = tokenizer.fim
-        ids = [f.prefix, f.suffix, *suffix_ids, f.middle, *prefix_ids]
+        ids = [*start, f.prefix, f.suffix, *suffix_ids, f.middle, *prefix_ids]
     return Prompt(ids, layout, prefix_start, suffix_end, len(prefix_ids), len(suffix_ids), heal)
 
 

@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
 
 from engine.architectures import fim_spellings
 from engine.errors import EngineError
@@ -40,6 +40,9 @@ class Tokenizer:
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
+        # What the tokenizer puts before every text: DeepSeek-Coder's and CodeLlama's bos, [] for most.
+        # The models were trained on sequences that start with it, so every prompt does (engine/prompt.py).
+        self.start_ids = _start_ids(tokenizer)
         self.fim = _find_fim(tokenizer, fim_layout)
         # Generation stops at these: special tokens, and the FIM tokens that end an infill or a file.
         ends = [] if self.fim is None else [self.fim.end, self.fim.file_separator, self.fim.repo_name]
@@ -49,6 +52,7 @@ class Tokenizer:
         self._spelling: dict[tuple[str, int], list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
+        """The ids of text (without start_ids)."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
@@ -123,6 +127,12 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
             raise EngineError(f"cannot read {directory / 'tokenizer.json'}: {_first_line(exc)}") from None
     elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
         tokenizer = _from_vocab_and_merges(directory)
+        bos = specials.get("bos_token")
+        if config.get("add_bos_token") is True and bos is not None and tokenizer.token_to_id(bos) is not None:
+            # What transformers builds for this layout (with a tokenizer.json it ignores the key).
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+            )
     else:
         raise EngineError(f"no tokenizer in {directory}: expected tokenizer.json, or vocab.json and merges.txt")
 
@@ -135,6 +145,19 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
     if eos is None and tokenizer.token_to_id("<|endoftext|>") is not None:
         eos = "<|endoftext|>"
     return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"), fim_layout=_fim_layout(config, config_path))
+
+
+def _start_ids(tokenizer: HFTokenizer) -> list[int]:
+    """The ids the post-processor puts before a text, as transformers' tokenizer does: tokenizer.json's
+    decides. (transformers 5 reads tokenizer_config.json's add_bos_token only when there is no
+    tokenizer.json; the published DeepSeek-Coder and CodeLlama files say bos in both.)"""
+    probe = "a"
+    bare = tokenizer.encode(probe, add_special_tokens=False).ids
+    full = tokenizer.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start]
+    return []
 
 
 def _from_vocab_and_merges(directory: Path) -> HFTokenizer:

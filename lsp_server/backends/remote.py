@@ -329,6 +329,9 @@ class PromptParts:
 
 
 def split_prompt(tokenizer: Tokenizer, ids: list[int]) -> PromptParts:
+    start = tokenizer.start_ids
+    if start and ids[: len(start)] == start:
+        ids = ids[len(start) :]  # the server's tokenizer puts its bos there itself
     fim = tokenizer.fim
     if fim is not None and len(ids) >= 3 and ids[0] == fim.prefix and fim.middle in ids:
         middle = ids.index(fim.middle)
