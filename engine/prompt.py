@@ -94,7 +94,9 @@ def build_prompt(
 
     suffix_ids, suffix_end = [], 0
     if layout != "prefix":
-        suffix_ids, suffix_end = cut_right(tokenizer, suffix, int(max_prompt_tokens * suffix_share))
+        suffix_ids, suffix_end = cut_right(
+            tokenizer, suffix, int(max_prompt_tokens * suffix_share), tokenizer.fim.suffix_without_leading_space
+        )
     heal = prefix[len(prefix.rstrip()) :]
     # The prefix gets the rest, including what a short suffix leaves unused.
     prefix_ids, prefix_start = cut_left(
@@ -176,12 +178,14 @@ def cut_left(
     return tail[drop:], start
 
 
-def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], int]:
-    """(ids of text[:end], end) with at most `budget` ids, end at a line end where possible."""
+def cut_right(tokenizer: Tokenizer, text: str, budget: int, continuation: bool = False) -> tuple[list[int], int]:
+    """(ids of text[:end], end) with at most `budget` ids, end at a line end where possible.
+
+    continuation: text encoded without a sentencepiece tokenizer's leading space (Tokenizer.encode)."""
     if budget <= 0 or not text:
         return [], 0
     text = text[: budget * MAX_CHARS_PER_TOKEN]
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode(text, continuation=continuation)
     if len(ids) <= budget:
         return ids, len(text)
     # Line ends (just after each "\n"), latest that fits, by bisection.
@@ -189,7 +193,7 @@ def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], 
     lo, hi, best = 0, len(ends) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        head = tokenizer.encode(text[: ends[mid]])
+        head = tokenizer.encode(text[: ends[mid]], continuation=continuation)
         if len(head) <= budget:
             best, lo = (head, ends[mid]), mid + 1
         else:
@@ -197,4 +201,4 @@ def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], 
     if best is not None:
         return best
     head = ids[:budget]  # the first line alone is too long
-    return head, len(tokenizer.decode(head))
+    return head, len(tokenizer.decode(head, continuation=continuation))
