@@ -120,7 +120,7 @@ def generate(
                 finish = "eos"
                 break
             generated.append(token)
-            text = tokenizer.decode(generated)
+            text = tokenizer.decode(generated, continuation=True)
             if params.stopper is not None and (cut := params.stopper.step(generated, logits, text, len(heal))) is not None:
                 text, finish = text[:cut], "stop"
                 break
@@ -143,7 +143,7 @@ def generate(
                 logits = session.step(token)
     except Cancelled:
         finish = "cancelled"
-        text = tokenizer.decode(generated)
+        text = tokenizer.decode(generated, continuation=True)
     if speculator is not None:
         # Keep what plain decoding keeps: every token before the last one the loop took.
         taken = len(generated) + (finish == "eos")

@@ -11,7 +11,10 @@ Layouts (FIM = fill in the middle, detected from the tokenizer's vocabulary):
 - "prefix": {prefix} alone, left to right (CodeGen, or fim="off").
 
 SantaCoder spells the same tokens with hyphens (<fim-prefix>, ...);
-`tokenizer.fim` holds whichever ids the vocabulary has.
+`tokenizer.fim` holds whichever ids the vocabulary has. Every layout starts
+with `tokenizer.start_ids`, the bos that DeepSeek-Coder's and CodeLlama's
+tokenizers put before every text (none for the others): the one token that
+never changes, counted in the budget like the FIM tokens.
 
 Whitespace just before the cursor (line breaks and indentation) is left out
 of the prompt and becomes `heal`, text the continuation must start with
@@ -83,14 +86,17 @@ def build_prompt(
     if not 0.0 <= suffix_share < 1.0:
         raise EngineError(f"suffix_share must be in [0, 1), got {suffix_share}")
     layout = choose_layout(tokenizer, fim)
-    specials = 3 if layout != "prefix" else 0
+    start = tokenizer.start_ids
+    specials = len(start) + (3 if layout != "prefix" else 0)
     if max_prompt_tokens < specials + 1:
         raise EngineError(f"max_prompt_tokens {max_prompt_tokens} is too small for a prompt")
     step = cut_step_chars or max(64, max_prompt_tokens // 2)
 
     suffix_ids, suffix_end = [], 0
     if layout != "prefix":
-        suffix_ids, suffix_end = cut_right(tokenizer, suffix, int(max_prompt_tokens * suffix_share))
+        suffix_ids, suffix_end = cut_right(
+            tokenizer, suffix, int(max_prompt_tokens * suffix_share), tokenizer.fim.suffix_without_leading_space
+        )
     heal = prefix[len(prefix.rstrip()) :]
     # The prefix gets the rest, including what a short suffix leaves unused.
     prefix_ids, prefix_start = cut_left(
@@ -99,18 +105,18 @@ def build_prompt(
     )
 
     if layout == "prefix":
-        ids = prefix_ids
+        ids = [*start, *prefix_ids]
         if not ids:  # nothing before the cursor: start from the document-start token
-            start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-            ids = [start] if start is not None else []
+            document_start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+            ids = [document_start] if document_start is not None else []
         if not ids:
             raise EngineError("empty prompt and the tokenizer has no bos or eos token")
     elif layout == "psm":
         f = tokenizer.fim
-        ids = [f.prefix, *prefix_ids, f.suffix, *suffix_ids, f.middle]
+        ids = [*start, f.prefix, *prefix_ids, f.suffix, *suffix_ids, f.middle]
     else:  # spm
         f = tokenizer.fim
-        ids = [f.prefix, f.suffix, *suffix_ids, f.middle, *prefix_ids]
+        ids = [*start, f.prefix, f.suffix, *suffix_ids, f.middle, *prefix_ids]
     return Prompt(ids, layout, prefix_start, suffix_end, len(prefix_ids), len(suffix_ids), heal)
 
 
@@ -172,12 +178,14 @@ def cut_left(
     return tail[drop:], start
 
 
-def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], int]:
-    """(ids of text[:end], end) with at most `budget` ids, end at a line end where possible."""
+def cut_right(tokenizer: Tokenizer, text: str, budget: int, continuation: bool = False) -> tuple[list[int], int]:
+    """(ids of text[:end], end) with at most `budget` ids, end at a line end where possible.
+
+    continuation: text encoded without a sentencepiece tokenizer's leading space (Tokenizer.encode)."""
     if budget <= 0 or not text:
         return [], 0
     text = text[: budget * MAX_CHARS_PER_TOKEN]
-    ids = tokenizer.encode(text)
+    ids = tokenizer.encode(text, continuation=continuation)
     if len(ids) <= budget:
         return ids, len(text)
     # Line ends (just after each "\n"), latest that fits, by bisection.
@@ -185,7 +193,7 @@ def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], 
     lo, hi, best = 0, len(ends) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
-        head = tokenizer.encode(text[: ends[mid]])
+        head = tokenizer.encode(text[: ends[mid]], continuation=continuation)
         if len(head) <= budget:
             best, lo = (head, ends[mid]), mid + 1
         else:
@@ -193,4 +201,4 @@ def cut_right(tokenizer: Tokenizer, text: str, budget: int) -> tuple[list[int], 
     if best is not None:
         return best
     head = ids[:budget]  # the first line alone is too long
-    return head, len(tokenizer.decode(head))
+    return head, len(tokenizer.decode(head, continuation=continuation))

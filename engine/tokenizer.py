@@ -7,10 +7,11 @@ Two layouts are accepted: `tokenizer.json`, or the older `vocab.json` +
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
 
 from engine.architectures import fim_spellings
 from engine.errors import EngineError
@@ -29,6 +30,7 @@ class FimTokens:
     end: int | None = None  # ends an infill where it is not eos (CodeLlama)
     file_separator: int | None = None  # repository-level prompts (StarCoder2, Qwen2.5-Coder)
     repo_name: int | None = None
+    suffix_without_leading_space: bool = False  # the suffix is encoded as a continuation (CodeLlama)
 
 
 class Tokenizer:
@@ -37,9 +39,14 @@ class Tokenizer:
         # Text from the user's files is never parsed into special tokens: a
         # file that contains "<fim_prefix>" must not change the prompt layout.
         self._tok.encode_special_tokens = True
+        # For text that goes on from other text: no space before it (see _without_leading_space).
+        self._continuation = _without_leading_space(tokenizer)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = tokenizer.token_to_id(eos_token) if eos_token else None
         self.bos_id = tokenizer.token_to_id(bos_token) if bos_token else None
+        # What the tokenizer puts before every text: DeepSeek-Coder's and CodeLlama's bos, [] for most.
+        # The models were trained on sequences that start with it, so every prompt does (engine/prompt.py).
+        self.start_ids = _start_ids(tokenizer)
         self.fim = _find_fim(tokenizer, fim_layout)
         # Generation stops at these: special tokens, and the FIM tokens that end an infill or a file.
         ends = [] if self.fim is None else [self.fim.end, self.fim.file_separator, self.fim.repo_name]
@@ -48,11 +55,15 @@ class Tokenizer:
         )
         self._spelling: dict[tuple[str, int], list[int]] = {}
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, *, continuation: bool = False) -> list[int]:
+        """The ids of text (without start_ids). continuation: text that goes on from other text, without
+        the space a sentencepiece tokenizer puts before a text (the same ids for byte-level BPE)."""
+        return (self._continuation if continuation else self._tok).encode(text, add_special_tokens=False).ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+    def decode(self, ids: list[int], *, continuation: bool = False) -> str:
+        """The text of ids; continuation: ids that go on from other ids (generated ones), whose leading
+        space is part of the text, not the one a sentencepiece tokenizer put before a text."""
+        return (self._continuation if continuation else self._tok).decode(ids, skip_special_tokens=True)
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
@@ -76,8 +87,9 @@ class Tokenizer:
 
     @functools.cached_property
     def token_texts(self) -> list[str]:
-        """The text of every id on its own ("" for special tokens; partial UTF-8 decodes to U+FFFD)."""
-        return self._tok.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
+        """The text of every id on its own, as generated after other text ("" for special tokens;
+        partial UTF-8 decodes to U+FFFD)."""
+        return self._continuation.decode_batch([[i] for i in range(self.vocab_size)], skip_special_tokens=True)
 
 
 def tokens_spelling(token_texts: list[str], pending: str, allowed: int) -> list[int]:
@@ -103,7 +115,9 @@ def _find_fim(tokenizer: HFTokenizer, layout: str) -> FimTokens | None:
             optional = {key: tokenizer.token_to_id(t) if t else None for key, t in (
                 ("pad", spelling.pad), ("end", spelling.end), ("file_separator", spelling.file_separator),
                 ("repo_name", spelling.repo_name))}
-            found.append(FimTokens(*ids, layout=layout, **optional))
+            found.append(FimTokens(
+                *ids, layout=layout, suffix_without_leading_space=spelling.suffix_without_leading_space, **optional
+            ))  # fmt: skip
     if not found:
         return None
     same = [f for f in found if (f.prefix, f.suffix, f.middle) == (found[0].prefix, found[0].suffix, found[0].middle)]
@@ -123,6 +137,12 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
             raise EngineError(f"cannot read {directory / 'tokenizer.json'}: {_first_line(exc)}") from None
     elif (directory / "vocab.json").exists() and (directory / "merges.txt").exists():
         tokenizer = _from_vocab_and_merges(directory)
+        bos = specials.get("bos_token")
+        if config.get("add_bos_token") is True and bos is not None and tokenizer.token_to_id(bos) is not None:
+            # What transformers builds for this layout (with a tokenizer.json it ignores the key).
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]
+            )
     else:
         raise EngineError(f"no tokenizer in {directory}: expected tokenizer.json, or vocab.json and merges.txt")
 
@@ -135,6 +155,61 @@ def load_tokenizer(directory: Path, eos_token_id: int | None = None) -> Tokenize
     if eos is None and tokenizer.token_to_id("<|endoftext|>") is not None:
         eos = "<|endoftext|>"
     return Tokenizer(tokenizer, eos_token=eos, bos_token=specials.get("bos_token"), fim_layout=_fim_layout(config, config_path))
+
+
+def _start_ids(tokenizer: HFTokenizer) -> list[int]:
+    """The ids the post-processor puts before a text, as transformers' tokenizer does: tokenizer.json's
+    decides. (transformers 5 reads tokenizer_config.json's add_bos_token only when there is no
+    tokenizer.json; the published DeepSeek-Coder and CodeLlama files say bos in both.)"""
+    probe = "a"
+    bare = tokenizer.encode(probe, add_special_tokens=False).ids
+    full = tokenizer.encode(probe, add_special_tokens=True).ids
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return full[:start]
+    return []
+
+
+def _without_leading_space(tokenizer: HFTokenizer) -> HFTokenizer:
+    """The tokenizer without the space a sentencepiece tokenizer puts before a text (its "dummy prefix",
+    so that a text's first word is spelled as after a space) and takes off again when decoding: for text
+    that goes on from other text, such as a FIM suffix or generated tokens. The tokenizer itself when it
+    has no such space (byte-level BPE).
+
+    tokenizer.json spells that space as a Prepend("▁") normalizer (the older conversions, CodeLlama's)
+    or a Metaspace pre-tokenizer that prepends, and its removal as a decoder's Strip of one space or
+    a Metaspace decoder that prepends.
+    """
+    parts = {
+        "normalizer": tokenizer.normalizer, "pre_tokenizer": tokenizer.pre_tokenizer, "decoder": tokenizer.decoder,
+    }
+    states = {key: json.loads(part.__getstate__()) if part is not None else None for key, part in parts.items()}
+    bare = {key: _drop_leading_space(state) for key, state in states.items()}
+    if bare == states:
+        return tokenizer
+    data = json.loads(tokenizer.to_str())
+    data.update(bare)
+    continuation = HFTokenizer.from_str(json.dumps(data))
+    continuation.encode_special_tokens = True
+    return continuation
+
+
+def _drop_leading_space(part: dict | None) -> dict | None:
+    """One tokenizer.json component (a normalizer, pre-tokenizer or decoder) without the steps that put a
+    space before a text or take it off."""
+    if part is None:
+        return None
+    kind = part.get("type")
+    if kind == "Prepend" and part.get("prepend") == "▁":
+        return None
+    if kind == "Strip" and part.get("content") == " " and part.get("start", 0) > 0 and part.get("stop", 0) == 0:
+        return None
+    if kind == "Metaspace":  # as the installed tokenizers library writes it back, whatever the file's version
+        return {**part, "prepend_scheme": "never"}
+    for key in ("normalizers", "pretokenizers", "decoders"):  # a Sequence's members
+        if kind == "Sequence" and isinstance(part.get(key), list):
+            return {**part, key: [p for p in map(_drop_leading_space, part[key]) if p is not None]}
+    return part
 
 
 def _from_vocab_and_merges(directory: Path) -> HFTokenizer:

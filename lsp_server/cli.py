@@ -169,13 +169,14 @@ def run_generate(args: argparse.Namespace) -> int:
         raise EngineError("--top-p must be in (0, 1]")
     remote = remote_generator(args) if args.backend != "local" else None
     lm = remote.lm if remote else load(args)
-    prompt_ids = lm.tokenizer.encode(prompt)
+    start, prompt_ids = lm.tokenizer.start_ids, lm.tokenizer.encode(prompt)
     if not prompt_ids:
         raise EngineError("the prompt is empty")
-    room = lm.config.n_positions - args.max_new_tokens
+    room = lm.config.n_positions - args.max_new_tokens - len(start)
     if len(prompt_ids) > room:
         log.warning("prompt of %d tokens cut to its last %d to fit the window", len(prompt_ids), room)
         prompt_ids = prompt_ids[-max(room, 1) :]
+    prompt_ids = [*start, *prompt_ids]  # the bos of the tokenizers that put one before every text
     params = SamplingParams(
         max_new_tokens=args.max_new_tokens,
         temperature=0.0 if args.greedy else args.temperature,

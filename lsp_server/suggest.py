@@ -7,6 +7,7 @@ around the cursor, prompt building, FIM, KV reuse) and postprocesses.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from dataclasses import dataclass, field
@@ -55,7 +56,7 @@ def suggest(
     lm = served.lm
     on = settings.ramble_stop == "on"
     stopper = Stopper(
-        lm.tokenizer.decode, min(lm.tokenizer.vocab_size, lm.config.vocab_size),
+        functools.partial(lm.tokenizer.decode, continuation=True), min(lm.tokenizer.vocab_size, lm.config.vocab_size),
         *(thresholds if on else (None, None)), repeats=on,
     )  # fmt: skip
     params = SamplingParams(

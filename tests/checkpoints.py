@@ -5,7 +5,9 @@ features that trip loaders: CodeGen with rotary_dim < head_dim and an
 embedding padded past the tokenizer, GPTBigCode multi-query and multi-head,
 the legacy `.bin` layout with attention-mask buffers, and both tokenizer
 layouts; and one checkpoint per family of the rotary architectures (FAMILIES),
-each with grouped-query attention and its family's FIM tokens.
+each with grouped-query attention and its family's FIM tokens, in a tokenizer
+laid out as the family's published one (DeepSeek-Coder's and CodeLlama's put
+a bos before every text; CodeLlama's is a sentencepiece-style BPE).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ CODEGEN_TOKENIZER_JSON = TOKENIZERS / "codegen" / "tokenizer.json"
 ENDOFTEXT = "<|endoftext|>"
 STARCODER_FIM = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 SANTACODER_FIM = ["<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"]
+DEEPSEEK_BOS, DEEPSEEK_EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 
 
 def codegen_whitespace_tokens() -> dict[str, int]:
@@ -42,17 +45,84 @@ def write_codegen_vocab_tokenizer(directory: Path) -> None:
     )
 
 
-def write_bigcode_tokenizer(directory: Path, fim_tokens: list[str]) -> None:
-    """GPT-2's BPE plus FIM special tokens, saved as tokenizer.json (a test stand-in for StarCoder's,
-    and for every family's in FAMILIES)."""
+def gpt2_tokenizer(special_tokens: list[str]):
+    """GPT-2's byte-level BPE plus special tokens (ids from 50257 on), a `tokenizers` Tokenizer."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
     tok = Tokenizer(models.BPE.from_file(str(GPT2_DIR / "vocab.json"), str(GPT2_DIR / "merges.txt")))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in [ENDOFTEXT, *fim_tokens]])
-    tok.save(str(directory / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    return tok
+
+
+def write_bigcode_tokenizer(directory: Path, fim_tokens: list[str]) -> None:
+    """GPT-2's BPE plus FIM special tokens, saved as tokenizer.json (a test stand-in for StarCoder's,
+    and for the families in FAMILIES that put no bos before a text)."""
+    gpt2_tokenizer([ENDOFTEXT, *fim_tokens]).save(str(directory / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def write_deepseek_tokenizer(directory: Path, fim_tokens: list[str], add_bos_token: bool | None = True,
+                             post_processor_bos: bool = True) -> None:  # fmt: skip
+    """GPT-2's BPE with DeepSeek-Coder's bos, eos and FIM tokens (ids 50257 on), laid out as DeepSeek-Coder's
+    files are: a post-processor that puts the bos before every text, "add_bos_token": true and the class
+    LlamaTokenizerFast in tokenizer_config.json. add_bos_token None leaves the key out (the post-processor
+    decides), post_processor_bos=False leaves the post-processor out."""
+    from tokenizers import processors
+
+    tok = gpt2_tokenizer([DEEPSEEK_BOS, DEEPSEEK_EOS, *fim_tokens])
+    if post_processor_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{DEEPSEEK_BOS} $A", pair=f"{DEEPSEEK_BOS} $A $B", special_tokens=[(DEEPSEEK_BOS, 50257)]
+        )
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "LlamaTokenizerFast", "bos_token": DEEPSEEK_BOS, "eos_token": DEEPSEEK_EOS,
+              "add_eos_token": False}  # fmt: skip
+    if add_bos_token is not None:
+        config["add_bos_token"] = add_bos_token
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def write_codellama_tokenizer(directory: Path, fim_tokens: list[str], legacy: bool = True) -> None:
+    """A sentencepiece-style BPE laid out as CodeLlama's tokenizer files: <unk> <s> </s>, the 256 byte
+    tokens <0x00>.. a text falls back to, then pieces that start with "▁" (a space), trained here on a
+    few standard-library modules (~2,000 ids); then the FIM tokens. A space goes before every text
+    (sentencepiece's dummy prefix) and <s> before that.
+
+    legacy: the layout of CodeLlama's tokenizer.json, whose normalizer puts the space; else the newer
+    one, a Metaspace pre-tokenizer's. "☺" is a piece of its own that no merge takes, as in Llama's
+    vocabulary, for the reference of CodeLlama's suffix (Meta's encode_infilling)."""
+    import string
+    import textwrap
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=True)  # pieces within words
+    trainer = trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens],
+                                  initial_alphabet=["☺"], show_progress=False)  # fmt: skip
+    # Lines without their line break, which is then spelled by its byte token, as in Llama's vocabulary.
+    corpus = "".join(Path(m.__file__).read_text(encoding="utf-8") for m in (textwrap, string, json.decoder))
+    tok.train_from_iterator(corpus.splitlines(), trainer)
+    if legacy:
+        tok.pre_tokenizer = None
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in fim_tokens])
+    data = json.loads(tok.to_str())
+    # The byte tokens are plain vocabulary, decoded to their byte (the trainer made them special).
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] not in byte_tokens]
+    (directory / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False))
+    config = {"tokenizer_class": "CodeLlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "add_eos_token": False}  # fmt: skip
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
@@ -107,19 +177,24 @@ def make_bigcode(directory: Path, *, multi_query: bool = True, fim_tokens=STARCO
     return directory
 
 
-# name -> (transformers' model_type, config overrides, FIM and file tokens, config.json edits after saving).
-# Shared: 4 query heads over 2 K/V heads, a window of 512, GPT-2's BPE and <|endoftext|> as eos.
+# name -> (transformers' model_type, config overrides, FIM and file tokens, config.json edits after saving,
+# the writer of its tokenizer files). Shared: 4 query heads over 2 K/V heads, a window of 512; unless
+# overridden, GPT-2's BPE and <|endoftext|> as bos and eos.
 FAMILIES = {
     # A sliding window shorter than the tests' prompts (300 tokens).
     "starcoder2": ("starcoder2", dict(sliding_window=48, rope_theta=1e5),
-                   [*STARCODER_FIM, "<file_sep>", "<repo_name>"], {}),
+                   [*STARCODER_FIM, "<file_sep>", "<repo_name>"], {}, write_bigcode_tokenizer),
     # DeepSeek-Coder 6.7B's config spells its rope as older exports do: rope_theta and a linear rope_scaling.
-    "deepseek": ("llama", {}, ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
-                 dict(rope_parameters=None, rope_theta=100000, rope_scaling={"type": "linear", "factor": 4.0})),
-    "codellama": ("llama", dict(rope_theta=1e6), ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"], {}),
+    "deepseek": ("llama", dict(bos_token_id=50257, eos_token_id=50258), ["<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"],
+                 dict(rope_parameters=None, rope_theta=100000, rope_scaling={"type": "linear", "factor": 4.0}),
+                 write_deepseek_tokenizer),
+    # An embedding padded past the ~2,000 ids of its tokenizer.
+    "codellama": ("llama", dict(rope_theta=1e6, vocab_size=2048, bos_token_id=1, eos_token_id=2),
+                  ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"], {}, write_codellama_tokenizer),
     # Tied embeddings (as Qwen2.5-Coder up to 3B).
     "qwen2": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1e6),
-              ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"], {}),
+              ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>"], {},
+              write_bigcode_tokenizer),
 }
 
 
@@ -127,7 +202,7 @@ def make_family(directory: Path, family: str, seed: int = 0) -> Path:
     """A checkpoint of one of FAMILIES, saved by transformers."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_type, overrides, tokens, edits = FAMILIES[family]
+    model_type, overrides, tokens, edits, write_tokenizer = FAMILIES[family]
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     params = dict(
@@ -142,7 +217,7 @@ def make_family(directory: Path, family: str, seed: int = 0) -> Path:
         saved = json.loads((directory / "config.json").read_text())
         saved.update(edits)
         (directory / "config.json").write_text(json.dumps({k: v for k, v in saved.items() if v is not None}))
-    write_bigcode_tokenizer(directory, tokens)
+    write_tokenizer(directory, tokens)
     return directory
 
 

@@ -1,5 +1,7 @@
 """Our engine against transformers on the same checkpoints: logits, greedy tokens, tokenizer ids."""
 
+import json
+
 import pytest
 import torch
 
@@ -50,7 +52,9 @@ def _reference_greedy(ref, tokenizer, ids, steps):
         torch.tensor([ids]), max_new_tokens=steps, do_sample=False, suppress_tokens=suppress,
         eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id,
     )[0, len(ids):].tolist()
-    return out[: out.index(tokenizer.eos_id)] if tokenizer.eos_id in out else out
+    # Our generation stops at eos and at every special token (the FIM tokens that end an infill, the bos).
+    stops = [i for i, token in enumerate(out) if token == tokenizer.eos_id or token in tokenizer.special_ids]
+    return out[: stops[0]] if stops else out
 
 
 def test_greedy_tokens_equal_transformers_generate(models, stdlib_code):
@@ -147,13 +151,168 @@ FAMILY_FIM = {
 }
 
 
+# The families whose tokenizer files put a bos before every text (checkpoints.FAMILIES).
+BOS_FAMILIES = ["deepseek", "codellama"]
+PREFIX = "def add(a, b):\n    return a"  # no blanks at its end: all of it goes in the prompt (no healing)
+SUFFIXES = [")\n", " + b\n\nprint(add(1, 2))\n"]
+
+
+def reference_tokenizer(checkpoint: str, directory):
+    """transformers' tokenizer of the checkpoint's files. For model_type qwen2 AutoTokenizer builds Qwen's
+    own pre-tokenizer whatever the files say, and the test checkpoint's files hold GPT-2's BPE: those are
+    loaded as they are."""
+    if checkpoint == "qwen2":
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    return checkpoints.hf_tokenizer(directory)
+
+
+def fim_reference(family: str, directory, prefix: str, suffix: str, layout: str = "psm") -> list[int]:
+    """A family's FIM prompt as its own reference builds it, with transformers' tokenizer of the same files:
+    the model card's text with the FIM tokens spelled out, tokenized whole (with the bos the tokenizer adds);
+    for CodeLlama, Meta's infilling_prompt_tokens (codellama's generation.py), whose suffix has no leading
+    space (its encode_infilling; transformers' CodeLlamaTokenizer puts one there)."""
+    ref = reference_tokenizer(family, directory)
+    pre, suf, mid, _ = FAMILY_FIM[family]
+    if family != "codellama":
+        assert layout == "psm"
+        return ref(f"{pre}{prefix}{suf}{suffix}{mid}").input_ids
+    encode = lambda text: ref.encode(text, add_special_tokens=False)  # noqa: E731
+    infill = encode("☺" + suffix)[2:]  # the suffix after "▁" and "☺": without the dummy prefix
+    pre, suf, mid = ref.convert_tokens_to_ids([pre, suf, mid])
+    if layout == "spm":
+        return [ref.bos_token_id, pre, suf, *infill, mid, *encode(prefix)]
+    return [ref.bos_token_id, pre, *encode(prefix), suf, *infill, mid]
+
+
 @pytest.mark.parametrize("family", list(FAMILY_FIM))
-def test_each_family_gets_psm_prompts_in_its_fim_tokens(family, family_checkpoint):
+def test_each_family_fim_prompt_equals_its_reference(family, family_checkpoint):
     from engine.prompt import build_prompt
     from engine.tokenizer import load_tokenizer
 
-    tok = load_tokenizer(family_checkpoint(family))
-    prefix, suffix, middle, end = (tok.token_id(t) if t else None for t in FAMILY_FIM[family])
-    prompt = build_prompt(tok, "def f(", ")\n", max_prompt_tokens=64)
-    assert prompt.ids == [prefix, *tok.encode("def f("), suffix, *tok.encode(")\n"), middle]
-    assert end is None or end in tok.special_ids  # generation stops there
+    directory = family_checkpoint(family)
+    tok = load_tokenizer(directory)
+    for suffix in SUFFIXES:
+        prompt = build_prompt(tok, PREFIX, suffix, max_prompt_tokens=256)
+        assert prompt.ids == fim_reference(family, directory, PREFIX, suffix)
+        assert prompt.ids[0] == tok.bos_id if family in BOS_FAMILIES else tok.bos_id not in prompt.ids
+        if family == "codellama":
+            spm = build_prompt(tok, PREFIX, suffix, max_prompt_tokens=256, fim="spm")
+            assert spm.ids == fim_reference(family, directory, PREFIX, suffix, "spm")
+    end = FAMILY_FIM[family][3]
+    assert end is None or tok.token_id(end) in tok.special_ids  # generation stops there
+
+
+@pytest.mark.parametrize("checkpoint", ["codegen", "bigcode_mq", *checkpoints.FAMILIES])
+def test_left_to_right_prompts_equal_transformers_tokenizer(checkpoint, request, family_checkpoint, stdlib_code):
+    from engine.prompt import build_prompt
+    from engine.tokenizer import load_tokenizer
+
+    directory = family_checkpoint(checkpoint) if checkpoint in checkpoints.FAMILIES else request.getfixturevalue(f"{checkpoint}_dir")
+    tok, ref = load_tokenizer(directory), reference_tokenizer(checkpoint, directory)
+    assert tok.start_ids == ([tok.bos_id] if checkpoint in BOS_FAMILIES else [])
+    # Texts that start with a word: transformers' CodeLlamaTokenizer rebuilds the tokenizer with a Metaspace
+    # pre-tokenizer, which puts no space before a text that starts with one (sentencepiece does).
+    for text in (PREFIX, stdlib_code.strip()):
+        assert build_prompt(tok, text, "", max_prompt_tokens=2048, fim="off").ids == ref(text).input_ids
+
+
+@pytest.mark.parametrize("add_bos_token", [True, None, False])
+@pytest.mark.parametrize("post_processor_bos", [True, False])
+def test_the_bos_comes_from_the_tokenizer_files(add_bos_token, post_processor_bos, tmp_path, family_checkpoint):
+    """tokenizer.json's post-processor decides, as in transformers (which reads tokenizer_config.json's
+    add_bos_token only for a tokenizer without a tokenizer.json)."""
+    from engine.tokenizer import load_tokenizer
+
+    (tmp_path / "config.json").write_text((family_checkpoint("deepseek") / "config.json").read_text())
+    checkpoints.write_deepseek_tokenizer(tmp_path, list(FAMILY_FIM["deepseek"][:3]), add_bos_token, post_processor_bos)
+    tok, ref = load_tokenizer(tmp_path), checkpoints.hf_tokenizer(tmp_path)
+    assert tok.start_ids == ([tok.bos_id] if post_processor_bos else [])
+    assert tok.start_ids + tok.encode(PREFIX) == ref(PREFIX).input_ids
+
+
+@pytest.mark.parametrize("add_bos_token", [True, None])
+def test_a_vocab_and_merges_tokenizer_puts_bos_first_when_its_config_says_so(add_bos_token, codegen_bin_dir, tmp_path):
+    import shutil
+
+    from engine.tokenizer import load_tokenizer
+
+    for name in ("config.json", "vocab.json", "merges.txt", "added_tokens.json", "special_tokens_map.json"):
+        shutil.copy(codegen_bin_dir / name, tmp_path)
+    config = json.loads((codegen_bin_dir / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": add_bos_token}))
+    tok, ref = load_tokenizer(tmp_path), checkpoints.hf_tokenizer(tmp_path)
+    assert tok.start_ids == ([tok.bos_id] if add_bos_token else [])
+    assert tok.start_ids + tok.encode(PREFIX) == ref(PREFIX).input_ids
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_sentencepiece_continuations_have_no_leading_space(legacy, tmp_path):
+    """CodeLlama's FIM suffix and generated text go on from other text: no dummy-prefix space goes before
+    them, in both layouts of a sentencepiece tokenizer.json (CodeLlama's normalizer, the newer Metaspace)."""
+    from engine.tokenizer import load_tokenizer
+
+    checkpoints.write_codellama_tokenizer(tmp_path, list(FAMILY_FIM["codellama"]), legacy=legacy)
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    tok, ref = load_tokenizer(tmp_path), checkpoints.hf_tokenizer(tmp_path)
+    for text in (*SUFFIXES, "\n    x = 1", "  two spaces"):
+        ids = tok.encode(text, continuation=True)
+        assert ids == ref.encode("☺" + text, add_special_tokens=False)[2:]  # Meta's encode_infilling
+        assert tok.decode(ids, continuation=True) == text
+    assert tok.encode("return") == ref.encode("return", add_special_tokens=False)  # "▁return": the dummy prefix
+    assert tok.decode(tok.encode("return")) == "return"
+    assert tok.token_texts[tok.encode("return")[0]] == " return"  # as generated after other text
+
+
+def test_generated_text_keeps_its_leading_space_after_a_sentencepiece_prompt(family_checkpoint):
+    """The blank before the cursor is left to the model (healing, engine/prompt.py), so the first token it
+    may take spells a space: "▁..." pieces, whose space is the text's, not a dummy prefix to take off."""
+    from engine.completion import DocumentState, complete
+
+    directory = family_checkpoint("codellama")
+    lm, ref = load_model(str(directory), device="cpu"), checkpoints.hf_tokenizer(directory)
+    for prefix, suffix in (("x = 1 +", ""), ("def add(a, b):\n    return a +", SUFFIXES[0])):
+        result = complete(Session(lm), DocumentState(), prefix + " ", suffix, SamplingParams(max_new_tokens=8))
+        assert result.token_ids and lm.tokenizer.token(result.token_ids[0]).startswith("▁")
+        # Meta's decode_infilling: the text of ids that go on from other ids.
+        assert " " + result.text == ref.decode([ref.convert_tokens_to_ids("☺"), *result.token_ids])[1:]
+
+
+@pytest.mark.parametrize("family", BOS_FAMILIES)
+@pytest.mark.parametrize("suffix", [None, SUFFIXES[1]])  # left to right, FIM
+def test_completion_from_text_equals_transformers_greedy_from_reference_ids(family, suffix, family_checkpoint):
+    """End to end: our completion at a cursor, from the document's text, is transformers' greedy
+    continuation of the prompt ids its own tokenizer builds (bos first)."""
+    from engine.completion import DocumentState, complete
+
+    directory = family_checkpoint(family)
+    ours, ref = load_model(str(directory), device="cpu"), checkpoints.hf_model(directory)
+    if suffix is None:
+        ids = checkpoints.hf_tokenizer(directory)(PREFIX).input_ids
+        result = complete(Session(ours), DocumentState(), PREFIX, "", SamplingParams(max_new_tokens=16), fim="off")
+    else:
+        ids = fim_reference(family, directory, PREFIX, suffix)
+        result = complete(Session(ours), DocumentState(), PREFIX, suffix, SamplingParams(max_new_tokens=16))
+    assert ids[0] == ours.tokenizer.bos_id and result.stats.prompt_tokens == len(ids)
+    assert result.token_ids == _reference_greedy(ref, ours.tokenizer, ids, 16)
+    assert result.text == ours.tokenizer.decode(result.token_ids, continuation=True)
+
+
+@pytest.mark.parametrize("family", BOS_FAMILIES)
+def test_typing_keeps_the_bos_first_within_the_budget_and_the_cache_reused(family, family_checkpoint, stdlib_code):
+    from engine.completion import DocumentState, complete
+    from engine.prompt import build_prompt
+
+    lm = load_model(str(family_checkpoint(family)), device="cpu")
+    session, state, params = Session(lm), DocumentState(), SamplingParams(max_new_tokens=2)
+    prompt_total = reused_total = 0
+    for end in range(900, 1100, 2):  # 100 keystrokes, the window (96 tokens) full all along
+        previous = state.prefix_start
+        stats = complete(session, state, stdlib_code[:end], "", params, max_prompt_tokens=96, fim="off", typeahead=False).stats
+        prompt = build_prompt(lm.tokenizer, stdlib_code[:end], "", max_prompt_tokens=96, fim="off", previous_prefix_start=previous)
+        assert prompt.ids[0] == lm.tokenizer.bos_id and stats.prompt_tokens == len(prompt.ids) <= 96
+        assert stats.reused_tokens >= 1 or end == 900  # the bos at least, even when the window moves
+        prompt_total += stats.prompt_tokens
+        reused_total += stats.reused_tokens
+    assert reused_total / prompt_total > 0.85

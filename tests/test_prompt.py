@@ -99,6 +99,26 @@ def test_budget_split_and_cut_points(starcoder_tok, stdlib_code):
     assert short.prefix_tokens > prompt.prefix_tokens
 
 
+@pytest.mark.parametrize("family", ["deepseek", "codellama"])
+def test_the_bos_is_first_in_every_layout_and_counted_in_the_budget(family, family_checkpoint, stdlib_code):
+    tok = load_tokenizer(family_checkpoint(family))
+    bos, f = tok.bos_id, tok.fim
+    assert tok.start_ids == [bos]
+    middle = len(stdlib_code) // 2
+    prefix, suffix = stdlib_code[:middle].rstrip(), stdlib_code[middle:]
+    for fim, specials in (("psm", [bos, f.prefix]), ("spm", [bos, f.prefix, f.suffix]), ("off", [bos])):
+        prompt = build_prompt(tok, prefix, suffix, max_prompt_tokens=100, fim=fim)
+        assert prompt.ids[: len(specials)] == specials and prompt.ids.count(bos) == 1
+        assert len(prompt.ids) <= 100
+        assert len(prompt.ids) == 1 + (3 if fim != "off" else 0) + prompt.prefix_tokens + prompt.suffix_tokens
+    assert build_prompt(tok, "", "x", max_prompt_tokens=16, fim="off").ids == [bos]  # nothing before the cursor
+    # bos and three FIM tokens leave no room for text in 4.
+    with pytest.raises(EngineError, match="too small"):
+        build_prompt(tok, "def", "", max_prompt_tokens=4)
+    assert len(tok.encode("def")) == 1
+    assert build_prompt(tok, "def", "", max_prompt_tokens=5).ids == [bos, f.prefix, *tok.encode("def"), f.suffix, f.middle]
+
+
 def test_prefix_window_moves_rarely_and_in_large_steps(codegen_tok, stdlib_code):
     """Typing at the end past the budget: the cut moves a few times, by >= step chars, always to a line start."""
     text = stdlib_code * 2

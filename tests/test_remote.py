@@ -46,6 +46,25 @@ def test_prompts_are_rendered_with_the_models_fim_tokens():
     assert render(tokenizer, split_prompt(tokenizer, psm)) == "<fim_prefix>print(x<fim_suffix>)\n<fim_middle>"
 
 
+@pytest.mark.parametrize("family", ["deepseek", "codellama"])
+def test_a_servers_prompt_leaves_the_bos_to_its_tokenizer_and_keeps_the_text(family, family_checkpoint):
+    from engine.prompt import build_prompt
+    from engine.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(family_checkpoint(family))
+    pre, suf, mid = (tokenizer.token(i) for i in (tokenizer.fim.prefix, tokenizer.fim.suffix, tokenizer.fim.middle))
+    for prefix, suffix in (("def f(", " x)\n"), ("if x:\n    y", ")\n")):
+        psm = build_prompt(tokenizer, prefix, suffix, max_prompt_tokens=64)
+        assert render(tokenizer, split_prompt(tokenizer, psm.ids)) == f"{pre}{prefix}{suf}{suffix}{mid}"
+        spm = build_prompt(tokenizer, prefix, suffix, max_prompt_tokens=64, fim="spm")
+        assert render(tokenizer, split_prompt(tokenizer, spm.ids)) == f"{pre}{suf}{suffix}{mid}{prefix}"
+        plain = build_prompt(tokenizer, prefix, suffix, max_prompt_tokens=64, fim="off")
+        assert render(tokenizer, split_prompt(tokenizer, plain.ids)) == prefix
+        # Going on after a suggestion: the generated text, its leading space included, follows the prefix.
+        generated = tokenizer.encode(" z", continuation=True)
+        assert split_prompt(tokenizer, psm.ids + generated).prefix == prefix + " z"
+
+
 def test_a_closed_port_is_one_clear_message_and_requests_pause_briefly():
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))

@@ -32,6 +32,10 @@ class FimSpelling:
     end: str | None = None  # ends an infill where it is not eos (CodeLlama's ▁<EOT>); generation stops at it
     file_separator: str | None = None  # between files of a repository-level prompt
     repo_name: str | None = None  # before the repository's name
+    # The suffix is tokenized as text that goes on from the cursor, without the space a sentencepiece
+    # tokenizer puts before a text (CodeLlama's "▁<SUF>{suffix}"). The prefix keeps that space. Byte-level
+    # vocabularies add no space, so for them this changes nothing.
+    suffix_without_leading_space: bool = False
 
 
 @dataclass(frozen=True)

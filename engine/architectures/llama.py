@@ -59,9 +59,12 @@ class Llama(RopeDecoder):
         return LlamaMLP(config)
 
 
-# DeepSeek-Coder: <｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>, i.e. prefix, suffix, middle.
+# DeepSeek-Coder: <｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>, i.e. prefix, suffix, middle, after the
+# <｜begin▁of▁sentence｜> its tokenizer files put before every text.
 DEEPSEEK_FIM = FimSpelling("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>")
-# CodeLlama: ▁<PRE> {prefix} ▁<SUF>{suffix} ▁<MID>, the infill ending in ▁<EOT>.
-CODELLAMA_FIM = FimSpelling("▁<PRE>", "▁<SUF>", "▁<MID>", end="▁<EOT>")
+# CodeLlama: <s>▁<PRE> {prefix} ▁<SUF>{suffix} ▁<MID>, the infill ending in ▁<EOT> (Meta's codellama
+# generation.py). The space before the prefix is the sentencepiece tokenizer's own (its dummy prefix); the
+# suffix is encoded without one, as Meta's encode_infilling does. The <s> comes from the tokenizer files.
+CODELLAMA_FIM = FimSpelling("▁<PRE>", "▁<SUF>", "▁<MID>", end="▁<EOT>", suffix_without_leading_space=True)
 
 ARCHITECTURE = Architecture("llama", LlamaConfig, Llama, fim=(DEEPSEEK_FIM, CODELLAMA_FIM))

@@ -268,7 +268,7 @@ class RemoteSession:
         result = self._generate(parts, len(ids), params, cancel, heal)
         if heal and result.finish_reason == "heal":
             healed = replace(parts, prefix=parts.prefix + heal)
-            result = self._generate(healed, len(ids) + len(self.lm.tokenizer.encode(heal)), params, cancel, "")
+            result = self._generate(healed, len(ids) + len(self.lm.tokenizer.encode(heal, continuation=True)), params, cancel, "")
         return result
 
     def _generate(self, parts: PromptParts, prompt_tokens: int, params: SamplingParams, cancel, heal: str) -> Generation:
@@ -298,7 +298,7 @@ class RemoteSession:
             finish = "cancelled" if cancel is not None and cancel.is_set() else "length"
         if heal and finish in ("eos", "length") and not text.startswith(heal):
             finish = "heal"  # it ended before spelling the blanks (local decoding would not have let it)
-        generated = self.lm.tokenizer.encode(text) if text else []
+        generated = self.lm.tokenizer.encode(text, continuation=True) if text else []
         stats.generated_tokens = len(generated)
         stats.total_ms = (time.perf_counter() - start) * 1000
         shown = text[len(heal) :] if text.startswith(heal) else ""
@@ -329,14 +329,19 @@ class PromptParts:
 
 
 def split_prompt(tokenizer: Tokenizer, ids: list[int]) -> PromptParts:
+    start = tokenizer.start_ids
+    if start and ids[: len(start)] == start:
+        ids = ids[len(start) :]  # the server's tokenizer puts its bos there itself
     fim = tokenizer.fim
     if fim is not None and len(ids) >= 3 and ids[0] == fim.prefix and fim.middle in ids:
         middle = ids.index(fim.middle)
+        bare_suffix = fim.suffix_without_leading_space  # encoded so (engine/prompt.py): decoded so
         if ids[1] == fim.suffix:  # spm: <pre><suf>{suffix}<mid>{prefix}
-            return PromptParts("spm", tokenizer.decode(ids[middle + 1 :]), tokenizer.decode(ids[2:middle]))
-        cut = ids.index(fim.suffix)  # psm: <pre>{prefix}<suf>{suffix}<mid>
-        prefix = tokenizer.decode(ids[1:cut]) + tokenizer.decode(ids[middle + 1 :])
-        return PromptParts("psm", prefix, tokenizer.decode(ids[cut + 1 : middle]))
+            suffix = tokenizer.decode(ids[2:middle], continuation=bare_suffix)
+            return PromptParts("spm", tokenizer.decode(ids[middle + 1 :]), suffix)
+        cut = ids.index(fim.suffix)  # psm: <pre>{prefix}<suf>{suffix}<mid>{generated}
+        prefix = tokenizer.decode(ids[1:cut]) + tokenizer.decode(ids[middle + 1 :], continuation=True)
+        return PromptParts("psm", prefix, tokenizer.decode(ids[cut + 1 : middle], continuation=bare_suffix))
     lead = tokenizer.token(ids[0]) if ids and ids[0] in tokenizer.special_ids else ""
     return PromptParts("prefix", tokenizer.decode(ids), "", lead or "")
 
