@@ -194,7 +194,9 @@ def test_kv_reuse_after_rejected_drafts(demo_models, stdlib_code):
     context = prompt + first.token_ids
     logits, reused = session.prefill(context)
     assert reused == len(context) - 1
-    torch.testing.assert_close(logits, Session(lm).prefill(context)[0], rtol=1e-4, atol=1e-3)
+    # Where the load-time benchmark picks PyTorch's packed int4 kernel (bfloat16 activations), a
+    # row of a many-row call differs from a one-row call by up to ~4e-3; a stale row, far more.
+    torch.testing.assert_close(logits, Session(lm).prefill(context)[0], rtol=1e-4, atol=1e-2)
 
 
 def test_sampling_with_drafts_runs_and_keeps_the_invariant(demo_models, stdlib_code):
