@@ -62,12 +62,14 @@ class ModelLifecycle:
             return "loading", None
         return "not loaded", None
 
-    def settings_changed(self, wanted: list[Settings]) -> None:
-        """Unload what no folder names any more, retry failures, load what is new."""
+    def settings_changed(self, wanted: list[Settings]) -> list[ServedModel]:
+        """Unload what no folder names any more, retry failures, load what is new; returns what
+        was unloaded, to be closed once no generation uses it."""
         self.pool.forget_failures()
-        self.pool.retain({s.engine_key() for s in wanted})
+        dropped = self.pool.retain({s.engine_key() for s in wanted})
         for settings in wanted:
             self.ensure(settings)
+        return dropped
 
     async def load(self, settings: Settings) -> None:
         token = await self._begin_progress(settings)

@@ -120,7 +120,8 @@ class CodegenServer(LanguageServer):
     async def settings_changed(self, pushed: Any = None) -> None:
         await self.folders.editor_changed(pushed)
         self.reported.clear()  # a problem still there after the change is worth saying again
-        self.models.settings_changed(self.folders.in_use(list(self.documents.documents)))
+        for dropped in self.models.settings_changed(self.folders.in_use(list(self.documents.documents))):
+            self.scheduler.on_worker(dropped.close)  # after the generation that may still use it
 
     def did_open(self, params: types.DidOpenTextDocumentParams) -> None:
         item = params.text_document

@@ -47,4 +47,4 @@ class LlamaCppInfill:
 def load(settings: Settings) -> Backend:
     lm = load_tokenizer_model(settings)
     client = RemoteClient(settings, LlamaCppInfill())
-    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "llama.cpp")), "llama.cpp")
+    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "llama.cpp")), "llama.cpp", client.close)

@@ -32,4 +32,4 @@ class OpenAICompletions:
 def load(settings: Settings) -> Backend:
     lm = load_tokenizer_model(settings)
     client = RemoteClient(settings, OpenAICompletions())
-    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "openai")), "openai")
+    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "openai")), "openai", client.close)

@@ -110,7 +110,8 @@ class RemoteClient:
         self.paused_until = 0.0
         self.pause_message = ""
         self.watching: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._watch, name="codegen-lsp-remote-cancel", daemon=True).start()
+        self.watcher = threading.Thread(target=self._watch, name="codegen-lsp-remote-cancel", daemon=True)
+        self.watcher.start()
 
     # ---------------------------------------------------------------- one request
 
@@ -226,9 +227,10 @@ class RemoteClient:
     # ---------------------------------------------------------------- cancellation
 
     def _watch(self) -> None:
-        """Close a response the moment its request's cancel flag is set (or leave it once done)."""
-        while True:
-            cancel, done, response = self.watching.get()
+        """Close a response the moment its request's cancel flag is set (or leave it once done);
+        ends at close()."""
+        while (watched := self.watching.get()) is not None:
+            cancel, done, response = watched
             while not done.is_set():
                 if cancel.wait(0.02):
                     if not done.is_set():
@@ -240,6 +242,9 @@ class RemoteClient:
                     break
 
     def close(self) -> None:
+        """Stop the watcher thread and the connections (call it where no request runs any more)."""
+        self.watching.put(None)
+        self.watcher.join(5)
         self.http.close()
 
 
