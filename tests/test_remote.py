@@ -94,5 +94,9 @@ async def test_changing_the_endpoint_leaves_no_thread_behind(tmp_path):
         counts.append(server_threads(client))
         # The first change starts the generation worker (where the dropped backend is closed); then no growth.
         assert counts[1:] == counts[1:2] * (len(counts) - 1), counts
+        ends = [r.message for reports in client.progress_reports.values() for r in reports
+                if isinstance(r, types.WorkDoneProgressEnd)]  # fmt: skip
+        # The ready message names where suggestions come from.
+        assert ends[-1].endswith("; suggestions from http://127.0.0.1:15 (backend openai)"), ends
     finally:
         await stop_server(client)
