@@ -84,7 +84,11 @@ class Adapter(Protocol):
     name: str
     path: str  # appended to the endpoint
 
-    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str) -> dict: ...
+    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str,
+             heal: str) -> dict:
+        """The request; heal: the blanks before the cursor, left out of the prompt, which the
+        continuation must start with (an API that can be told so says it; others are asked again)."""
+        ...
 
     def piece(self, event: dict) -> tuple[str, str | None, dict]:
         """(text, finish reason or None, server timings) of one streamed event."""
@@ -281,7 +285,7 @@ class RemoteSession:
         stats = RemoteStats(prompt_tokens=prompt_tokens, prefilled_tokens=prompt_tokens, backend=self.backend,
                             endpoint=self.client.endpoint)  # fmt: skip
         max_tokens = max(1, min(params.max_new_tokens, self.window - prompt_tokens))
-        body = self.client.adapter.body(self.lm.tokenizer, parts, params, max_tokens, self.client.model)
+        body = self.client.adapter.body(self.lm.tokenizer, parts, params, max_tokens, self.client.model, heal)
         text, finish = "", None
         for event in self.client.stream(body, cancel, stats):
             piece, reason, timings = self.client.adapter.piece(event)
