@@ -9,10 +9,11 @@ response when the request's cancel flag is set, and closing the connection is ho
 llama.cpp learn to stop generating.
 
 Every failure is one RemoteError whose message names the endpoint (and the setting to change);
-the server shows it once and logs it after. 429 and 5xx answers, and a server that cannot be
-reached, pause requests to that endpoint (exponential backoff, Retry-After honoured), during
-which suggestions are empty without a request: a dead server is not hit at every keystroke,
-and it is used again once it answers.
+the server shows it once per outage (again once the server has answered in between) and logs
+it after. 429 and 5xx answers, and a server that cannot be reached, pause requests to that
+endpoint (exponential backoff, Retry-After honoured), during which suggestions are empty
+without a request: a dead server is not hit at every keystroke, and it is used again once it
+answers.
 """
 
 from __future__ import annotations
