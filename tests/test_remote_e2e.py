@@ -68,8 +68,9 @@ def shares(backend: str, text: str, places, ours: list[str], theirs: list[str]) 
     at_end = [i for i, (line, character) in enumerate(places) if character == len(lines[line])]
     equal = [a == b for a, b in zip(ours, theirs)]
     said = [i for i, a in enumerate(ours) if a]
-    print(f"\n{backend} backend = local: {sum(equal)} of {len(places)} positions ({sum(equal[i] for i in said)} of the "
-          f"{len(said)} where local suggests something); at line ends {sum(equal[i] for i in at_end)} of {len(at_end)}")  # fmt: skip
+    print(f"\n{backend} backend = local: {sum(equal)} of {len(places)} positions "
+          f"({sum(equal[i] for i in said)} of the {len(said)} where local suggests something); "
+          f"at line ends {sum(equal[i] for i in at_end)} of {len(at_end)}")  # fmt: skip
     for (line, character), a, b in zip(places, ours, theirs):
         if a != b:
             print(f"  {line}:{character} local {a!r} remote {b!r}")
@@ -163,8 +164,8 @@ async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_use
         await wait_for(lambda: shown(client, server.endpoint), "the message")
         message = shown(client, server.endpoint)[0]
         assert "ended in the middle" in message or "nothing answers" in message, message
-        refused = f"nothing answers at {server.endpoint} (connection refused): is the server running? (endpoint)"
-        await until(lambda: inline(client, uri, 3, 0), lambda items: items == [] and f"codegen-lsp: {refused}" in shown(client, server.endpoint),
+        refused = f"codegen-lsp: nothing answers at {server.endpoint} (connection refused): is the server running? (endpoint)"
+        await until(lambda: inline(client, uri, 3, 0), lambda items: items == [] and refused in shown(client, server.endpoint),
                     "no server: empty suggestions, and the refused connection shown")  # fmt: skip
         server = remote_server.LlamaServer(backend, port=server.port)  # back on the same port
         await until(lambda: inline(client, uri, 3, 0), bool, "the restarted server to be used again")
@@ -174,7 +175,7 @@ async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_use
         server.stop()
         await until(lambda: inline(client, uri, 2, 16), lambda items: len(shown(client, server.endpoint)) > before,
                     "the second outage's message")  # fmt: skip
-        assert shown(client, server.endpoint)[before:] == [f"codegen-lsp: {refused}"]
+        assert shown(client, server.endpoint)[before:] == [refused]
     finally:
         await stop_server(client)
         server.stop()
