@@ -36,8 +36,9 @@ $(VSCODE)/node_modules/.installed: $(VSCODE)/package-lock.json
 e2e-vscode: $(VENV)/.installed editors-install
 	$(VSCODE)/e2e/run.sh
 
-# The remote backends against a real llama.cpp server (built once by pip into ~/.cache/codegen-lsp/bench-peers,
-# ~15 min the first time, reused after); `make test` runs the same tests when that build is there.
+# The remote backends against real llama.cpp servers, built once into ~/.cache/codegen-lsp/bench-peers and
+# reused after: llama-cpp-python's (pip, ~15 min) for backend openai, llama-server (cmake, ~30 min on 2 cores)
+# for backend llama.cpp; `make test` runs the same tests when those builds are there.
 e2e-remote: $(VENV)/.installed
 	$(PY) tests/remote_server.py --setup
 	$(PY) -m pytest -q -s tests/test_remote_e2e.py tests/test_remote.py

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 PROGRESS_CREATE_TIMEOUT_S = 10.0
 
 
+def loaded_message(served: ServedModel, settings: Settings) -> str:
+    """What a finished load says; a remote backend's names where its suggestions come from."""
+    if settings.backend == "local":
+        return f"loaded {served.name} in {served.lm.load_seconds:.1f}s"
+    return (f"loaded the tokenizer of {served.name} in {served.lm.load_seconds:.1f}s; suggestions from "
+            f"{settings.endpoint.rstrip('/')} (backend {settings.backend})")  # fmt: skip
+
+
 class ModelLifecycle:
     def __init__(self, server: LanguageServer, pool: ModelPool, report: Callable[[str], None]) -> None:
         self.server = server
@@ -62,12 +70,14 @@ class ModelLifecycle:
             return "loading", None
         return "not loaded", None
 
-    def settings_changed(self, wanted: list[Settings]) -> None:
-        """Unload what no folder names any more, retry failures, load what is new."""
+    def settings_changed(self, wanted: list[Settings]) -> list[ServedModel]:
+        """Unload what no folder names any more, retry failures, load what is new; returns what
+        was unloaded, to be closed once no generation uses it."""
         self.pool.forget_failures()
-        self.pool.retain({s.engine_key() for s in wanted})
+        dropped = self.pool.retain({s.engine_key() for s in wanted})
         for settings in wanted:
             self.ensure(settings)
+        return dropped
 
     async def load(self, settings: Settings) -> None:
         token = await self._begin_progress(settings)
@@ -76,7 +86,7 @@ class ModelLifecycle:
             loading = self.pool.load(settings, self._reporter(token, settings))
             self.starting.discard(settings.engine_key())
             served = await loading
-            status, message = READY, f"loaded {served.name} in {served.lm.load_seconds:.1f}s"
+            status, message = READY, loaded_message(served, settings)
             log.info("%s", message)
         except EngineError as exc:
             message = str(exc)

@@ -41,6 +41,7 @@ class ServedModel:
     lm: LoadedModel  # a remote backend: its TokenizerModel (lsp_server/backends/remote.py)
     sessions: SessionStore
     documents: dict[str, DocumentState] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None  # the backend's (a remote client's connections and thread)
 
     @property
     def name(self) -> str:
@@ -89,15 +90,15 @@ class ModelPool:
     @staticmethod
     def _load_blocking(settings: Settings, progress: Callable[[int], None] = lambda percent: None) -> ServedModel:
         backend = backends.load(settings, progress)  # the local engine, or a remote server's client (lsp_server/backends/)
-        return ServedModel(settings.engine_key(), backend.lm, backend.sessions)
+        return ServedModel(settings.engine_key(), backend.lm, backend.sessions, close=backend.close)
 
-    def retain(self, keys: set[ModelKey]) -> list[ModelKey]:
-        """Drop the models not in keys (and forget failures, so a changed setting retries)."""
+    def retain(self, keys: set[ModelKey]) -> list[ServedModel]:
+        """Drop the models not in keys (and forget failures, so a changed setting retries); returns
+        them, for their close() to be called where no generation uses them (the worker)."""
         self.failed = {k: v for k, v in self.failed.items() if k in keys}
-        dropped = [key for key in self.served if key not in keys]
-        for key in dropped:
-            log.info("unloading %s: no workspace folder uses it", key[0] or "the demo model")
-            del self.served[key]
+        dropped = [self.served.pop(key) for key in list(self.served) if key not in keys]
+        for served in dropped:
+            log.info("unloading %s: no workspace folder uses it", served.name)
         if dropped:
             gc.collect()
         return dropped

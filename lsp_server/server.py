@@ -24,6 +24,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.protocol.language_server import lsp_method
 
 from engine.errors import EngineError
+from lsp_server.backends.remote import RemoteError
 from lsp_server.documents import Document, DocumentStore
 from lsp_server.folders import FolderSettings
 from lsp_server.languages import LanguageOff, check_language
@@ -98,6 +99,7 @@ class CodegenServer(LanguageServer):
         self.scheduler = Scheduler()
         self.stats = Stats()
         self.reported: set[str] = set()
+        self.outages: dict[tuple, set[str]] = {}  # a remote backend's failures since its server last answered
         self.shutdown_requested = False
 
     @property
@@ -120,7 +122,9 @@ class CodegenServer(LanguageServer):
     async def settings_changed(self, pushed: Any = None) -> None:
         await self.folders.editor_changed(pushed)
         self.reported.clear()  # a problem still there after the change is worth saying again
-        self.models.settings_changed(self.folders.in_use(list(self.documents.documents)))
+        self.outages.clear()
+        for dropped in self.models.settings_changed(self.folders.in_use(list(self.documents.documents))):
+            self.scheduler.on_worker(dropped.close)  # after the generation that may still use it
 
     def did_open(self, params: types.DidOpenTextDocumentParams) -> None:
         item = params.text_document
@@ -169,8 +173,10 @@ class CodegenServer(LanguageServer):
         except Superseded:
             log.info("request %s superseded", request)
             return None
-        except EngineError as exc:  # e.g. settings that leave no room in the model's window
+        except EngineError as exc:  # e.g. settings that leave no room in the model's window, a server down
             log.warning("request %s: %s", request, exc)
+            if isinstance(exc, RemoteError):  # shown once per outage: again once the server has answered
+                self.outages.setdefault(served.key, set()).add(str(exc))
             self.report(str(exc), types.MessageType.Warning)
             return None
         except Exception as exc:  # a bug must cost one suggestion, not every request after it
@@ -178,6 +184,8 @@ class CodegenServer(LanguageServer):
             self.report(f"cannot complete with {served.name}: {type(exc).__name__}: {exc}")
             return None
         s = result.stats
+        if getattr(s, "response_ms", 0) > 0:  # a remote server answered: the outage is over
+            self.reported -= self.outages.pop(served.key, set())
         log.info(
             "request %s %s@%d: %s, prompt %d (reused %d, prefilled %d), generated %d, ttft %.0f ms, total %.0f ms",
             request, uri, offset, result.finish_reason, s.prompt_tokens, s.reused_tokens, s.prefilled_tokens,

@@ -3,11 +3,14 @@ new keys, and the message for a closed port (a real refused connection, not a mo
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import threading
 import time
 
 import pytest
+from lsprotocol import types
 
 from engine.generate import SamplingParams
 from lsp_server.backends import load
@@ -80,3 +83,39 @@ def test_a_closed_port_is_one_clear_message_and_requests_pause_briefly():
     with pytest.raises(RemoteError) as paused:  # within the pause: no connection attempt, same message
         session.generate(ids, SamplingParams(max_new_tokens=4), threading.Event())
     assert str(paused.value) == str(refused.value) and time.perf_counter() - started < 0.1
+
+
+def server_threads(client) -> int:
+    return len(os.listdir(f"/proc/{client._server.pid}/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the server's threads in /proc")
+async def test_changing_the_endpoint_leaves_no_thread_behind(tmp_path):
+    """Each remote backend has a thread closing cancelled responses; a backend no folder uses
+    any more is closed, thread included (nothing listens at these endpoints: none is asked)."""
+    from test_server import ended_loads, start_server, stop_server, wait_for
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    endpoint = {"backend": "openai", "debounce_ms": 0, "endpoint": "http://127.0.0.1:9"}
+    client = await start_server([folder], configuration={folder.as_uri(): endpoint})
+    try:
+        counts = []
+        for port in range(10, 16):
+            await wait_for(lambda: ended_loads(client) >= len(counts) + 1, "the backend of the endpoint")
+            await asyncio.sleep(0.2)  # the dropped backend's close runs in the generation worker
+            counts.append(server_threads(client))
+            client.set_configuration({**endpoint, "endpoint": f"http://127.0.0.1:{port}"}, section="codegen-lsp",
+                                     scope_uri=folder.as_uri())  # fmt: skip
+            client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+        await wait_for(lambda: ended_loads(client) >= len(counts) + 1, "the backend of the endpoint")
+        await asyncio.sleep(0.2)
+        counts.append(server_threads(client))
+        # The first change starts the generation worker (where the dropped backend is closed); then no growth.
+        assert counts[1:] == counts[1:2] * (len(counts) - 1), counts
+        ends = [r.message for reports in client.progress_reports.values() for r in reports
+                if isinstance(r, types.WorkDoneProgressEnd)]  # fmt: skip
+        # The ready message names where suggestions come from.
+        assert ends[-1].endswith("; suggestions from http://127.0.0.1:15 (backend openai)"), ends
+    finally:
+        await stop_server(client)

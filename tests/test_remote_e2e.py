@@ -1,7 +1,9 @@
-"""Remote backends against a real server (never a mock): llama-cpp-python's llama.cpp server on
-127.0.0.1 serving the demo model as GGUF float32 (`codegen-lsp export-gguf`), driven through
-the language server as an editor would. Skipped when the build is not there: `make e2e-remote`
-builds it (once, outside the repository) and runs these; see tests/remote_server.py.
+"""Remote backends against a real server (never a mock) on 127.0.0.1 serving the demo model as
+GGUF float32 (`codegen-lsp export-gguf`), driven through the language server as an editor
+would: backend "openai" against llama-cpp-python's server (/v1/completions), backend
+"llama.cpp" against llama.cpp's own `llama-server` (/infill). Each is skipped when its build is
+not there: `make e2e-remote` builds both (once, outside the repository) and runs these; see
+tests/remote_server.py.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ import pytest
 import remote_server
 from test_server import ended_loads, inline, open_doc, start_server, stats, stop_server, wait_for
 
-pytestmark = pytest.mark.skipif(not remote_server.server_available(),
-                                reason="no llama.cpp server build: `make e2e-remote` makes one")  # fmt: skip
+BACKENDS = [
+    pytest.param("openai", marks=pytest.mark.skipif(not remote_server.server_available(),
+                                                    reason="no llama-cpp-python server: `make e2e-remote` builds one")),
+    pytest.param("llama.cpp", marks=pytest.mark.skipif(remote_server.llama_server_binary() is None,
+                                                       reason="no llama-server (/infill): `make e2e-remote` builds one")),
+]  # fmt: skip
+API_PATHS = {"openai": "/v1/completions", "llama.cpp": "/infill"}
 POSITIONS = 40
 MAX_NEW_TOKENS = 24
 
@@ -45,31 +52,29 @@ def positions(text: str, count: int) -> list[tuple[int, int]]:
     return ends[:: max(1, len(ends) // half)][:half] + indents[:: max(1, len(indents) // half)][:half]
 
 
-def shares(backend: str, text: str, places, ours: list[str], theirs: list[str]) -> float:
-    """Prints the share of equal suggestions, overall and at line ends; returns the latter.
+def shares(backend: str, text: str, places, ours: list[str], theirs: list[str]) -> tuple[float, float]:
+    """Prints the share of equal suggestions, overall and at line ends, and returns both.
 
     With the cursor after indentation the local engine constrains its first tokens to spell
-    the blanks (token healing, engine/prompt.py); a server cannot be told to, and where its
-    greedy continuation does not start with them (often: end of text at once) it is asked again
-    with the blanks in the prompt, which gives another suggestion. At line ends there are no
-    blanks to heal: differences there are float32 rounding between llama.cpp and torch turning
-    a near tie (they show up late in a suggestion)."""
+    the blanks (token healing, engine/prompt.py). An OpenAI-compatible server cannot be told
+    to, and where its greedy continuation does not start with them (often: end of text at once)
+    it is asked again with the blanks in the prompt, which gives another suggestion. llama-server
+    can: backend "llama.cpp" sends a grammar (lsp_server/backends/llamacpp.py), which cannot see
+    token boundaries: where the local engine spells the blanks with whole tokens and goes on
+    with a token starting with a blank, the grammar does not let the server do that. At line
+    ends there are no blanks to heal: differences there are float32 rounding between llama.cpp
+    and torch turning a near tie (they show up late in a suggestion)."""
     lines = text.splitlines()
     at_end = [i for i, (line, character) in enumerate(places) if character == len(lines[line])]
     equal = [a == b for a, b in zip(ours, theirs)]
-    print(f"\n{backend} backend = local: {sum(equal)} of {len(places)} positions; at line ends "
-          f"{sum(equal[i] for i in at_end)} of {len(at_end)}")  # fmt: skip
+    said = [i for i, a in enumerate(ours) if a]
+    print(f"\n{backend} backend = local: {sum(equal)} of {len(places)} positions "
+          f"({sum(equal[i] for i in said)} of the {len(said)} where local suggests something); "
+          f"at line ends {sum(equal[i] for i in at_end)} of {len(at_end)}")  # fmt: skip
     for (line, character), a, b in zip(places, ours, theirs):
         if a != b:
             print(f"  {line}:{character} local {a!r} remote {b!r}")
-    return sum(equal[i] for i in at_end) / len(at_end)
-
-
-@pytest.fixture(scope="module")
-def server():
-    running = remote_server.LlamaServer()
-    yield running
-    running.stop()
+    return sum(equal) / len(places), sum(equal[i] for i in at_end) / len(at_end)
 
 
 async def timed(client, uri: str, places) -> tuple[list[str], float]:
@@ -84,11 +89,13 @@ async def timed(client, uri: str, places) -> tuple[list[str], float]:
     return out, statistics.median(times)
 
 
-async def compare_with_local(tmp_path: Path, backend: str, endpoint: str) -> None:
-    """Greedy suggestions of `backend` against the local engine's at the same positions, through the LSP."""
+async def compare_with_local(tmp_path: Path, backend: str, endpoint: str, **settings) -> tuple[float, float]:
+    """Greedy suggestions of `backend` against the local engine's at the same positions, through
+    the LSP, both with the same settings; the shares of equal ones, overall and at line ends."""
     # The stop rules off on both: the confidence stop reads logits, which a server does not send.
-    local = folder(tmp_path, "local", max_new_tokens=MAX_NEW_TOKENS, ramble_stop="off")
-    remote = folder(tmp_path, "remote", max_new_tokens=MAX_NEW_TOKENS, backend=backend, endpoint=endpoint, ramble_stop="off")
+    settings = {"max_new_tokens": MAX_NEW_TOKENS, "ramble_stop": "off", **settings}
+    local = folder(tmp_path, "local", **settings)
+    remote = folder(tmp_path, "remote", backend=backend, endpoint=endpoint, **settings)
     client = await start_server([local, remote])
     try:
         text, places = code(), positions(code(), POSITIONS)
@@ -102,26 +109,45 @@ async def compare_with_local(tmp_path: Path, backend: str, endpoint: str) -> Non
         assert last["backend"] == backend and last["endpoint"] == endpoint and last["response_ms"] > 0
     finally:
         await stop_server(client)
-    assert sum(bool(s) for s in ours) >= len(places) // 2  # mostly non-empty: a real comparison
-    assert shares(backend, text, places, ours, theirs) >= 0.75
+    overall, at_line_ends = shares(backend, text, places, ours, theirs)
+    # Many non-empty: a real comparison (in PSM the demo model often ends at once at a line end).
+    assert sum(bool(s) for s in ours) >= 2 * len(places) // 5
+    assert at_line_ends >= 0.75
+    return overall, at_line_ends
 
 
-async def test_openai_backend_gives_the_local_engines_greedy_suggestions(server, tmp_path):
-    await compare_with_local(tmp_path, "openai", server.endpoint)
-
-
-@pytest.mark.skipif(remote_server.llama_server_binary() is None, reason="no llama-server binary (/infill)")
-async def test_llamacpp_infill_backend_gives_the_local_engines_greedy_suggestions(tmp_path):
-    infill = remote_server.LlamaServer(infill=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_backend_gives_the_local_engines_greedy_suggestions(backend, tmp_path):
+    server = remote_server.LlamaServer(backend)
     try:
-        await compare_with_local(tmp_path, "llama.cpp", infill.endpoint)
+        if backend == "openai":
+            await compare_with_local(tmp_path, backend, server.endpoint)
+        else:
+            # llama-server writes the FIM prompt itself, in PSM: its --spm-infill is suffix first, not
+            # the StarCoder SPM the demo model fills best in, which no /infill request can spell.
+            overall, _ = await compare_with_local(tmp_path, backend, server.endpoint, fim="psm")
+            assert overall >= 0.75  # after indentation too: the grammar spells the blanks first
     finally:
-        infill.stop()
+        server.stop()
 
 
-async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_used(tmp_path):
-    server = remote_server.LlamaServer()
-    remote = folder(tmp_path, "remote", backend="openai", endpoint=server.endpoint, request_timeout_ms=60_000)
+def shown(client, endpoint: str) -> list[str]:
+    """The messages shown (window/showMessage) that name the endpoint."""
+    return [m.message for m in client.messages if endpoint in m.message]
+
+
+async def until(request, done, what: str, seconds: float = 30):
+    """Asks request() again (every 0.5 s, as typing would) until done(its answer)."""
+    deadline = time.monotonic() + seconds
+    while not done(await request()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_used(backend, tmp_path):
+    server = remote_server.LlamaServer(backend)
+    remote = folder(tmp_path, "remote", backend=backend, endpoint=server.endpoint, request_timeout_ms=60_000)
     client = await start_server([remote])
     uri = (remote / "a.py").as_uri()
     try:
@@ -135,25 +161,32 @@ async def test_a_killed_server_is_reported_within_5_s_and_a_restarted_one_is_use
         server.stop()  # ... and dies in the middle of the request
         assert await asyncio.wait_for(request, 10) == []
         assert time.monotonic() - started < 5
-        await wait_for(lambda: any(server.endpoint in m.message for m in client.messages), "the message")
-        message = next(m.message for m in client.messages if server.endpoint in m.message)
+        await wait_for(lambda: shown(client, server.endpoint), "the message")
+        message = shown(client, server.endpoint)[0]
         assert "ended in the middle" in message or "nothing answers" in message, message
-        assert await inline(client, uri, 3, 0) == []  # no server: empty, and the server stays up
-        server = remote_server.LlamaServer(port=server.port)  # back on the same port
-        deadline = time.monotonic() + 30
-        while not await inline(client, uri, 3, 0):
-            assert time.monotonic() < deadline, "the restarted server was not used again"
-            await asyncio.sleep(0.5)
+        refused = f"codegen-lsp: nothing answers at {server.endpoint} (connection refused): is the server running? (endpoint)"
+        await until(lambda: inline(client, uri, 3, 0), lambda items: items == [] and refused in shown(client, server.endpoint),
+                    "no server: empty suggestions, and the refused connection shown")  # fmt: skip
+        server = remote_server.LlamaServer(backend, port=server.port)  # back on the same port
+        await until(lambda: inline(client, uri, 3, 0), bool, "the restarted server to be used again")
+        # A second outage is shown again (once per outage), not only logged. (Not at 3:0, where the
+        # suggestion just given is given again without a request.)
+        before = len(shown(client, server.endpoint))
+        server.stop()
+        await until(lambda: inline(client, uri, 2, 16), lambda items: len(shown(client, server.endpoint)) > before,
+                    "the second outage's message")  # fmt: skip
+        assert shown(client, server.endpoint)[before:] == [refused]
     finally:
         await stop_server(client)
         server.stop()
 
 
-async def test_a_server_with_an_api_key_names_the_setting_and_works_with_it(tmp_path, monkeypatch):
-    server = remote_server.LlamaServer(api_key="s3cret-for-tests")
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_server_with_an_api_key_names_the_setting_and_works_with_it(backend, tmp_path, monkeypatch):
+    server = remote_server.LlamaServer(backend, api_key="s3cret-for-tests")
     monkeypatch.setenv("CODEGEN_LSP_TEST_KEY", "s3cret-for-tests")
-    without = folder(tmp_path, "without", backend="openai", endpoint=server.endpoint)
-    with_key = folder(tmp_path, "with", backend="openai", endpoint=server.endpoint, api_key_env="CODEGEN_LSP_TEST_KEY")
+    without = folder(tmp_path, "without", backend=backend, endpoint=server.endpoint)
+    with_key = folder(tmp_path, "with", backend=backend, endpoint=server.endpoint, api_key_env="CODEGEN_LSP_TEST_KEY")
     client = await start_server([without, with_key])
     try:
         text = "def fibonacci(n):\n    if n < 2:\n        return n\n"
@@ -162,7 +195,7 @@ async def test_a_server_with_an_api_key_names_the_setting_and_works_with_it(tmp_
         await wait_for(lambda: ended_loads(client) >= 2, "both to load")
         assert await inline(client, (without / "a.py").as_uri(), 3, 0) == []
         messages = [m.message for m in client.messages if "401" in m.message]
-        assert messages == [f"codegen-lsp: {server.endpoint}/v1/completions answered 401 Unauthorized: the server wants "
+        assert messages == [f"codegen-lsp: {server.endpoint}{API_PATHS[backend]} answered 401 Unauthorized: the server wants "
                             "a key; set api_key_env to the name of an environment variable holding it"], client.messages
         assert await inline(client, (with_key / "a.py").as_uri(), 3, 0)
     finally:

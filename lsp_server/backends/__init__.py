@@ -27,6 +27,7 @@ class Backend:
     lm: Any  # .tokenizer, .config (engine.loading.LoadedModel, or the tokenizer-only TokenizerModel)
     sessions: Any  # .get(document) -> a session, .drop(document)
     name: str  # "local", "openai", "llama.cpp"
+    close: Callable[[], None] = lambda: None  # frees what the backend holds (connections, threads) once unused
 
 
 def load(settings: Settings, progress: Callable[[int], None] = lambda percent: None) -> Backend:

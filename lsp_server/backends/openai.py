@@ -17,7 +17,8 @@ class OpenAICompletions:
     name = "openai"
     path = "/v1/completions"
 
-    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str) -> dict:
+    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str,
+             heal: str) -> dict:  # fmt: skip
         return {"prompt": render(tokenizer, parts), "max_tokens": max_tokens, **sampling(params, model)}
 
     def piece(self, event: dict) -> tuple[str, str | None, dict]:
@@ -32,4 +33,4 @@ class OpenAICompletions:
 def load(settings: Settings) -> Backend:
     lm = load_tokenizer_model(settings)
     client = RemoteClient(settings, OpenAICompletions())
-    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "openai")), "openai")
+    return Backend(lm, RemoteSessions(RemoteSession(lm, client, "openai")), "openai", client.close)

@@ -9,10 +9,11 @@ response when the request's cancel flag is set, and closing the connection is ho
 llama.cpp learn to stop generating.
 
 Every failure is one RemoteError whose message names the endpoint (and the setting to change);
-the server shows it once and logs it after. 429 and 5xx answers, and a server that cannot be
-reached, pause requests to that endpoint (exponential backoff, Retry-After honoured), during
-which suggestions are empty without a request: a dead server is not hit at every keystroke,
-and it is used again once it answers.
+the server shows it once per outage (again once the server has answered in between) and logs
+it after. 429 and 5xx answers, and a server that cannot be reached, pause requests to that
+endpoint (exponential backoff, Retry-After honoured), during which suggestions are empty
+without a request: a dead server is not hit at every keystroke, and it is used again once it
+answers.
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ class Adapter(Protocol):
     name: str
     path: str  # appended to the endpoint
 
-    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str) -> dict: ...
+    def body(self, tokenizer: Tokenizer, parts: PromptParts, params: SamplingParams, max_tokens: int, model: str,
+             heal: str) -> dict:
+        """The request; heal: the blanks before the cursor, left out of the prompt, which the
+        continuation must start with (an API that can be told so says it; others are asked again)."""
+        ...
 
     def piece(self, event: dict) -> tuple[str, str | None, dict]:
         """(text, finish reason or None, server timings) of one streamed event."""
@@ -110,7 +115,8 @@ class RemoteClient:
         self.paused_until = 0.0
         self.pause_message = ""
         self.watching: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._watch, name="codegen-lsp-remote-cancel", daemon=True).start()
+        self.watcher = threading.Thread(target=self._watch, name="codegen-lsp-remote-cancel", daemon=True)
+        self.watcher.start()
 
     # ---------------------------------------------------------------- one request
 
@@ -226,9 +232,10 @@ class RemoteClient:
     # ---------------------------------------------------------------- cancellation
 
     def _watch(self) -> None:
-        """Close a response the moment its request's cancel flag is set (or leave it once done)."""
-        while True:
-            cancel, done, response = self.watching.get()
+        """Close a response the moment its request's cancel flag is set (or leave it once done);
+        ends at close()."""
+        while (watched := self.watching.get()) is not None:
+            cancel, done, response = watched
             while not done.is_set():
                 if cancel.wait(0.02):
                     if not done.is_set():
@@ -240,6 +247,9 @@ class RemoteClient:
                     break
 
     def close(self) -> None:
+        """Stop the watcher thread and the connections (call it where no request runs any more)."""
+        self.watching.put(None)
+        self.watcher.join(5)
         self.http.close()
 
 
@@ -276,7 +286,7 @@ class RemoteSession:
         stats = RemoteStats(prompt_tokens=prompt_tokens, prefilled_tokens=prompt_tokens, backend=self.backend,
                             endpoint=self.client.endpoint)  # fmt: skip
         max_tokens = max(1, min(params.max_new_tokens, self.window - prompt_tokens))
-        body = self.client.adapter.body(self.lm.tokenizer, parts, params, max_tokens, self.client.model)
+        body = self.client.adapter.body(self.lm.tokenizer, parts, params, max_tokens, self.client.model, heal)
         text, finish = "", None
         for event in self.client.stream(body, cancel, stats):
             piece, reason, timings = self.client.adapter.piece(event)
