@@ -66,6 +66,14 @@ def first_repeat(ids: Sequence[int], min_chunk: int = MIN_CHUNK, allowed: Callab
     return None
 
 
+def repeat_cut_of_text(text: str, encode: Callable[[str], list[int]], decode: Callable[[list[int]], str]) -> int | None:
+    """Where text should end by the repetition rule (before the second copy of the first chunk
+    written twice on one line), for text that came without its tokens (a remote server's)."""
+    ids = encode(text)
+    second = first_repeat(ids, MIN_CHUNK, lambda chunk: "\n" not in decode(list(chunk)))
+    return None if second is None else len(decode(ids[:second]))
+
+
 def logprob_and_entropy(logits: torch.Tensor, token: int) -> tuple[float, float]:
     """log p(token) and the entropy (nats) of the distribution the logits give."""
     logp = torch.log_softmax(logits.float(), dim=-1)

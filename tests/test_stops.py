@@ -110,3 +110,17 @@ def test_generate_asks_the_stopper(codegen_dir):
     # A threshold of probability 1 stops before the first token; the free run is unchanged by stoppers.
     assert stopped.text == "" and stopped.finish_reason == "stop" and len(stopper.records) == 1
     assert len(free.token_ids) > 0
+
+
+def test_repeat_cut_of_text_finds_the_rule_in_text_without_tokens():
+    """A remote server sends text: it is tokenized again, and cut where a decode would have been."""
+    from engine.paths import DEMO_MODEL_DIR
+    from engine.stops import repeat_cut_of_text
+    from engine.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(DEMO_MODEL_DIR)
+    encode = lambda text: tokenizer.encode(text, continuation=True)  # noqa: E731
+    decode = lambda ids: tokenizer.decode(ids, continuation=True)  # noqa: E731
+    text = "x = compute(a, b) + compute(a, b) + compute(a, b) + compute(a, b)"
+    assert text[: repeat_cut_of_text(text, encode, decode)] == "x = compute(a, b) +"
+    assert repeat_cut_of_text("x = compute(a, b)\nx = compute(a, b)\n", encode, decode) is None  # across lines

@@ -35,6 +35,7 @@ from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.generate import Generation, GenerationStats, SamplingParams
 from engine.paths import DEMO_MODEL_DIR
+from engine.stops import repeat_cut_of_text
 from engine.tokenizer import Tokenizer, load_tokenizer
 from lsp_server.settings import Settings
 
@@ -281,6 +282,12 @@ class RemoteSession:
             result = self._generate(healed, len(ids) + len(self.lm.tokenizer.encode(heal, continuation=True)), params, cancel, "")
         return result
 
+    def _encode(self, text: str) -> list[int]:
+        return self.lm.tokenizer.encode(text, continuation=True)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.lm.tokenizer.decode(ids, continuation=True)
+
     def _generate(self, parts: PromptParts, prompt_tokens: int, params: SamplingParams, cancel, heal: str) -> Generation:
         start = time.perf_counter()
         stats = RemoteStats(prompt_tokens=prompt_tokens, prefilled_tokens=prompt_tokens, backend=self.backend,
@@ -298,6 +305,10 @@ class RemoteSession:
                 finish = "heal"
                 break
             cut = _first_stop(text[len(heal) :], params.stop) if len(text) >= len(heal) else None
+            if cut is None and params.stopper is not None and params.stopper.repeats and len(text) > len(heal):
+                # The repetition rule needs only the text; the others need log-probabilities.
+                cut = repeat_cut_of_text(text[len(heal) :], self._encode, self._decode)
+                params.stopper.reason = "repeat" if cut is not None else ""
             if cut is not None:
                 text, finish = text[: len(heal) + cut], "stop"
                 break
