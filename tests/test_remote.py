@@ -1,20 +1,25 @@
 """Remote backend settings and failures that need no inference server: the settings schema's
-new keys, and the message for a closed port (a real refused connection, not a mock)."""
+new keys, and the failures a user meets, each against something real (never a mock): a closed
+port, a host that does not exist, and a small HTTP server in a thread (`Answering`) that
+answers what a broken, busy or wrong server answers, counting the requests it gets."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from lsprotocol import types
 
 from engine.generate import SamplingParams
 from lsp_server.backends import load
-from lsp_server.backends.remote import RemoteError, render, split_prompt
+from lsp_server.backends.remote import BACKOFF_S, UNREACHABLE_BACKOFF_S, RemoteError, render, split_prompt
 from lsp_server.settings import Settings, apply
 
 
@@ -68,21 +73,261 @@ def test_a_servers_prompt_leaves_the_bos_to_its_tokenizer_and_keeps_the_text(fam
         assert split_prompt(tokenizer, psm.ids + generated).prefix == prefix + " z"
 
 
+@dataclass
+class Remote:
+    """A remote backend (openai) of the demo model's tokenizer, and a prompt for it."""
+
+    endpoint: str
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.backend = load(apply(Settings(), {"backend": "openai", "endpoint": self.endpoint, **self.settings}, "editor")[0])
+        self.ids = self.backend.lm.tokenizer.encode("def f(x):")
+
+    def ask(self) -> str:
+        """The suggestion, or "error: " and the message of the RemoteError the request raised
+        (anything else raised fails the test: the server would report it as a bug)."""
+        try:
+            return self.backend.sessions.get("a.py").generate(self.ids, SamplingParams(max_new_tokens=8), threading.Event()).text
+        except RemoteError as exc:
+            return f"error: {exc}"
+
+
 def test_a_closed_port_is_one_clear_message_and_requests_pause_briefly():
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     endpoint = f"http://127.0.0.1:{port}"
-    backend = load(apply(Settings(), {"backend": "openai", "endpoint": endpoint}, "editor")[0])
-    session = backend.sessions.get("a.py")
-    ids = backend.lm.tokenizer.encode("def f(x):")
-    with pytest.raises(RemoteError) as refused:
-        session.generate(ids, SamplingParams(max_new_tokens=4), threading.Event())
-    assert str(refused.value) == f"nothing answers at {endpoint} (connection refused): is the server running? (endpoint)"
+    remote = Remote(endpoint)
+    refused = remote.ask()
+    assert refused == f"error: nothing answers at {endpoint} (connection refused): is the server running? (endpoint)"
     started = time.perf_counter()
-    with pytest.raises(RemoteError) as paused:  # within the pause: no connection attempt, same message
-        session.generate(ids, SamplingParams(max_new_tokens=4), threading.Event())
-    assert str(paused.value) == str(refused.value) and time.perf_counter() - started < 0.1
+    assert remote.ask() == refused  # within the pause: no connection attempt, same message
+    assert time.perf_counter() - started < 0.1
+
+
+def test_a_host_that_does_not_exist_is_one_clear_message_and_fast():
+    endpoint = "http://no-such-host.invalid:8080"  # .invalid never resolves (RFC 6761), with or without a network
+    started = time.perf_counter()
+    message = Remote(endpoint).ask()
+    assert message.startswith(f"error: cannot find the host of {endpoint} (DNS: ") and message.endswith("; check endpoint")
+    assert time.perf_counter() - started < 5
+
+
+# ---------------------------------------------------------------- a real HTTP server answering what a broken one does
+
+SUGGESTION = " return x"
+COMPLETION = (f'data: {json.dumps({"choices": [{"text": SUGGESTION, "finish_reason": "stop"}]})}\n\n'
+              "data: [DONE]\n\n").encode()  # fmt: skip
+EVENT_STREAM = {"Content-Type": "text/event-stream"}
+
+
+@dataclass
+class Answer:
+    """What the server answers every POST with."""
+
+    status: int = 200
+    body: bytes = COMPLETION
+    headers: dict = field(default_factory=lambda: dict(EVENT_STREAM))
+    cut: bool = False  # sent chunked, and the connection closed after body without the last chunk: a server that died
+    hang: bool = False  # no answer at all (until the test ends)
+
+
+class Answering(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 in a thread that answers every POST with `answer` (a healthy
+    completion stream unless told otherwise) and counts the requests."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), AnsweringHandler)
+        self.answer = Answer()
+        self.requests = 0
+        self.paths: list[str] = []
+        self.ended = threading.Event()
+        self.endpoint = f"http://127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def __enter__(self) -> Answering:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.ended.set()
+        self.shutdown()
+        self.server_close()
+
+
+class AnsweringHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # kept connections, as a real server's
+    server: Answering
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests += 1
+        self.server.paths.append(self.path)
+        answer = self.server.answer
+        if answer.hang:
+            self.server.ended.wait(30)
+            self.close_connection = True
+            return
+        self.send_response(answer.status)
+        for name, value in answer.headers.items():
+            self.send_header(name, value)
+        if answer.cut:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(answer.body), answer.body))
+            self.close_connection = True
+            return
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        self.wfile.write(answer.body)
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def answering():
+    with Answering() as server:
+        yield server
+
+
+def paused_without_a_request(remote: Remote, server: Answering, message: str) -> None:
+    """Asked again at once (the next keystrokes): the same message, and no request reaches the server."""
+    requests = server.requests
+    for _ in range(5):
+        assert remote.ask() == message
+    assert server.requests == requests
+
+
+def until_answered(remote: Remote, server: Answering, seconds: float) -> float:
+    """Asks every 50 ms, the server healthy again, until a suggestion comes; when it came (time.monotonic)."""
+    server.answer = Answer()
+    deadline = time.monotonic() + seconds
+    while (text := remote.ask()) != SUGGESTION:
+        assert text.startswith("error: ") and time.monotonic() < deadline, text
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("status, reason", [(401, "Unauthorized"), (403, "Forbidden")])
+@pytest.mark.parametrize("key", ["", "CODEGEN_LSP_TEST_KEY"])
+def test_a_refused_key_names_the_setting(answering, status, reason, key, monkeypatch):
+    monkeypatch.setenv("CODEGEN_LSP_TEST_KEY", "wrong")
+    answering.answer = Answer(status, b'{"error": "no"}', {"Content-Type": "application/json"})
+    remote = Remote(answering.endpoint, {"api_key_env": key} if key else {})
+    what = f"error: {answering.endpoint}/v1/completions answered {status} {reason}: "
+    if key:
+        assert remote.ask() == what + "the key in $CODEGEN_LSP_TEST_KEY (api_key_env) was refused"
+    else:
+        assert remote.ask() == what + "the server wants a key; set api_key_env to the name of an environment variable holding it"
+    answering.answer = Answer()
+    assert remote.ask() == SUGGESTION  # no pause: nothing to wait for once the key is right
+
+
+def test_a_404_names_the_url_and_the_settings_to_check(answering):
+    answering.answer = Answer(404, b'{"detail":"Not Found"}', {"Content-Type": "application/json"})
+    remote = Remote(answering.endpoint + "/v1")  # the base URL given with /v1
+    assert remote.ask() == (f'error: {answering.endpoint}/v1/v1/completions answered 404 Not Found: check endpoint (the '
+                            'server\'s base URL, without /v1) and remote_model: {"detail":"Not Found"}')  # fmt: skip
+    assert answering.paths == ["/v1/v1/completions"]
+
+
+def test_429_pauses_requests_for_what_retry_after_says(answering):
+    answering.answer = Answer(429, b"slow down", {"Retry-After": "2", "Content-Type": "text/plain"})
+    remote = Remote(answering.endpoint)
+    message = remote.ask()
+    failed = time.monotonic()
+    assert message == (f"error: {answering.endpoint}/v1/completions answered 429 Too Many Requests: slow down; "
+                       "pausing requests to it and retrying later")  # fmt: skip
+    paused_without_a_request(remote, answering, message)
+    time.sleep(max(0.0, failed + BACKOFF_S[0] + 0.2 - time.monotonic()))  # our own first backoff is over ...
+    paused_without_a_request(remote, answering, message)  # ... Retry-After's 2 s not
+    assert time.monotonic() - failed < 2
+    assert 2 <= until_answered(remote, answering, 3) - failed < 3 and answering.requests == 2
+
+
+def test_5xx_backs_off_exponentially_without_a_storm_and_the_server_is_used_again(answering):
+    remote = Remote(answering.endpoint)
+    message = ""
+    for count, (status, reason) in enumerate(((500, "Internal Server Error"), (503, "Service Unavailable")), 1):
+        answering.answer = Answer(status, b"", {})
+        previous = message
+        while (message := remote.ask()) == previous:  # until the previous pause ends
+            time.sleep(0.05)
+        failed = time.monotonic()
+        assert message == f"error: {answering.endpoint}/v1/completions answered {status} {reason}; pausing requests to it and retrying later"
+        assert answering.requests == count
+        while time.monotonic() < failed + BACKOFF_S[count - 1] - 0.1:  # typing all the pause long: no request
+            paused_without_a_request(remote, answering, message)
+            time.sleep(0.05)
+    # The second failure in a row pauses for longer; then the server, healthy again, is used.
+    assert BACKOFF_S[1] <= until_answered(remote, answering, BACKOFF_S[1] + 0.5) - failed < BACKOFF_S[1] + 0.5
+    assert answering.requests == 3
+
+
+@pytest.mark.parametrize("headers, body, says", [
+    ({"Content-Type": "application/json"}, b'{"choices": [{"text": " return x"}]}', 'JSON instead of a stream: {"choices"'),
+    (EVENT_STREAM, b"data: <html>\n\n", "something that is not a completion stream: '<html>'"),
+], ids=["json", "not-json-events"])  # fmt: skip
+def test_a_200_that_is_not_a_completion_stream_is_one_clear_message(answering, headers, body, says):
+    answering.answer = Answer(200, body, headers)
+    remote = Remote(answering.endpoint)
+    message = remote.ask()
+    assert message.startswith(f"error: {answering.endpoint}/v1/completions answered {says}"), message
+    answering.answer = Answer()
+    assert remote.ask() == SUGGESTION
+
+
+def test_a_stream_cut_in_the_middle_is_one_clear_message_and_the_server_is_used_again(answering):
+    event = json.dumps({"choices": [{"text": " return", "finish_reason": None}]})
+    answering.answer = Answer(body=f"data: {event}\n\n".encode(), cut=True)  # one event, then the server dies
+    remote = Remote(answering.endpoint)
+    message = remote.ask()
+    failed = time.monotonic()
+    assert message == f"error: the stream from {answering.endpoint} ended in the middle of a completion (server stopped?)"
+    paused_without_a_request(remote, answering, message)
+    assert UNREACHABLE_BACKOFF_S[0] <= until_answered(remote, answering, 2) - failed < UNREACHABLE_BACKOFF_S[0] + 0.5
+
+
+def test_a_server_that_does_not_answer_in_time_is_one_clear_message_and_is_used_again(answering):
+    answering.answer = Answer(hang=True)
+    remote = Remote(answering.endpoint, {"request_timeout_ms": 200})
+    started = time.monotonic()
+    message = remote.ask()
+    failed = time.monotonic()
+    assert message == f"error: {answering.endpoint} did not answer within 200 ms (request_timeout_ms)"
+    assert 0.2 <= failed - started < 1
+    paused_without_a_request(remote, answering, message)
+    assert UNREACHABLE_BACKOFF_S[0] <= until_answered(remote, answering, 2) - failed < UNREACHABLE_BACKOFF_S[0] + 0.5
+
+
+async def test_through_the_server_a_failure_is_shown_once_per_outage_then_logged_and_suggestions_resume(answering, tmp_path):
+    from test_remote_e2e import folder, shown, until
+    from test_server import ended_loads, inline, open_doc, start_server, stats, stop_server, wait_for
+
+    remote = folder(tmp_path, "remote", backend="openai", endpoint=answering.endpoint)
+    client = await start_server([remote])
+    uri = (remote / "a.py").as_uri()
+    busy = (f"codegen-lsp: {answering.endpoint}/v1/completions answered 503 Service Unavailable: busy; pausing "
+            "requests to it and retrying later")  # fmt: skip
+    logged = lambda: [m.message for m in client.log_messages if answering.endpoint in m.message]  # noqa: E731
+    try:
+        open_doc(client, uri, "def f(x):\n")
+        await wait_for(lambda: ended_loads(client) >= 1, "the tokenizer to load")
+        answering.answer = Answer(503, b"busy", {"Retry-After": "1", "Content-Type": "text/plain"})
+        assert await inline(client, uri, 1, 0) == []
+        assert await inline(client, uri, 0, 9) == []  # paused: no request; the same message, logged only
+        assert (shown(client, answering.endpoint), logged(), answering.requests) == ([busy], [busy], 1)
+        answering.answer = Answer()
+        await until(lambda: inline(client, uri, 1, 0), bool, "the server to be used again", 5)
+        answering.answer = Answer(503, b"busy", {"Retry-After": "1", "Content-Type": "text/plain"})
+        assert await inline(client, uri, 0, 9) == []  # a second outage is shown again
+        assert shown(client, answering.endpoint) == [busy, busy]
+        assert (await stats(client))["last"]["endpoint"] == answering.endpoint  # still answering
+        assert not [m for m in client.messages if "cannot complete" in m.message]  # no exception but RemoteError
+    finally:
+        await stop_server(client)
+    assert client._server.returncode == 0
 
 
 def server_threads(client) -> int:
