@@ -265,10 +265,14 @@ def test_5xx_backs_off_exponentially_without_a_storm_and_the_server_is_used_agai
     assert answering.requests == 3
 
 
+HTML = b"<!DOCTYPE html>\n<html><head><title>Login</title></head><body>Sign in</body></html>\n"
+
+
 @pytest.mark.parametrize("headers, body, says", [
+    ({"Content-Type": "text/html"}, HTML, "text/html instead of a completion stream: <!DOCTYPE html>"),
     ({"Content-Type": "application/json"}, b'{"choices": [{"text": " return x"}]}', 'JSON instead of a stream: {"choices"'),
     (EVENT_STREAM, b"data: <html>\n\n", "something that is not a completion stream: '<html>'"),
-], ids=["json", "not-json-events"])  # fmt: skip
+], ids=["html", "json", "not-json-events"])  # fmt: skip
 def test_a_200_that_is_not_a_completion_stream_is_one_clear_message(answering, headers, body, says):
     answering.answer = Answer(200, body, headers)
     remote = Remote(answering.endpoint)

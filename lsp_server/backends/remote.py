@@ -45,6 +45,7 @@ BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # after 1, 2, ... failures in a ro
 UNREACHABLE_BACKOFF_S = (0.5, 1.0, 2.0, 3.0)  # nothing answers: short, so a restarted server is used soon
 MAX_RETRY_AFTER_S = 60.0
 EXCERPT = 200  # characters of a bad answer quoted in a message
+SSE_LINES = (":", "event:", "id:", "retry:")  # the lines of an event stream besides data: (and blank ones)
 
 
 class RemoteError(EngineError):
@@ -157,6 +158,9 @@ class RemoteClient:
             if not line.startswith("data:"):
                 if line.strip().startswith("{"):  # not a stream: an error object, or stream ignored
                     raise RemoteError(f"{self.url} answered JSON instead of a stream: {line.strip()[:EXCERPT]}")
+                if line.strip() and not line.startswith(SSE_LINES):  # not a stream: a web page, plain text
+                    kind = response.headers.get("content-type", "").split(";")[0] or "a body"
+                    raise RemoteError(f"{self.url} answered {kind} instead of a completion stream: {line.strip()[:EXCERPT]}")
                 continue  # comments, event names, keep-alives, blank separators
             data = line[5:].strip()
             if data == "[DONE]":
