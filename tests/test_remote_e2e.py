@@ -201,3 +201,31 @@ async def test_a_server_with_an_api_key_names_the_setting_and_works_with_it(back
     finally:
         await stop_server(client)
         server.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_wrong_path_and_a_server_too_slow_are_one_clear_message_each_and_it_is_used_again(backend, tmp_path):
+    server = remote_server.LlamaServer(backend)
+    wrong = folder(tmp_path, "wrong", backend=backend, endpoint=server.endpoint + "/v1")  # the base URL given with /v1
+    slow = folder(tmp_path, "slow", backend=backend, endpoint=server.endpoint, request_timeout_ms=1000)
+    client = await start_server([wrong, slow])
+    try:
+        for f in (wrong, slow):
+            open_doc(client, (f / "a.py").as_uri(), "def fibonacci(n):\n    if n < 2:\n        return n\n")
+        await wait_for(lambda: ended_loads(client) >= 2, "both to load")
+        assert await inline(client, (wrong / "a.py").as_uri(), 3, 0) == []
+        [message] = [m.message for m in client.messages if "404" in m.message]
+        assert message.startswith(f"codegen-lsp: {server.endpoint}/v1{API_PATHS[backend]} answered 404 Not Found: check "
+                                  "endpoint (the server's base URL, without /v1) and remote_model"), message  # fmt: skip
+        uri = (slow / "a.py").as_uri()
+        os.kill(server.process.pid, signal.SIGSTOP)  # it accepts the connection but does not answer
+        try:
+            assert await inline(client, uri, 3, 0) == []
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert shown(client, server.endpoint)[1:] == [f"codegen-lsp: {server.endpoint} did not answer within 1000 ms "
+                                                      "(request_timeout_ms)"]  # fmt: skip
+        await until(lambda: inline(client, uri, 3, 0), bool, "the server to be used again")
+    finally:
+        await stop_server(client)
+        server.stop()
