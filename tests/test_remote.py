@@ -358,10 +358,9 @@ async def test_changing_the_endpoint_leaves_no_thread_behind(tmp_path):
                                      scope_uri=folder.as_uri())  # fmt: skip
             client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
         await wait_for(lambda: ended_loads(client) >= len(counts) + 1, "the backend of the endpoint")
-        await asyncio.sleep(0.2)
-        counts.append(server_threads(client))
-        # The first change starts the generation worker (where the dropped backend is closed); then no growth.
-        assert counts[1:] == counts[1:2] * (len(counts) - 1), counts
+        # The first change starts the generation worker (where the dropped backend is closed); then no
+        # growth: five leaked threads would never go (a busy machine may close the last one late).
+        await wait_for(lambda: server_threads(client) <= counts[1], f"the thread count back to {counts}")
         ends = [r.message for reports in client.progress_reports.values() for r in reports
                 if isinstance(r, types.WorkDoneProgressEnd)]  # fmt: skip
         # The ready message names where suggestions come from.
