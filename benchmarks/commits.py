@@ -78,7 +78,7 @@ def main() -> int:
                         results.setdefault((commit, shape), []).append((decode, prefill))
                         print(f"round {round_ + 1} {commit:>10} {shape:26} decode {decode:7.2f} ms/token, "
                               f"prefill {prefill:7.1f} tok/s, load {os.getloadavg()[0]:.2f}", flush=True)
-            print(f"\nmedians of {args.rounds} rounds, {args.context}-token context:")
+            print(f"\nmedians of {args.rounds} rounds, {args.context}-token context (less where the window is shorter):")
             for (commit, shape), runs in results.items():
                 print(f"{commit:>10} {shape:26} decode {statistics.median(r[0] for r in runs):7.2f} ms/token, "
                       f"prefill {statistics.median(r[1] for r in runs):7.1f} tok/s")
