@@ -46,6 +46,16 @@ def llama_server_binary() -> str | None:
     return str(LLAMA_SERVER) if LLAMA_SERVER.is_file() else shutil.which("llama-server")
 
 
+def cmake_command() -> str:
+    """The system's cmake, else the one pip puts in the peers' environment (as pip's own build of
+    llama-cpp-python gets it), so a machine without cmake can still build the server."""
+    found = shutil.which("cmake")
+    if found is None:
+        subprocess.run([str(PEER_PYTHON), "-m", "pip", "install", "-q", "cmake"], check=True)
+        found = str(PEER_PYTHON.parent / "cmake")
+    return found
+
+
 def build_llama_server() -> Path:
     """llama.cpp's server, built once from the sdist's vendor/llama.cpp: Release, CPU only, no
     curl/openssl, no web UI (the build would fetch it), static so the one file is the server."""
@@ -61,9 +71,10 @@ def build_llama_server() -> Path:
     source = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     options = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
                "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DGGML_CUDA=OFF", "-DGGML_METAL=OFF"]  # fmt: skip
-    subprocess.run(["cmake", "-S", str(source), "-B", str(work / "cmake"), *options], check=True)
+    cmake = cmake_command()
+    subprocess.run([cmake, "-S", str(source), "-B", str(work / "cmake"), *options], check=True)
     jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 1)
-    subprocess.run(["cmake", "--build", str(work / "cmake"), "--target", "llama-server", "-j", jobs], check=True)
+    subprocess.run([cmake, "--build", str(work / "cmake"), "--target", "llama-server", "-j", jobs], check=True)
     LLAMA_SERVER.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(work / "cmake" / "bin" / "llama-server", LLAMA_SERVER.with_suffix(".tmp"))
     LLAMA_SERVER.with_suffix(".tmp").rename(LLAMA_SERVER)
