@@ -283,7 +283,7 @@ class RemoteSession:
         result = self._generate(parts, len(ids), params, cancel, heal)
         if heal and result.finish_reason == "heal":
             healed = replace(parts, prefix=parts.prefix + heal)
-            result = self._generate(healed, len(ids) + len(self.lm.tokenizer.encode(heal, continuation=True)), params, cancel, "")
+            result = self._generate(healed, len(ids) + len(self._encode(heal)), params, cancel, "")
         return result
 
     def _encode(self, text: str) -> list[int]:
@@ -312,7 +312,8 @@ class RemoteSession:
             if cut is None and params.stopper is not None and params.stopper.repeats and len(text) > len(heal):
                 # The repetition rule needs only the text; the others need log-probabilities.
                 cut = repeat_cut_of_text(text[len(heal) :], self._encode, self._decode)
-                params.stopper.reason = "repeat" if cut is not None else ""
+                if cut is not None:
+                    params.stopper.reason = "repeat"
             if cut is not None:
                 text, finish = text[: len(heal) + cut], "stop"
                 break
@@ -323,7 +324,7 @@ class RemoteSession:
             finish = "cancelled" if cancel is not None and cancel.is_set() else "length"
         if heal and finish in ("eos", "length") and not text.startswith(heal):
             finish = "heal"  # it ended before spelling the blanks (local decoding would not have let it)
-        generated = self.lm.tokenizer.encode(text, continuation=True) if text else []
+        generated = self._encode(text) if text else []
         stats.generated_tokens = len(generated)
         stats.total_ms = (time.perf_counter() - start) * 1000
         shown = text[len(heal) :] if text.startswith(heal) else ""
