@@ -168,7 +168,6 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
-
     def prepare(self, kernel: str | None = None) -> None:
         """Set up a decode kernel (by default PyTorch's packed one where it runs) on the module's device."""
         if kernel is None:
@@ -284,7 +283,6 @@ class Int4Linear(QuantizedLinear):
         self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
-
 
     def prepare(self, kernel: str | None = None) -> None:
         """Repack the weight for a kernel (by default PyTorch's packed one where the device has it)."""

@@ -125,7 +125,6 @@ class Session:
             return logits
         return self._forward([token], last_only=True)[0, -1]
 
-
     @torch.inference_mode()
     def verify(self, tokens: list[int]) -> torch.Tensor:
         """Append tokens in one forward; return the logits after each (len(tokens), vocab).
