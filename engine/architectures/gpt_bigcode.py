@@ -68,10 +68,12 @@ class GPTBigCodeAttention(nn.Module):
 
 
 class GPTBigCodeMLP(nn.Module):
-    def __init__(self, config: GPTBigCodeConfig):
+    """c_fc -> activation -> c_proj; StarCoder2's too (engine/architectures/starcoder2.py)."""
+
+    def __init__(self, config: ModelConfig, bias: bool = True):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
-        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+        self.c_fc = nn.Linear(config.n_embd, config.n_inner, bias=bias)
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd, bias=bias)
         self.act = ACTIVATIONS[config.activation_function]
 
     def forward(self, x):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 
 from engine.architectures import Architecture, FimSpelling
+from engine.architectures.gpt_bigcode import GPTBigCodeMLP
 from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
 from engine.layers import Rope, RopeDecoder
 
@@ -36,17 +37,6 @@ class Starcoder2Config(ModelConfig):
         )
 
 
-class Starcoder2MLP(nn.Module):
-    def __init__(self, config: Starcoder2Config):
-        super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.n_inner, bias=config.use_bias)
-        self.c_proj = nn.Linear(config.n_inner, config.n_embd, bias=config.use_bias)
-        self.act = ACTIVATIONS[config.activation_function]
-
-    def forward(self, x):
-        return self.c_proj(self.act(self.c_fc(x)))
-
-
 class Starcoder2(RopeDecoder):
     def biases(self, config: Starcoder2Config) -> tuple[bool, bool]:
         return config.use_bias, config.use_bias
@@ -55,7 +45,7 @@ class Starcoder2(RopeDecoder):
         return nn.LayerNorm(config.n_embd, eps=config.norm_epsilon)  # with a bias even without use_bias
 
     def mlp(self, config: Starcoder2Config) -> nn.Module:
-        return Starcoder2MLP(config)
+        return GPTBigCodeMLP(config, bias=config.use_bias)  # the same names and activation
 
 
 # StarCoder's FIM tokens plus the repository-level ones StarCoder2 was trained with.
