@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from functools import partial
 from typing import Any
 
@@ -246,7 +247,8 @@ def completion_item(text: str, where: types.Range) -> types.CompletionItem:
 
 @server.feature(STATS)
 def stats(ls: CodegenServer, params: Any = None) -> dict[str, Any]:
-    return {**ls.stats.to_dict(), "models": ls.models.pool.names(), "folders": folder_status(ls.folders, ls.models)}
+    return {**ls.stats.to_dict(), "models": ls.models.pool.names(), "folders": folder_status(ls.folders, ls.models),
+            "threads": sorted(thread.name for thread in threading.enumerate())}  # fmt: skip
 
 
 @server.feature(types.SHUTDOWN)
