@@ -11,7 +11,8 @@ import torch
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.quantize import (
-    QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, remove_stale_temporaries, save_quantized,
+    QuantSettings, cache_path, load_quantized, prepare_for_device, quantize_model, remove_dead_cache_files, remove_stale_temporaries,
+    save_quantized,
 )  # fmt: skip
 from engine.weights import read_state_dict
 
@@ -64,8 +65,9 @@ def build_quantized_model(config: ModelConfig, directory: Path, settings: QuantS
         # Cast first so the float parts end up in dtype while scales stay float32.
         model = quantize_model(build_model(config, read_state_dict(directory)).to(dtype), settings)
         try:
-            save_quantized(model, path)
+            save_quantized(model, path, directory)
             log.info("quantized weights cached in %s", path)
+            remove_dead_cache_files(path.parent, keep=path)
         except OSError as exc:
             log.warning("cannot cache quantized weights in %s: %s", path, exc)
     # Kernel layouts (e.g. CPU int4 packing) depend on the device: made after the move.

@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
 # cost 1 bit per weight in memory (0.25 for 128).
 DEFAULT_GROUP_SIZE = 32
-CACHE_FORMAT = 3  # bump when the on-disk layout of quantized weights changes
+CACHE_FORMAT = 4  # bump when the on-disk layout of quantized weights changes (4: files name their checkpoint)
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
 # Up to this many tokens per call our int8 matrix-vector kernel (or PyTorch's packed one) runs, as for one token;
 # beyond (prefill), the product with activations rounded to int16 (engine/kernels/cpu_matvec.cpp).
@@ -450,12 +450,13 @@ def _cached_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_quantized(model: nn.Module, path: Path) -> None:
-    """Write the quantized state dict with its format and layout digest, atomically: a reader sees the
-    old file or the whole new one, never a half-written one (a kill leaves only a temporary file,
-    which remove_stale_temporaries deletes at the next start)."""
+def save_quantized(model: nn.Module, path: Path, checkpoint: Path) -> None:
+    """Write the quantized state dict with its format, layout digest and the checkpoint it was made
+    from, atomically: a reader sees the old file or the whole new one, never a half-written one (a
+    kill leaves only a temporary file, which remove_stale_temporaries deletes at the next start)."""
     state = {k: v.contiguous() for k, v in _cached_state(model).items()}
-    metadata = {"format": "pt", "codegen_lsp_format": str(CACHE_FORMAT), "layout_sha256": _layout_digest(tensor_layout(state))}
+    metadata = {"format": "pt", "codegen_lsp_format": str(CACHE_FORMAT), "layout_sha256": _layout_digest(tensor_layout(state)),
+                "checkpoint": str(Path(checkpoint).resolve()), "checkpoint_fingerprint": _fingerprint_text(checkpoint)}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
@@ -478,6 +479,52 @@ def remove_stale_temporaries(folder: Path) -> None:
             log.info("removed a half-written cache file %s", partial)
         except OSError as exc:
             log.warning("cannot remove %s: %s", partial, exc)
+
+
+def remove_dead_cache_files(folder: Path, keep: Path) -> None:
+    """Delete the cache files no load can use again, so that the folder does not grow by a model's
+    size at every checkpoint update: those of an older format, and those made from a checkpoint
+    that has since changed or gone. A newer format's file belongs to another installed version
+    and is left alone, as is anything that is not a regular file."""
+    for path in sorted(folder.glob("*.safetensors")):
+        if path == keep:
+            continue
+        why = _why_dead(path)
+        if why is None:
+            continue
+        try:
+            path.unlink()
+            log.info("removed the quantized cache %s: %s", path, why)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", path, exc)
+
+
+def _why_dead(path: Path) -> str | None:
+    try:
+        check_regular(path)
+    except EngineError:
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception:
+        return "it is not a readable safetensors file"
+    written = metadata.get("codegen_lsp_format", "")
+    if not written.isdigit() or int(written) < CACHE_FORMAT:
+        return f"format {written or 'unknown'}, now {CACHE_FORMAT}"
+    if int(written) > CACHE_FORMAT or "checkpoint" not in metadata:
+        return None
+    try:
+        fingerprint = _fingerprint_text(Path(metadata["checkpoint"]))
+    except OSError:
+        return f"its checkpoint {metadata['checkpoint']} is gone"
+    if fingerprint != metadata.get("checkpoint_fingerprint"):
+        return f"its checkpoint {metadata['checkpoint']} has changed since"
+    return None
+
+
+def _fingerprint_text(directory: Path) -> str:
+    return json.dumps(checkpoint_fingerprint(directory), sort_keys=True)
 
 
 def _process_alive(pid: int) -> bool:

@@ -153,6 +153,39 @@ def test_other_settings_get_their_own_cache_entry(codegen_dir, tmp_path):
     assert len(list((tmp_path / "cache" / "quantized").glob("*.safetensors"))) == 3
 
 
+def test_cache_files_no_load_can_use_are_removed_at_the_next_write(codegen_dir, tmp_path):
+    """The folder does not grow at every checkpoint update: after a write, the files of a changed or
+    deleted checkpoint and of an older format are gone; the others, a newer format's included, stay."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "cache" / "quantized"
+    changing, going = tmp_path / "changing", tmp_path / "going"
+    shutil.copytree(codegen_dir, changing)
+    shutil.copytree(codegen_dir, going)
+    for directory in (changing, going, codegen_dir):
+        load_model(str(directory), device="cpu", quantization="int8")
+    load_model(str(codegen_dir), device="cpu", quantization="int4")
+    (old_format, newer_format) = (folder / "old-int8-0.safetensors", folder / "newer-int8-0.safetensors")
+    save_file({"x": torch.zeros(1)}, str(old_format), metadata={"codegen_lsp_format": "3"})
+    save_file({"x": torch.zeros(1)}, str(newer_format), metadata={"codegen_lsp_format": "999"})
+    before = {p.name for p in folder.glob("*.safetensors")}
+    assert len(before) == 6
+    shutil.rmtree(going)
+    config = json.loads((changing / "config.json").read_text())
+    (changing / "config.json").write_text(json.dumps(config, indent=1))  # an update: another size and time
+    load_model(str(changing), device="cpu", quantization="int8")  # quantized again, then the folder is cleaned
+    after = {p.name for p in folder.glob("*.safetensors")}
+    gone = before - after
+    assert len(gone) == 3 and old_format.name in gone and newer_format.name in after
+    assert sorted(name.split("-")[0] for name in gone - {old_format.name}) == ["changing", "going"]
+    assert sorted(name.split("-")[0] for name in after - before) == ["changing"]
+    assert sum(name.startswith(codegen_dir.name) for name in after) == 2  # int8 and int4 of the unchanged one
+    load_model(str(codegen_dir), device="cpu", quantization="int4")  # still a hit
+    assert {p.name for p in folder.glob("*.safetensors")} == after
+
+
 def test_corrupt_cache_file_is_replaced(codegen_dir, prompt_ids, tmp_path):
     good = greedy(load_model(str(codegen_dir), device="cpu", quantization="int8"), prompt_ids, 4)[0]
     (path,) = (tmp_path / "cache" / "quantized").glob("*.safetensors")
