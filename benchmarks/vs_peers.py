@@ -1,8 +1,8 @@
 """Ours vs llama.cpp and CTranslate2 on the same random weights: decode and prefill, in one run.
 
     .venv/bin/python benchmarks/vs_peers.py --setup   # once: the peers' environment (15-20 min on 2 cores)
-    .venv/bin/python benchmarks/vs_peers.py [--models santacoder codegen-350M-mono] [--contexts 512 1500]
-        [--rounds 3] [--new-tokens 32] [--threads 2]
+    .venv/bin/python benchmarks/vs_peers.py [--models santacoder codegen-350M-mono qwen2.5-coder-1.5b starcoder2-3b]
+        [--contexts 512 1500] [--rounds 3] [--new-tokens 32] [--threads 2] [--layers N]
 
 The peers live in their own virtual environment (default ~/.cache/codegen-lsp/bench-peers,
 or $CODEGEN_LSP_PEERS): llama-cpp-python built from source by pip, its sdist's
@@ -13,10 +13,14 @@ bandwidth is measured in the same run, and each decode figure is given with the 
 of that bandwidth its weights per token need (the roofline), and the load average.
 
 Random weights with the shapes of bigcode/gpt_bigcode-santacoder (llama.cpp arch
-"starcoder", CTranslate2) and Salesforce/codegen-350M-mono (CTranslate2 only: llama.cpp
-has no CodeGen). SantaCoder's own BPE is not on these machines: its checkpoint carries
-GPT-2's BPE cut to the model's 49,280 rows; llama.cpp's converter is told it is GPT-2's
-pre-tokenizer (it is). Only speed is measured.
+"starcoder", CTranslate2), Salesforce/codegen-350M-mono (CTranslate2 only: llama.cpp
+has no CodeGen), Qwen/Qwen2.5-Coder-1.5B (both) and bigcode/starcoder2-3b (llama.cpp
+only: CTranslate2 has no StarCoder2). Their own BPEs are not on these machines: the
+checkpoints carry GPT-2's BPE, cut to the model's rows where it has fewer (SantaCoder,
+StarCoder2) and padded by the converters where it has more (Qwen); llama.cpp's converter
+is told it is GPT-2's pre-tokenizer (it is). Only speed is measured. --layers N keeps only
+N blocks (StarCoder2-3B's float32 checkpoint, its GGUF and three engines' copies do not
+fit these machines' disk and memory at once).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
 from engine.quantize import weight_bytes_per_token  # noqa: E402
@@ -44,10 +48,17 @@ from engine.quantize import weight_bytes_per_token  # noqa: E402
 PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"
 GPT2 = ROOT / "tests" / "data" / "tokenizers" / "gpt2"
+GPT2_ROWS = 50257
 MODELS = {
     "santacoder": dict(SANTACODER, architectures=["GPTBigCodeForCausalLM"], layer_norm_epsilon=1e-5),
     "codegen-350M-mono": dict(CODEGEN_350M_MONO, architectures=["CodeGenForCausalLM"]),
+    "qwen2.5-coder-1.5b": dict(QWEN25_CODER_1_5B, architectures=["Qwen2ForCausalLM"]),
+    "starcoder2-3b": dict(STARCODER2_3B, architectures=["Starcoder2ForCausalLM"]),
 }
+LAYER_KEYS = ("n_layer", "num_hidden_layers")
+# Which peer runs which model_type (llama.cpp has no CodeGen, CTranslate2 no StarCoder2).
+LLAMA_CPP_TYPES = {"gpt_bigcode", "qwen2", "starcoder2"}
+CTRANSLATE2_TYPES = {"codegen", "gpt_bigcode", "qwen2"}
 # Bits each format stores per weight of a linear layer (block scales included).
 BITS = {"llama.cpp F32": 32, "llama.cpp Q8_0": 8.5, "llama.cpp Q4_0": 4.5, "CTranslate2 int8": 8 + 32 / 2048}
 
@@ -96,9 +107,11 @@ def gpt2_tokenizer_of(rows: int) -> Path:
     return path
 
 
-def peers_checkpoint(name: str) -> Path:
-    config = MODELS[name]
-    tokenizer = gpt2_tokenizer_of(config["vocab_size"]) if name == "santacoder" else CODEGEN_TOKENIZER
+def peers_checkpoint(name: str, config: dict) -> Path:
+    if config["model_type"] == "codegen":
+        tokenizer = CODEGEN_TOKENIZER
+    else:
+        tokenizer = gpt2_tokenizer_of(min(config["vocab_size"], GPT2_ROWS))
     directory = checkpoint(f"{name}-peers", config, [tokenizer])
     (directory / "tokenizer_config.json").write_text(json.dumps(dict.fromkeys(("eos_token", "bos_token", "unk_token"), "<|endoftext|>")))
     return directory
@@ -110,10 +123,14 @@ def peer(args: list[str], what: str) -> None:
 
 
 def gguf_files(name: str, directory: Path) -> dict[str, Path]:
-    """F32 from llama.cpp's converter, then Q8_0 and Q4_0 by llama.cpp's own quantizer."""
+    """Q8_0 and Q4_0 by llama.cpp's own quantizer, from the F32 of its converter (deleted after:
+    only the quantized files are timed)."""
     out = CACHE / "gguf"
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / f"{name}-{kind}.gguf" for kind in ("F32", "Q8_0", "Q4_0")}
+    quantized = {kind: path for kind, path in files.items() if kind != "F32"}
+    if all(path.is_file() for path in quantized.values()):
+        return quantized
     converter = converter_dir()
     if not files["F32"].is_file():
         # The converter knows byte-level GPT-2 BPE only by a hash of one text's token ids, which
@@ -134,7 +151,8 @@ def gguf_files(name: str, directory: Path) -> dict[str, Path]:
                 f"params.ftype = llama_cpp.{ftype}\n"
                 f"assert llama_cpp.llama_model_quantize({str(files['F32']).encode()!r}, {str(files[kind]).encode()!r}, params) == 0\n"
             )], f"GGUF {kind} of {name}")  # fmt: skip
-    return files
+    files["F32"].unlink()
+    return quantized
 
 
 def ctranslate2_dir(name: str, directory: Path) -> Path:
@@ -215,19 +233,21 @@ def linear_weights(directory: Path) -> int:
     return sum(m.weight.numel() for m in lm.model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float) -> None:
-    directory = peers_checkpoint(name)
+def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float, layers: int | None) -> None:
+    config = MODELS[name]
+    if layers:
+        config = {k: layers if k in LAYER_KEYS else v for k, v in config.items()}
+        name = f"{name}-{layers}-layers"
+    directory = peers_checkpoint(name, config)
     n_linear = linear_weights(directory)
-    runners: dict[str, object] = {
-        "ours int8": Ours(directory, "int8"),
-        "ours int4 (g32)": Ours(directory, "int4"),
-        "CTranslate2 int8": Peer("ctranslate2", ctranslate2_dir(name, directory), threads, "int8", n_linear * BITS["CTranslate2 int8"] / 8),
-    }  # fmt: skip
-    if name == "santacoder":
+    runners: dict[str, object] = {"ours int8": Ours(directory, "int8"), "ours int4 (g32)": Ours(directory, "int4")}
+    if config["model_type"] in CTRANSLATE2_TYPES:
+        runners["CTranslate2 int8"] = Peer("ctranslate2", ctranslate2_dir(name, directory), threads, "int8",
+                                           n_linear * BITS["CTranslate2 int8"] / 8)  # fmt: skip
+    if config["model_type"] in LLAMA_CPP_TYPES:
         context = max(contexts) + new_tokens + 8
         for kind, path in gguf_files(name, directory).items():
-            if kind != "F32":
-                runners[f"llama.cpp {kind}"] = Peer("llama.cpp", path, threads, str(context), n_linear * BITS[f"llama.cpp {kind}"] / 8)
+            runners[f"llama.cpp {kind}"] = Peer("llama.cpp", path, threads, str(context), n_linear * BITS[f"llama.cpp {kind}"] / 8)
     tokenizer = runners["ours int8"].lm.tokenizer
     code = tokenizer.encode(real_code(40 * max(contexts)))
     figures = {runner: Figures() for runner in runners}
@@ -271,6 +291,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, help="keep only this many blocks (StarCoder2-3B on a 24 GB machine: 10)")
     args = parser.parse_args()
     if args.setup:
         setup()
@@ -283,7 +304,7 @@ def main() -> None:
     print(f"{cpu}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     for name in args.models:
-        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth)
+        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers)
 
 
 if __name__ == "__main__":
