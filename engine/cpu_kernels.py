@@ -11,6 +11,9 @@ of that shape, and the fastest whose output matches a float32 reference serves e
 that shape. Choices are saved in cpu-kernels.json beside the quantized weights, keyed by CPU model
 and flags, torch version, kernel source and thread count: a change in any means measuring again.
 
+Decode attention (one token over a float32 cache) is chosen the same way, per (kv heads, query
+heads per kv head, head dim): ours or PyTorch's SDPA (choose_attention).
+
 A quantized module takes part through its methods kernel_candidates() (names, fallback last),
 with_kernel(name) (a twin sharing its weights, set up for that kernel), prepare(name), shape_key()
 and reference(x, rows) (the float32 result of those output rows).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -207,6 +211,64 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
     if len(passed) < 2:
         return next(iter(passed), fallback)
     seconds = median_seconds_per_call({name: lambda twin=twin: twin(x) for name, twin in passed.items()})
+    return min(seconds, key=seconds.get)
+
+
+def choose_attention(kv_heads: int, group: int, head_dim: int, folder: Path) -> str | None:
+    """The instruction set our decode attention kernel runs with for this shape (float32 cache), or
+    None where PyTorch's SDPA is as fast or ours is unavailable: measured once per machine on a
+    1,024-key cache, saved with the kernel choices."""
+    names = compiled_kernels(folder)
+    if not names or head_dim % 32:
+        return None
+    path, key, choices = _saved_choices(folder)
+    shape = f"attention {kv_heads}x{group}x{head_dim}"
+    choice = choices.get(shape)
+    if choice not in [*names, "sdpa"]:
+        choice = _measure_attention(kv_heads, group, head_dim, names)
+        choices[shape] = choice
+        _save_choices(path, key, choices, "attention")
+    log.info("CPU decode attention for %s: %s", shape, choice)
+    return None if choice == "sdpa" else choice.removeprefix("cpp-")
+
+
+ATTENTION_KEYS = 1024  # the cache length the choice is measured at
+ATTENTION_CACHE_BYTES = 64 << 20  # cycled through, as the layers of a model are: read from memory
+
+
+@torch.no_grad()
+def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str]) -> str:
+    """The fastest of SDPA (as engine/kv_cache.attend runs it) and ours, one step over ATTENTION_KEYS
+    cached keys, ours only where it matches SDPA. Each call reads another layer's keys and values
+    from memory, as decode does: in the CPU's caches, the ranking differs."""
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(kv_heads, group, head_dim, generator=generator)
+    layer_bytes = 2 * kv_heads * ATTENTION_KEYS * head_dim * 4
+    caches = [torch.randn(2, kv_heads, ATTENTION_KEYS + 64, head_dim, generator=generator)[:, :, :ATTENTION_KEYS]
+              for _ in range(-(-ATTENTION_CACHE_BYTES // layer_bytes))]  # fmt: skip
+    scale = head_dim**-0.5
+
+    def sdpa(cache):
+        return torch.nn.functional.scaled_dot_product_attention(q[None], cache[0][None], cache[1][None], scale=scale)[0]
+
+    def ours(cache, isa):
+        return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], scale, isa)
+
+    turns = itertools.cycle(caches)
+    calls = {"sdpa": lambda: sdpa(next(turns))}
+    reference = sdpa(caches[0])
+    for name in names:
+        isa = name.removeprefix("cpp-")
+        try:
+            error = (ours(caches[0], isa) - reference).abs().max().item()
+        except Exception as exc:
+            log.warning("CPU decode attention %s failed, not used: %s", name, exc)
+            continue
+        if error <= 1e-4 * reference.abs().max().item():
+            calls[name] = lambda isa=isa: ours(next(turns), isa)
+        else:
+            log.warning("CPU decode attention %s is wrong (error %.2g), not used", name, error)
+    seconds = median_seconds_per_call(calls, round_seconds=0.02)
     return min(seconds, key=seconds.get)
 
 

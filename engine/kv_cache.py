@@ -7,6 +7,11 @@ import torch.nn.functional as F
 
 from engine.config import ModelConfig
 
+# (kv heads, query heads per kv head, head dim) -> the instruction set our decode attention kernel
+# runs with for that shape on this CPU (engine/kernels/cpu_matvec.cpp), where it was measured
+# faster than SDPA at load (engine/cpu_kernels.py, choose_attention); other shapes use SDPA.
+DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
+
 
 class KVCache:
     """Keys and values of every layer, written at explicit positions.
@@ -73,6 +78,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     if isinstance(mask, RowSpans):
         return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
     KVH = k.shape[1]
+    if T == 1 and mask is None and B == 1 and DECODE_ATTENTION and q.dtype == k.dtype == torch.float32 and not torch.compiler.is_compiling():
+        isa = DECODE_ATTENTION.get((KVH, H // KVH, D))
+        if isa is not None and q.device.type == "cpu":
+            y = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(KVH, H // KVH, D), k[0], v[0], scale or D**-0.5, isa)
+            return y.view(B, H, T, D)
     if KVH < H and T == 1:
         # Grouped decode: the heads of a group read the same keys, so they become the query rows
         # of one head and the cache is read once, in one matmul. On CPU this is 2x (float32) to

@@ -23,7 +23,7 @@ from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
 from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
-from engine.kv_cache import KVCache
+from engine.kv_cache import DECODE_ATTENTION, KVCache
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
 from engine.tokenizer import Tokenizer, load_tokenizer
@@ -89,10 +89,21 @@ def load_model(
         name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
         threads = cpu_kernels.choose_threads(lambda: decode_step_for_timing(model, config, torch_dtype), name,
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
+        if settings.mode != "none" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
+            choose_decode_attention(config)  # quantized: our kernels are built already
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
     return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads)
+
+
+def choose_decode_attention(config: ModelConfig) -> None:
+    shape = (config.n_kv_heads, config.n_head // config.n_kv_heads, config.head_dim)
+    isa = cpu_kernels.choose_attention(*shape, cache_dir() / "quantized")
+    if isa is None:
+        DECODE_ATTENTION.pop(shape, None)
+    else:
+        DECODE_ATTENTION[shape] = isa
 
 
 def decode_step_for_timing(model: torch.nn.Module, config: ModelConfig, dtype: torch.dtype) -> Callable[[], object]:

@@ -159,7 +159,7 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
     first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
     path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
     saved = json.loads(path.read_text())
-    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith("threads ")}
+    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith(("threads ", "attention "))}
     assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
     assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
     # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
@@ -201,6 +201,77 @@ def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_d
         assert cpu_kernels.choose_threads(never, "big", tmp_path, big) == cpu_kernels.default_threads() == default
     finally:
         real_set(default)
+
+
+# (kv heads, query heads per kv head, head dim): santacoder (multi-query), Qwen2.5-Coder-1.5B
+# (grouped), codegen-350M (multi-head), a small one.
+ATTENTION_SHAPES = [(1, 16, 128), (2, 6, 128), (16, 1, 64), (3, 2, 32)]
+
+
+def needs_our_kernels():
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        pytest.skip("our CPU kernels could not be built here")
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=["x".join(map(str, s)) for s in ATTENTION_SHAPES])
+@pytest.mark.parametrize("keys", [1, 63, 64, 65, 700, 1500])
+@pytest.mark.parametrize("peak", [1.0, 40.0])
+def test_decode_attention_matches_sdpa(shape, keys, peak):
+    """Ours, in every instruction set this CPU has, over a slice of a larger cache (rows a stride
+    apart); peak 40 makes scores far apart (exp underflows for most keys)."""
+    needs_our_kernels()
+    kv_heads, group, head_dim = shape
+    generator = torch.Generator().manual_seed(keys)
+    cache = torch.randn(2, kv_heads, 2048, head_dim, generator=generator)
+    k, v = cache[0, :, :keys], cache[1, :, :keys]
+    q = torch.randn(kv_heads, group, head_dim, generator=generator) * peak
+    scale = head_dim**-0.5
+    reference = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale)[0]
+    for isa in torch.ops.codegen_lsp_cpu.isas().split():
+        out = torch.ops.codegen_lsp_cpu.attend_decode(q, k, v, scale, isa)
+        assert out.shape == reference.shape
+        # Rounding a score s costs ~|s| * 6e-8 of relative error after exp: bounds grow with the scores.
+        assert (out - reference).abs().max() <= 1e-5 * peak * reference.abs().max(), isa
+
+
+def test_decode_attention_refuses_what_it_cannot_run():
+    needs_our_kernels()
+    q, k = torch.randn(1, 4, 48), torch.randn(1, 10, 48)  # a head dim no multiple of 32
+    with pytest.raises(RuntimeError, match="multiple of 32"):
+        torch.ops.codegen_lsp_cpu.attend_decode(q, k, k, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="not available"):
+        torch.ops.codegen_lsp_cpu.attend_decode(torch.randn(1, 4, 64), torch.randn(1, 10, 64), torch.randn(1, 10, 64), 1.0, "sve")
+
+
+def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdpa(tmp_path, stdlib_code, monkeypatch):
+    """A quantized load measures ours against SDPA for the model's shape and saves the choice; a model
+    decoding with ours (forced here, whatever was chosen) gives SDPA's tokens and logits."""
+    needs_our_kernels()
+    from engine.kv_cache import DECODE_ATTENTION
+
+    directory = checkpoints.make_bigcode(tmp_path / "mq", multi_query=True, n_embd=128, n_head=4)  # head dim 32
+    measured = []
+    real_measure = cpu_kernels._measure_attention
+    monkeypatch.setattr(cpu_kernels, "_measure_attention", lambda *args: measured.append(args) or real_measure(*args))
+    saved_before = dict(DECODE_ATTENTION)
+    try:
+        lm = load_model(str(directory), device="cpu", quantization="int8")
+        choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+        choice = choices["attention 1x4x32"]
+        assert measured == [(1, 4, 32, cpu_kernels.compiled_kernels(cache_dir() / "kernels"))]
+        assert (DECODE_ATTENTION.get((1, 4, 32)) is None) == (choice == "sdpa")
+        load_model(str(directory), device="cpu", quantization="int8")
+        assert len(measured) == 1  # read back, not measured again
+        prompt = lm.tokenizer.encode(stdlib_code)[:300]
+        DECODE_ATTENTION.pop((1, 4, 32), None)
+        tokens, logits = greedy_with_logits(lm, prompt, 24)
+        DECODE_ATTENTION[(1, 4, 32)] = torch.ops.codegen_lsp_cpu.isas().split()[0]
+        ours, our_logits = greedy_with_logits(lm, prompt, 24)
+        assert ours == tokens
+        assert (logits - our_logits).abs().max() < 1e-4
+    finally:
+        DECODE_ATTENTION.clear()
+        DECODE_ATTENTION.update(saved_before)
 
 
 def test_a_wrong_kernel_is_not_chosen(caplog):

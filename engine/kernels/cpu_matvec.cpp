@@ -1,5 +1,6 @@
 // Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
-// token, or a few): y[m] = x[m] W^T + bias, computed in float32.
+// token, or a few): y[m] = x[m] W^T + bias, computed in float32; int8 x int16 products for
+// prefill; and one token's attention over a float32 cache (its section says why).
 //
 // Decode reads every weight once per token, so these kernels must stream weights at memory speed
 // while spending few instructions per weight. Both take the weights repacked by engine/quantize.py
@@ -24,6 +25,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -324,11 +326,151 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 // flatten compiles the templates above inside each of these, for its instruction set. (A lambda
 // does not inherit its function's target attribute, so parallel_for's lambda calls these.)
 
+// ---------------------------------------------------------------- decode attention
+// One new token's queries over the cached keys and values: q (KVH, G, D), the G query heads that
+// read key/value head h (multi-query: KVH = 1; multi-head: G = 1); k, v (KVH, S, D), rows apart by
+// a stride (a slice of the cache). PyTorch's SDPA gives one query block of one head to a thread, so
+// a multi-query cache is read by one thread alone, at a third of the memory's speed. Here the keys
+// are cut into chunks across threads (flash-decoding): each chunk keeps its own softmax maximum,
+// sum and weighted sum of values, merged at the end.
+
+struct AttendArgs {
+  const float* q;  // (KVH, G, D)
+  const float* k;  // row j of head h at h * k_head + j * k_row
+  const float* v;
+  int64_t G, S, D, k_head, k_row, v_head, v_row, chunk;
+  float scale;
+  float* partial;  // per task: G maxima, G sums, then G x D weighted sums of values
+};
+
+// exp(x) for x <= 0 (scores minus their maximum), Cephes' expf: 2^n times a polynomial of the
+// remainder, relative error ~1e-7; below -87 it is 0 (as expf's underflow).
+template <class F>
+inline F exp_nonpositive(F x) {
+  typedef typename Vec<sizeof(F) / 4>::i32 I;
+  const F tiny = (F){} - 87.f;
+  const F clamped = x < tiny ? tiny : x;
+  const F n = (clamped * 1.44269504f + 12582912.f) - 12582912.f;  // x log2 e to the nearest integer: + 1.5 * 2^23
+  const F r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
+  F p = (F){} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const F y = p * r * r + r + 1.f;
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  F two_n;
+  __builtin_memcpy(&two_n, &bits, sizeof two_n);
+  return x < tiny ? (F){} : y * two_n;
+}
+
+// out[r] = the sum of dots[r]'s lanes, r < 8. With 8 lanes, three rounds of pairwise shuffles and
+// adds give all eight sums in one vector (a lane-by-lane sum of each took most of the scores' time).
+template <class F>
+inline void sums_of_8(const F dots[8], float* out) {
+#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+  if constexpr (sizeof(F) == 32) {
+    F t[4], u[2];
+    for (int i = 0; i < 4; ++i)
+      t[i] = __builtin_shufflevector(dots[2 * i], dots[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+             __builtin_shufflevector(dots[2 * i], dots[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int i = 0; i < 2; ++i)
+      u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+             __builtin_shufflevector(t[2 * i], t[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    const F all = __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+                  __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+    __builtin_memcpy(out, &all, sizeof all);
+    return;
+  }
+  if constexpr (sizeof(F) == 64) {  // fold each to 8 lanes first
+    f32x8 halves[8];
+    for (int r = 0; r < 8; ++r)
+      halves[r] = __builtin_shufflevector(dots[r], dots[r], 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(dots[r], dots[r], 8, 9, 10, 11, 12, 13, 14, 15);
+    sums_of_8(halves, out);
+    return;
+  }
+#endif
+  for (int r = 0; r < 8; ++r) out[r] = sum(dots[r]);
+}
+
+template <class Isa>
+inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  const int64_t chunks = (a.S + a.chunk - 1) / a.chunk, G = a.G, D = a.D;
+  std::vector<float> scores(G * a.chunk + W);
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t h = t / chunks, first = t % chunks * a.chunk, n = std::min(a.chunk, a.S - first);
+    const float* q = a.q + h * G * D;
+    float* maxima = a.partial + t * G * (D + 2);
+    float* sums = maxima + G;
+    float* acc = sums + G;
+    // Eight keys at a time (they stay in L1 for every query of the group): eight independent sums
+    // keep the FMA units busy, and each query vector loaded serves eight keys.
+    const float* keys = a.k + h * a.k_head + first * a.k_row;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+      for (int64_t g = 0; g < G; ++g) {
+        F dot[8] = {};
+        for (int64_t d = 0; d < D; d += W) {
+          const F query = load<F>(q + g * D + d);
+          for (int r = 0; r < 8; ++r) dot[r] += query * load<F>(keys + (j + r) * a.k_row + d);
+        }
+        float* row = scores.data() + g * a.chunk + j;
+        sums_of_8(dot, row);
+        for (int r = 0; r < 8; ++r) row[r] *= a.scale;
+      }
+    for (; j < n; ++j)
+      for (int64_t g = 0; g < G; ++g) {
+        F dot = {};
+        for (int64_t d = 0; d < D; d += W) dot += load<F>(q + g * D + d) * load<F>(keys + j * a.k_row + d);
+        scores[g * a.chunk + j] = sum(dot) * a.scale;
+      }
+    for (int64_t g = 0; g < G; ++g) {
+      float* row = scores.data() + g * a.chunk;
+      float largest = row[0];
+      for (int64_t j = 1; j < n; ++j) largest = std::max(largest, row[j]);
+      F total = {};
+      int64_t j = 0;
+      for (; j + W <= n; j += W) {
+        const F e = exp_nonpositive(load<F>(row + j) - largest);
+        __builtin_memcpy(row + j, &e, sizeof e);
+        total += e;
+      }
+      float rest = 0.f;
+      for (; j < n; ++j) {
+        F tail = {};
+        tail[0] = row[j] - largest;
+        row[j] = exp_nonpositive(tail)[0];
+        rest += row[j];
+      }
+      maxima[g] = largest;
+      sums[g] = sum(total) + rest;
+    }
+    // 32 columns of the weighted sum at a time, in registers, over all the chunk's values (which
+    // stay in L2 from one query to the next): loading and storing the sums for each value cost
+    // three times as much.
+    constexpr int R = 32 / W;
+    const float* values = a.v + h * a.v_head + first * a.v_row;
+    for (int64_t d = 0; d < D; d += 32)
+      for (int64_t g = 0; g < G; ++g) {
+        const float* weights = scores.data() + g * a.chunk;
+        F sums_of_values[R] = {};
+        for (int64_t j = 0; j < n; ++j)
+          for (int r = 0; r < R; ++r) sums_of_values[r] += weights[j] * load<F>(values + j * a.v_row + d + r * W);
+        __builtin_memcpy(acc + g * D + d, sums_of_values, sizeof sums_of_values);
+      }
+  }
+}
+
 struct Kernels {
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
   void (*int16_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
+  void (*attend)(const AttendArgs&, int64_t, int64_t);
 };
 
 #define KERNEL __attribute__((flatten))
@@ -338,16 +480,19 @@ KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int
   int16_activations<Baseline>(x, n, g, q, s, t);
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
+KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline>(a, b, e); }
 #if defined(__x86_64__)
 // The AVX-512 build runs the AVX2 product too: a 512-bit one is not written, as no machine we test
 // on has AVX-512.
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
+KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int16_activations<Avx2>(x, n, g, q, s, t);
 }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
+KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512>(a, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int16_activations<Avx512>(x, n, g, q, s, t);
@@ -371,10 +516,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2, attend_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2, attend_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline};
+  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline, attend_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -465,6 +610,46 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   return shaped_like(y, x_in);
 }
 
+// q (KVH, G, D) float32; k, v (KVH, S, D) float32 with unit stride along D -> (KVH, G, D).
+at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, double scale, c10::string_view isa) {
+  TORCH_CHECK(q_in.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q_in.size(0) &&
+                  k.size(2) == q_in.size(2) && k.size(1) > 0,
+              "q (KVH, G, D), k and v (KVH, S, D)");
+  TORCH_CHECK(q_in.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  k.stride(2) == 1 && v.stride(2) == 1 && q_in.size(2) % 32 == 0,
+              "float32, unit stride along D, D a multiple of 32");
+  const at::Tensor q = q_in.contiguous();
+  const int64_t KVH = q.size(0), G = q.size(1), D = q.size(2), S = k.size(1);
+  // Enough chunks for every thread to have two (one head's keys alone feed them all), each long
+  // enough (>= 64 keys) that its partial results cost little beside it.
+  const int64_t wanted = (2 * at::get_num_threads() + KVH - 1) / KVH;
+  const int64_t chunks = std::max<int64_t>(1, std::min(wanted, S / 64));
+  const int64_t chunk = (S + chunks - 1) / chunks, tasks = KVH * ((S + chunk - 1) / chunk);
+  const int64_t per_head = tasks / KVH;
+  std::vector<float> partial(tasks * G * (D + 2));
+  const AttendArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), G, S, D, k.stride(0), k.stride(1),
+                     v.stride(0), v.stride(1), chunk, float(scale), partial.data()};
+  const Kernels run = kernels_for(isa);
+  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) { run.attend(a, b, e); });
+  at::Tensor y = at::zeros({KVH, G, D}, q.options());
+  float* out = y.data_ptr<float>();
+  for (int64_t h = 0; h < KVH; ++h)  // merge the chunks: rescale each to the largest maximum
+    for (int64_t g = 0; g < G; ++g) {
+      float largest = -INFINITY, total = 0.f;
+      for (int64_t c = 0; c < per_head; ++c) largest = std::max(largest, partial[(h * per_head + c) * G * (D + 2) + g]);
+      float* row = out + (h * G + g) * D;
+      for (int64_t c = 0; c < per_head; ++c) {
+        const float* task = partial.data() + (h * per_head + c) * G * (D + 2);
+        const float factor = std::exp(task[g] - largest);
+        total += factor * task[G + g];
+        const float* acc = task + 2 * G + g * D;
+        for (int64_t d = 0; d < D; ++d) row[d] += factor * acc[d];
+      }
+      for (int64_t d = 0; d < D; ++d) row[d] /= total;
+    }
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
@@ -472,10 +657,12 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matmul(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
+  m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int8_matvec", &int8_matvec);
   m.impl("int8_matmul", &int8_matmul);
   m.impl("int4_matvec", &int4_matvec);
+  m.impl("attend_decode", &attend_decode);
 }

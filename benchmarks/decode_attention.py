@@ -1,0 +1,132 @@
+"""Decode with our attention kernel against PyTorch's SDPA, on the same quantized model, in one run.
+
+    .venv/bin/python benchmarks/decode_attention.py [--models santacoder qwen2.5-coder-1.5b]
+        [--contexts 512 1500] [--quantization int8] [--rounds 5] [--new-tokens 16] [--layers N] [--calls-only]
+
+First one attention call alone: microseconds per call for each model's shape and context, each
+call reading another layer's keys and values (96 MB cycled through, so from memory, as in decode).
+Then whole decode steps: the checkpoints are vs_peers.py's (random weights in the published shapes,
+written once under /tmp/codegen-lsp-bench); for each context a session is filled, then decode steps
+are timed with our kernel (engine/kernels/cpu_matvec.cpp, attend_decode, in the best instruction set
+this CPU has) and with SDPA, in interleaved rounds (ours, SDPA, SDPA, ours, ...); medians, and the
+load average. Whole steps on a shared 2-core machine vary by +-10 %: the calls alone are the
+steadier figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import real_code  # noqa: E402
+from benchmarks.vs_peers import LAYER_KEYS, MODELS, peers_checkpoint  # noqa: E402
+from engine import cpu_kernels  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.paths import cache_dir  # noqa: E402
+from engine.session import Session  # noqa: E402
+
+
+def attention_calls(name: str, contexts: list[int], rounds: int) -> None:
+    config = MODELS[name]
+    heads = config.get("num_attention_heads") or config["n_head"]
+    kv_heads = config.get("num_key_value_heads") or (1 if config.get("multi_query") else heads)
+    head_dim = (config.get("hidden_size") or config["n_embd"]) // heads
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    q = torch.randn(kv_heads, heads // kv_heads, head_dim)
+    for context in contexts:
+        layer_bytes = 2 * kv_heads * context * head_dim * 4
+        caches = [torch.randn(2, kv_heads, context + 64, head_dim)[:, :, :context] for _ in range(-(-(96 << 20) // layer_bytes))]
+        sdpa_turns, our_turns = itertools.cycle(caches), itertools.cycle(caches)
+
+        def sdpa():
+            cache = next(sdpa_turns)
+            return torch.nn.functional.scaled_dot_product_attention(q[None], cache[0][None], cache[1][None])
+
+        def ours():
+            cache = next(our_turns)
+            return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], head_dim**-0.5, isa)
+
+        seconds = cpu_kernels.median_seconds_per_call({"sdpa": sdpa, "ours": ours}, rounds=rounds, round_seconds=0.05)
+        print(f"| {name} | {(kv_heads, heads // kv_heads, head_dim)} | {context} | {seconds['sdpa'] * 1e6:.0f} | "
+              f"{seconds['ours'] * 1e6:.0f} | {seconds['sdpa'] / seconds['ours']:.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
+
+
+def decode_ms(lm, prompt: list[int], new_tokens: int) -> float:
+    session = Session(lm)
+    logits, _ = session.prefill(prompt)
+    token = int(torch.argmax(logits))
+    for _ in range(2):  # the first steps after a prefill pay for its freed memory
+        token = int(torch.argmax(session.step(token)))
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        token = int(torch.argmax(session.step(token)))
+    return (time.perf_counter() - start) / new_tokens * 1000
+
+
+def run(name: str, args) -> None:
+    config = MODELS[name]
+    if args.layers:
+        config = {k: args.layers if k in LAYER_KEYS else v for k, v in config.items()}
+        name = f"{name}-{args.layers}-layers"
+    lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
+    c = lm.config
+    shape = (c.n_kv_heads, c.n_head // c.n_kv_heads, c.head_dim)
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
+    print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), "
+          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds, {args.new_tokens} tokens\n")
+    print("| context | SDPA ms/token | ours ms/token | ours as fast as SDPA x | load |")
+    print("|---|---|---|---|---|")
+    for context in args.contexts:
+        times = {"sdpa": [], "ours": []}
+        loads = []
+        for round_ in range(args.rounds):
+            for variant in (("ours", "sdpa") if round_ % 2 == 0 else ("sdpa", "ours")):
+                if variant == "ours":
+                    DECODE_ATTENTION[shape] = isa
+                else:
+                    DECODE_ATTENTION.pop(shape, None)
+                times[variant].append(decode_ms(lm, code[:context], args.new_tokens))
+                loads.append(os.getloadavg()[0])
+        sdpa, ours = statistics.median(times["sdpa"]), statistics.median(times["ours"])
+        print(f"| {context} | {sdpa:.1f} | {ours:.1f} | {sdpa / ours:.2f} | {statistics.median(loads):.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["santacoder", "qwen2.5-coder-1.5b"])
+    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 1500])
+    parser.add_argument("--quantization", default="int8", choices=["int8", "int4"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--layers", type=int, help="keep only this many blocks")
+    parser.add_argument("--calls-only", action="store_true", help="time the attention calls alone, no model")
+    args = parser.parse_args()
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        sys.exit("our CPU kernels could not be built here: nothing to compare")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")  # fmt: skip
+    print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
+    print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
+    print("| model | (kv heads, group, head dim) | keys | SDPA us | ours us | ours as fast x | load |")
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        attention_calls(name, args.contexts, 2 * args.rounds + 1)
+    if not args.calls_only:
+        for name in args.models:
+            run(name, args)
+
+
+if __name__ == "__main__":
+    main()
