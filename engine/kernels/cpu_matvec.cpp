@@ -367,9 +367,15 @@ inline F exp_nonpositive(F x) {
 
 // out[r] = the sum of dots[r]'s lanes, r < 8. With 8 lanes, three rounds of pairwise shuffles and
 // adds give all eight sums in one vector (a lane-by-lane sum of each took most of the scores' time).
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)  // GCC 12 and later, clang
+#define HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+
 template <class F>
 inline void sums_of_8(const F dots[8], float* out) {
-#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+#ifdef HAVE_SHUFFLEVECTOR
   if constexpr (sizeof(F) == 32) {
     F t[4], u[2];
     for (int i = 0; i < 4; ++i)
