@@ -330,7 +330,7 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 // One new token's queries over the cached keys and values: q (KVH, G, D), the G query heads that
 // read key/value head h (multi-query: KVH = 1; multi-head: G = 1); k, v (KVH, S, D), rows apart by
 // a stride (a slice of the cache). PyTorch's SDPA gives one query block of one head to a thread, so
-// a multi-query cache is read by one thread alone, at a third of the memory's speed. Here the keys
+// a multi-query cache is read by one thread alone. Here the keys
 // are cut into chunks across threads (flash-decoding): each chunk keeps its own softmax maximum,
 // sum and weighted sum of values, merged at the end.
 
@@ -366,7 +366,7 @@ inline F exp_nonpositive(F x) {
 }
 
 // out[r] = the sum of dots[r]'s lanes, r < 8. With 8 lanes, three rounds of pairwise shuffles and
-// adds give all eight sums in one vector (a lane-by-lane sum of each took most of the scores' time).
+// adds give all eight sums in one vector, instead of seven scalar adds for each.
 #if defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector)  // GCC 12 and later, clang
 #define HAVE_SHUFFLEVECTOR 1
