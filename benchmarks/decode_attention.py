@@ -28,8 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import real_code  # noqa: E402
-from benchmarks.vs_peers import LAYER_KEYS, MODELS, peers_checkpoint  # noqa: E402
+from benchmarks.random_checkpoint import keep_layers  # noqa: E402
+from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
+from engine.config import ModelConfig  # noqa: E402
 from engine.kv_cache import DECODE_ATTENTION  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
@@ -37,10 +39,8 @@ from engine.session import Session  # noqa: E402
 
 
 def attention_calls(name: str, contexts: list[int], rounds: int) -> None:
-    config = MODELS[name]
-    heads = config.get("num_attention_heads") or config["n_head"]
-    kv_heads = config.get("num_key_value_heads") or (1 if config.get("multi_query") else heads)
-    head_dim = (config.get("hidden_size") or config["n_embd"]) // heads
+    config = ModelConfig.from_dict(MODELS[name])
+    heads, kv_heads, head_dim = config.n_head, config.n_kv_heads, config.head_dim
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
     q = torch.randn(kv_heads, heads // kv_heads, head_dim)
     for context in contexts:
@@ -74,10 +74,7 @@ def decode_ms(lm, prompt: list[int], new_tokens: int) -> float:
 
 
 def run(name: str, args) -> None:
-    config = MODELS[name]
-    if args.layers:
-        config = {k: args.layers if k in LAYER_KEYS else v for k, v in config.items()}
-        name = f"{name}-{args.layers}-layers"
+    name, config = keep_layers(name, MODELS[name], args.layers)
     lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
     c = lm.config
     shape = (c.n_kv_heads, c.n_head // c.n_kv_heads, c.head_dim)
@@ -114,9 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
         sys.exit("our CPU kernels could not be built here: nothing to compare")
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")  # fmt: skip
-    print(f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
     print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
     print("| model | (kv heads, group, head dim) | keys | SDPA us | ours us | ours as fast x | load |")

@@ -41,6 +41,16 @@ STARCODER2_3B = {  # bigcode/starcoder2-3b
 }
 
 
+LAYER_KEYS = ("n_layer", "num_hidden_layers")  # the block count, as each family's config.json names it
+
+
+def keep_layers(name: str, config: dict, layers: int | None) -> tuple[str, dict]:
+    """The shape with only `layers` blocks (None: all of them) and the name of its checkpoint."""
+    if not layers:
+        return name, config
+    return f"{name}-{layers}-layers", {k: layers if k in LAYER_KEYS else v for k, v in config.items()}
+
+
 def write_random_checkpoint(directory: Path, config: dict, tokenizer_files: Iterable[Path], seed: int = 0) -> Path:
     """config.json + model.safetensors with N(0, 0.02) weights, plus the given tokenizer files."""
     directory = Path(directory)

@@ -40,7 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B, keep_layers  # noqa: E402
+from engine import cpu_kernels  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
 from engine.quantize import weight_bytes_per_token  # noqa: E402
@@ -55,7 +56,6 @@ MODELS = {
     "qwen2.5-coder-1.5b": dict(QWEN25_CODER_1_5B, architectures=["Qwen2ForCausalLM"]),
     "starcoder2-3b": dict(STARCODER2_3B, architectures=["Starcoder2ForCausalLM"]),
 }
-LAYER_KEYS = ("n_layer", "num_hidden_layers")
 # Which peer runs which model_type (llama.cpp has no CodeGen, CTranslate2 no StarCoder2).
 LLAMA_CPP_TYPES = {"gpt_bigcode", "qwen2", "starcoder2"}
 CTRANSLATE2_TYPES = {"codegen", "gpt_bigcode", "qwen2"}
@@ -234,10 +234,7 @@ def linear_weights(directory: Path) -> int:
 
 
 def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float, layers: int | None) -> None:
-    config = MODELS[name]
-    if layers:
-        config = {k: layers if k in LAYER_KEYS else v for k, v in config.items()}
-        name = f"{name}-{layers}-layers"
+    name, config = keep_layers(name, MODELS[name], layers)
     directory = peers_checkpoint(name, config)
     n_linear = linear_weights(directory)
     runners: dict[str, object] = {"ours int8": Ours(directory, "int8"), "ours int4 (g32)": Ours(directory, "int4")}
@@ -299,9 +296,7 @@ def main() -> None:
     converter_dir()  # fail early, with the command to run, when there is no peers' environment
     torch.set_num_threads(args.threads)
     bandwidth = read_bandwidth_gb_s()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")  # fmt: skip
-    print(f"{cpu}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
+    print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     for name in args.models:
         run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers)

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, checkpoint, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B  # noqa: E402
+from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B, keep_layers  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
@@ -39,7 +39,6 @@ from engine.tokenizer import load_tokenizer  # noqa: E402
 # CodeGen's, and prompt ids are folded below their vocabulary (only speed is measured).
 MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER,
           "qwen2.5-coder-1.5b": QWEN25_CODER_1_5B, "starcoder2-3b": STARCODER2_3B}
-LAYER_KEYS = ("n_layer", "num_hidden_layers")
 MODES = {  # name -> (dtype, quantization)
     "float32": ("float32", "none"),
     "bfloat16": ("bfloat16", "none"),
@@ -88,10 +87,7 @@ class Transformers:
 
 
 def compare(name: str, modes: list[str], args) -> None:
-    config = MODELS[name]
-    if args.layers:
-        config = {k: args.layers if k in LAYER_KEYS else v for k, v in config.items()}
-        name = f"{name}-{args.layers}-layers"
+    name, config = keep_layers(name, MODELS[name], args.layers)
     directory = checkpoint(name, config)
     ids = load_tokenizer(directory).encode(real_code(40000))
     limit = config["eos_token_id"] if config["model_type"] == "gpt_bigcode" else config["vocab_size"]
