@@ -338,7 +338,7 @@ struct AttendArgs {
   const float* q;  // (KVH, G, D)
   const float* k;  // row j of head h at h * k_head + j * k_row
   const float* v;
-  int64_t G, S, D, k_head, k_row, v_head, v_row, chunk;
+  int64_t G, S, D, k_head, k_row, v_head, v_row, chunk, chunks;  // chunk: keys per task; chunks per head
   float scale;
   float* partial;  // per task: G maxima, G sums, then G x D weighted sums of values
 };
@@ -405,10 +405,10 @@ template <class Isa>
 inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
   constexpr int W = Isa::W;
   using F = typename Vec<W>::f32;
-  const int64_t chunks = (a.S + a.chunk - 1) / a.chunk, G = a.G, D = a.D;
+  const int64_t G = a.G, D = a.D;
   std::vector<float> scores(G * a.chunk + W);
   for (int64_t t = begin; t < end; ++t) {
-    const int64_t h = t / chunks, first = t % chunks * a.chunk, n = std::min(a.chunk, a.S - first);
+    const int64_t h = t / a.chunks, first = t % a.chunks * a.chunk, n = std::min(a.chunk, a.S - first);
     const float* q = a.q + h * G * D;
     float* maxima = a.partial + t * G * (D + 2);
     float* sums = maxima + G;
@@ -628,13 +628,12 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
   const int64_t KVH = q.size(0), G = q.size(1), D = q.size(2), S = k.size(1);
   // Enough chunks for every thread to have two (one head's keys alone feed them all), each long
   // enough (>= 64 keys) that its partial results cost little beside it.
-  const int64_t wanted = (2 * at::get_num_threads() + KVH - 1) / KVH;
-  const int64_t chunks = std::max<int64_t>(1, std::min(wanted, S / 64));
-  const int64_t chunk = (S + chunks - 1) / chunks, tasks = KVH * ((S + chunk - 1) / chunk);
-  const int64_t per_head = tasks / KVH;
+  const int64_t wanted = std::max<int64_t>(1, std::min((2 * at::get_num_threads() + KVH - 1) / KVH, S / 64));
+  const int64_t chunk = (S + wanted - 1) / wanted;
+  const int64_t chunks = (S + chunk - 1) / chunk, tasks = KVH * chunks;  // rounding may leave fewer than wanted
   std::vector<float> partial(tasks * G * (D + 2));
   const AttendArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), G, S, D, k.stride(0), k.stride(1),
-                     v.stride(0), v.stride(1), chunk, float(scale), partial.data()};
+                     v.stride(0), v.stride(1), chunk, chunks, float(scale), partial.data()};
   const Kernels run = kernels_for(isa);
   at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) { run.attend(a, b, e); });
   at::Tensor y = at::zeros({KVH, G, D}, q.options());
@@ -642,10 +641,10 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
   for (int64_t h = 0; h < KVH; ++h)  // merge the chunks: rescale each to the largest maximum
     for (int64_t g = 0; g < G; ++g) {
       float largest = -INFINITY, total = 0.f;
-      for (int64_t c = 0; c < per_head; ++c) largest = std::max(largest, partial[(h * per_head + c) * G * (D + 2) + g]);
+      for (int64_t c = 0; c < chunks; ++c) largest = std::max(largest, partial[(h * chunks + c) * G * (D + 2) + g]);
       float* row = out + (h * G + g) * D;
-      for (int64_t c = 0; c < per_head; ++c) {
-        const float* task = partial.data() + (h * per_head + c) * G * (D + 2);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const float* task = partial.data() + (h * chunks + c) * G * (D + 2);
         const float factor = std::exp(task[g] - largest);
         total += factor * task[G + g];
         const float* acc = task + 2 * G + g * D;
