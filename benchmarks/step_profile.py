@@ -6,7 +6,7 @@
 Random weights with the real shapes (benchmarks/random_checkpoint.py). A session is filled to
 --context tokens, then --steps decode steps run under torch.profiler; printed per shape: ms per
 step, the share of the step in the quantized or dense weight matmuls (our kernels' ops,
-aten::linear / addmm / mm), in attention (scaled_dot_product_attention) and the rest (norms,
+aten::linear / addmm / mm), in attention (scaled_dot_product_attention or our attend_decode) and the rest (norms,
 activations, cache writes, dispatch and Python), and the load average beside them.
 """
 
@@ -31,7 +31,7 @@ from engine.session import Session  # noqa: E402
 
 SHAPES = {"santacoder": SANTACODER, "codegen-350M-mono": CODEGEN_350M_MONO}
 MATMULS = ("codegen_lsp_cpu::", "aten::linear", "aten::addmm", "aten::mm", "aten::_weight_int")
-ATTENTION = ("aten::scaled_dot_product_attention",)
+ATTENTION = ("aten::scaled_dot_product_attention", "codegen_lsp_cpu::attend_decode")
 
 
 def main() -> None:
@@ -58,10 +58,10 @@ def main() -> None:
         # Top-level ops only: self time of an op counts once, under the first matching family.
         shares = {"matmuls": 0.0, "attention": 0.0}
         for event in prof.key_averages():
-            if event.key.startswith(MATMULS):
-                shares["matmuls"] += event.cpu_time_total
-            elif event.key.startswith(ATTENTION):
+            if event.key.startswith(ATTENTION):
                 shares["attention"] += event.cpu_time_total
+            elif event.key.startswith(MATMULS):
+                shares["matmuls"] += event.cpu_time_total
         total_us = seconds * 1e6
         rest = 1 - (shares["matmuls"] + shares["attention"]) / total_us
         print(f"{name} {args.quantization}, {args.context} tokens of context, {lm.threads or torch.get_num_threads()} threads: "
