@@ -94,6 +94,7 @@ def _load(folder: Path) -> bool:
         lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
     torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
         lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
+    torch.library.register_fake("codegen_lsp_cpu::attend_decode")(lambda q, k, v, scale, isa: q.new_empty(q.shape))
     return True
 
 

@@ -13,6 +13,16 @@ from engine.config import ModelConfig
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 
 
+@torch.library.custom_op("codegen_lsp::write_cache", mutates_args=("cache",))
+def write_cache(cache: torch.Tensor, layer: int, positions: torch.Tensor, values: torch.Tensor) -> None:
+    """cache[layer, :, :, positions] = values. One opaque op that mutates its input, which a compiled
+    CPU step (engine/compile.py) runs in place on the session's cache; written as tensor ops,
+    inductor copied the layer's whole cache in and back out on every step. It takes the whole cache
+    and the layer, not a view of the layer: with a view, inductor (torch 2.13) wrote every layer's
+    keys into layer 0."""
+    cache[layer].index_copy_(2, positions, values)
+
+
 class KVCache:
     """Keys and values of every layer, written at explicit positions.
 
@@ -33,8 +43,12 @@ class KVCache:
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
         """Store k, v (1, n_kv_heads, T, head_dim) at input_pos; return keys and values [0, kv_len)."""
-        self.k[layer].index_copy_(2, input_pos, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, input_pos, v.to(self.v.dtype))
+        if torch.compiler.is_compiling() and self.k.device.type == "cpu":
+            write_cache(self.k, layer, input_pos, k.to(self.k.dtype))
+            write_cache(self.v, layer, input_pos, v.to(self.v.dtype))
+        else:
+            self.k[layer].index_copy_(2, input_pos, k.to(self.k.dtype))
+            self.v[layer].index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 
@@ -78,7 +92,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     if isinstance(mask, RowSpans):
         return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
     KVH = k.shape[1]
-    if T == 1 and mask is None and B == 1 and DECODE_ATTENTION and q.dtype == k.dtype == torch.float32 and not torch.compiler.is_compiling():
+    if T == 1 and mask is None and B == 1 and DECODE_ATTENTION and q.dtype == k.dtype == torch.float32:
         isa = DECODE_ATTENTION.get((KVH, H // KVH, D))
         if isa is not None and q.device.type == "cpu":
             y = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(KVH, H // KVH, D), k[0], v[0], scale or D**-0.5, isa)

@@ -19,7 +19,7 @@ import torch
 from engine import cpu_kernels
 from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
-from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
+from engine.compile import COMPILE_SETTINGS, CompiledDecode, compile_decode, want_compile
 from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
@@ -45,7 +45,7 @@ class LoadedModel:
     load_seconds: float
     quantization: str = "none"
     # The compiled single-token decode (engine/compile.py), or None to run the model eagerly.
-    decode_step: Callable[[KVCache, int, int], torch.Tensor] | None = None
+    decode_step: CompiledDecode | None = None
     threads: int | None = None  # CPU threads its generations run with (None: torch's default)
 
 
@@ -78,12 +78,7 @@ def load_model(
         model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
-    progress(70)  # the weights read (and quantized); compiling or timing the threads is left
-    decode_step = None
-    if want_compile(compile, torch_device):
-        compile_start = time.perf_counter()
-        decode_step = compile_decode(model, config, torch_device, torch_dtype)
-        log.info("compiled decode for %s in %.1fs", directory.name, time.perf_counter() - compile_start)
+    progress(70)  # the weights read (and quantized); timing the threads and compiling is left
     threads = None
     if torch_device.type == "cpu":
         name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
@@ -91,6 +86,11 @@ def load_model(
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
         if settings.mode != "none" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
             choose_decode_attention(config)  # quantized: our kernels are built already
+    decode_step = None
+    if want_compile(compile, torch_device):
+        compile_start = time.perf_counter()
+        decode_step = compile_decode(model, config, torch_device, torch_dtype)  # after the attention choice it uses
+        log.info("compiled decode for %s in %.1fs", directory.name, time.perf_counter() - compile_start)
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)

@@ -73,8 +73,8 @@ class Session:
             raise EngineError(f"sequence of {length} tokens exceeds the model's window of {self.window}")
         if self.cache is not None and self.cache.capacity >= length:
             return
-        if self.lm.decode_step is not None:
-            size = self.window  # the compiled decode step has static shapes: the whole window
+        if self.lm.decode_step is not None and self.lm.decode_step.whole_window:
+            size = self.window  # a CUDA-graph decode step has static shapes: the whole window
         else:
             size = min(self.window, -(-length // CACHE_STEP) * CACHE_STEP)
         grown = KVCache(self.lm.config, size, self.lm.device, self.lm.dtype)

@@ -42,8 +42,8 @@ TIE_MARGIN = 1e-2  # logits closer than this (top two) are decided by a decode s
 
 
 def wanted(mode: str, session: Session) -> bool:
-    """Whether to draft: ngram always; auto when decode is eager (a compiled CUDA-graph step is
-    launch-bound and the verify is not compiled, so there it is not measured to pay)."""
+    """Whether to draft: ngram always; auto when decode is eager (the verify is never compiled: beside
+    a compiled step, a CUDA graph's or a CPU one's, it is not measured to pay)."""
     if mode not in SPECULATIVE:
         raise EngineError(f"unknown speculative mode {mode!r} (use {', '.join(SPECULATIVE)})")
     if mode == "auto":

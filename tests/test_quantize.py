@@ -14,6 +14,7 @@ import checkpoints
 from engine.errors import EngineError
 from engine.loading import load_model
 from engine.quantize import weight_bytes_per_token
+from engine.session import Session
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
@@ -226,8 +227,10 @@ def test_compile_auto_is_off_on_cpu(codegen_dir):
 
 @pytest.mark.parametrize("checkpoint", ["codegen", "starcoder2", "deepseek", "qwen2"])
 def test_compiled_cpu_decode_equals_eager(checkpoint, codegen_dir, family_checkpoint, stdlib_code, tmp_path, monkeypatch):
-    """Each architecture's tiny model compiled on the CPU (~25 s cold on 2 cores); StarCoder2's
-    sliding window (48) is shorter than the prompt, so the static decode step masks it."""
+    """Each architecture's tiny model compiled on the CPU (~5-20 s cold on 2 cores); StarCoder2's
+    sliding window (48) is shorter than the prompt, so its step masks it. The step attends over
+    the exact length: the cache grows as in eager decoding, and another length or session does
+    not compile again."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     directory = codegen_dir if checkpoint == "codegen" else family_checkpoint(checkpoint)
     eager = load_model(str(directory), device="cpu", quantization="int8", compile="false")
@@ -239,6 +242,13 @@ def test_compiled_cpu_decode_equals_eager(checkpoint, codegen_dir, family_checkp
     assert compiled_tokens == eager_tokens
     for a, b in zip(compiled_logits, eager_logits):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    session = Session(compiled)
+    session.prefill(prompt_ids[:30])
+    for token in prompt_ids[30:36]:
+        session.step(token)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert session.cache.capacity < compiled.config.n_positions
 
 
 @needs_cuda
