@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from pathlib import Path
@@ -39,6 +40,18 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> tuple[dict[str, float], float]:
+    """Each variant's median figure over `rounds` rounds run in turns (a b, b a, a b, ...), so that
+    every variant sees the same machine, and the median load average beside them."""
+    figures: dict[str, list[float]] = {name: [] for name in variants}
+    loads = []
+    for round_ in range(rounds):
+        for name in (list(variants) if round_ % 2 == 0 else list(reversed(variants))):
+            figures[name].append(variants[name]())
+            loads.append(os.getloadavg()[0])
+    return {name: statistics.median(values) for name, values in figures.items()}, statistics.median(loads)
 
 
 def threads() -> int:

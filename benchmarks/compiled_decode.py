@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import real_code  # noqa: E402
+from benchmarks.common import interleaved, real_code  # noqa: E402
 from benchmarks.decode_attention import decode_ms  # noqa: E402
 from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
@@ -48,15 +47,11 @@ def run(name: str, quantization: str, args) -> None:
     code = eager.tokenizer.encode(real_code(40 * max(args.contexts)))
     for context in args.contexts:
         context = min(context, eager.config.n_positions - args.new_tokens - 4)
-        times = {"eager": [], "compiled": []}
-        loads = []
-        for round_ in range(args.rounds):
-            for variant in (("compiled", "eager") if round_ % 2 == 0 else ("eager", "compiled")):
-                lm = compiled if variant == "compiled" else eager
-                times[variant].append(decode_ms(lm, code[:context], args.new_tokens))
-                loads.append(os.getloadavg()[0])
-        e, c = statistics.median(times["eager"]), statistics.median(times["compiled"])
-        print(f"| {context} | {e:.2f} | {c:.2f} | {e / c:.2f} | {statistics.median(loads):.2f} |", flush=True)
+        prompt = code[:context]
+        ms, load = interleaved({"compiled": lambda: decode_ms(compiled, prompt, args.new_tokens),
+                                "eager": lambda: decode_ms(eager, prompt, args.new_tokens)}, args.rounds)
+        e, c = ms["eager"], ms["compiled"]
+        print(f"| {context} | {e:.2f} | {c:.2f} | {e / c:.2f} | {load:.2f} |", flush=True)
 
 
 def main() -> None:

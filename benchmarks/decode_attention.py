@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import real_code  # noqa: E402
+from benchmarks.common import interleaved, real_code  # noqa: E402
 from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
@@ -84,19 +83,19 @@ def run(name: str, args) -> None:
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds, {args.new_tokens} tokens\n")
     print("| context | SDPA ms/token | ours ms/token | ours as fast as SDPA x | load |")
     print("|---|---|---|---|---|")
+
+    def with_kernel(kernel: str | None, prompt: list[int]) -> float:
+        if kernel is None:
+            DECODE_ATTENTION.pop(shape, None)
+        else:
+            DECODE_ATTENTION[shape] = kernel
+        return decode_ms(lm, prompt, args.new_tokens)
+
     for context in args.contexts:
-        times = {"sdpa": [], "ours": []}
-        loads = []
-        for round_ in range(args.rounds):
-            for variant in (("ours", "sdpa") if round_ % 2 == 0 else ("sdpa", "ours")):
-                if variant == "ours":
-                    DECODE_ATTENTION[shape] = isa
-                else:
-                    DECODE_ATTENTION.pop(shape, None)
-                times[variant].append(decode_ms(lm, code[:context], args.new_tokens))
-                loads.append(os.getloadavg()[0])
-        sdpa, ours = statistics.median(times["sdpa"]), statistics.median(times["ours"])
-        print(f"| {context} | {sdpa:.1f} | {ours:.1f} | {sdpa / ours:.2f} | {statistics.median(loads):.2f} |", flush=True)
+        prompt = code[:context]
+        ms, load = interleaved({"ours": lambda: with_kernel(isa, prompt), "sdpa": lambda: with_kernel(None, prompt)}, args.rounds)
+        sdpa, ours = ms["sdpa"], ms["ours"]
+        print(f"| {context} | {sdpa:.1f} | {ours:.1f} | {sdpa / ours:.2f} | {load:.2f} |", flush=True)
 
 
 def main() -> None:

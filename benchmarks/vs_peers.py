@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vs_peers.py --setup   # once: the peers' environment (15-20 min on 2 cores)
     .venv/bin/python benchmarks/vs_peers.py [--models santacoder codegen-350M-mono qwen2.5-coder-1.5b starcoder2-3b]
-        [--contexts 512 1500] [--rounds 3] [--new-tokens 32] [--threads 2] [--layers N]
+        [--contexts 512 1500] [--rounds 3] [--new-tokens 32] [--threads 2] [--layers N] [--compiled]
 
 The peers live in their own virtual environment (default ~/.cache/codegen-lsp/bench-peers,
 or $CODEGEN_LSP_PEERS): llama-cpp-python built from source by pip, its sdist's
@@ -20,7 +20,8 @@ checkpoints carry GPT-2's BPE, cut to the model's rows where it has fewer (Santa
 StarCoder2) and padded by the converters where it has more (Qwen); llama.cpp's converter
 is told it is GPT-2's pre-tokenizer (it is). Only speed is measured. --layers N keeps only
 N blocks (StarCoder2-3B's float32 checkpoint, its GGUF and three engines' copies do not
-fit these machines' disk and memory at once).
+fit these machines' disk and memory at once). --compiled adds ours with `compile = true`
+(engine/compile.py; 40-80 s more at load).
 """
 
 from __future__ import annotations
@@ -167,9 +168,9 @@ def ctranslate2_dir(name: str, directory: Path) -> Path:
 
 
 class Ours:
-    def __init__(self, directory: Path, quantization: str):
+    def __init__(self, directory: Path, quantization: str, compile: str = "false"):
         load_model(str(directory), device="cpu", quantization=quantization, compile="false")  # fills the disk cache
-        self.lm = load_model(str(directory), device="cpu", quantization=quantization, compile="false")
+        self.lm = load_model(str(directory), device="cpu", quantization=quantization, compile=compile)
         self.weight_bytes = weight_bytes_per_token(self.lm.model)
 
     @torch.inference_mode()
@@ -233,11 +234,15 @@ def linear_weights(directory: Path) -> int:
     return sum(m.weight.numel() for m in lm.model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float, layers: int | None) -> None:
+def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float, layers: int | None,
+        compiled: bool) -> None:
     name, config = keep_layers(name, MODELS[name], layers)
     directory = peers_checkpoint(name, config)
     n_linear = linear_weights(directory)
     runners: dict[str, object] = {"ours int8": Ours(directory, "int8"), "ours int4 (g32)": Ours(directory, "int4")}
+    if compiled:
+        runners["ours int8 compiled"] = Ours(directory, "int8", compile="true")
+        runners["ours int4 (g32) compiled"] = Ours(directory, "int4", compile="true")
     if config["model_type"] in CTRANSLATE2_TYPES:
         runners["CTranslate2 int8"] = Peer("ctranslate2", ctranslate2_dir(name, directory), threads, "int8",
                                            n_linear * BITS["CTranslate2 int8"] / 8)  # fmt: skip
@@ -289,6 +294,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", type=int, help="keep only this many blocks (StarCoder2-3B on a 24 GB machine: 10)")
+    parser.add_argument("--compiled", action="store_true", help="also ours with compile = true")
     args = parser.parse_args()
     if args.setup:
         setup()
@@ -299,7 +305,7 @@ def main() -> None:
     print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     for name in args.models:
-        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers)
+        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers, args.compiled)
 
 
 if __name__ == "__main__":

@@ -85,18 +85,31 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
     return kv_len, mask
 
 
+def our_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """The instruction set our decode attention kernel runs with for this call's shape, or None (SDPA)."""
+    if not DECODE_ATTENTION or q.shape[0] != 1 or q.device.type != "cpu" or not q.dtype == k.dtype == torch.float32:
+        return None
+    H, KVH = q.shape[1], k.shape[1]
+    return DECODE_ATTENTION.get((KVH, H // KVH, q.shape[3]))
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
     """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); H is a multiple of KVH (grouped-query;
     KVH = 1 is multi-query), query heads [j*H/KVH, (j+1)*H/KVH) reading K/V head j."""
     B, H, T, D = q.shape
-    if isinstance(mask, RowSpans):
-        return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
     KVH = k.shape[1]
-    if T == 1 and mask is None and B == 1 and DECODE_ATTENTION and q.dtype == k.dtype == torch.float32:
-        isa = DECODE_ATTENTION.get((KVH, H // KVH, D))
-        if isa is not None and q.device.type == "cpu":
-            y = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(KVH, H // KVH, D), k[0], v[0], scale or D**-0.5, isa)
-            return y.view(B, H, T, D)
+    isa = our_decode_kernel(q, k)
+    if isinstance(mask, RowSpans):
+        last = mask[-1][0]
+        if isa is not None and all(m is None for _, m in mask) and mask[0][0] == last - T + 1:
+            # One call for all rows (consecutive tokens), each over its own keys as its decode step.
+            rows = q[0].reshape(KVH, H // KVH, T, D).permute(2, 0, 1, 3)
+            y = torch.ops.codegen_lsp_cpu.attend_decode(rows, k[0, :, :last], v[0, :, :last], scale or D**-0.5, isa)
+            return y.permute(1, 2, 0, 3).reshape(B, H, T, D)
+        return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
+    if T == 1 and mask is None and isa is not None:
+        y = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(KVH, H // KVH, D), k[0], v[0], scale or D**-0.5, isa)
+        return y.view(B, H, T, D)
     if KVH < H and T == 1:
         # Grouped decode: the heads of a group read the same keys, so they become the query rows
         # of one head and the cache is read once, in one matmul. On CPU this is 2x (float32) to

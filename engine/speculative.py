@@ -15,7 +15,8 @@ from p without d), which keeps the distribution. Rejected positions are dropped
 from the session (`Session.truncate`), so its invariant holds after every verify.
 
 Exactness. A verify computes each row as a decode step does (Session.verify):
-attention row by row, and quantized linears whose kernels give every row of a
+attention of each row over its own keys (row by row, or all rows in one call of our
+CPU kernel, engine/kv_cache.py), and quantized linears whose kernels give every row of a
 multi-token call exactly its one-token result (ours, PyTorch's packed int8 and
 int4 ones). A dense float matmul does not (differences ~1e-6 relative), so a row
 whose two best logits are closer than TIE_MARGIN is not trusted: it is computed

@@ -234,11 +234,32 @@ def test_decode_attention_matches_sdpa(shape, keys, peak):
         assert (out - reference).abs().max() <= 1e-5 * peak * reference.abs().max(), isa
 
 
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=["x".join(map(str, s)) for s in ATTENTION_SHAPES])
+@pytest.mark.parametrize("keys", [17, 64, 200, 1500])
+def test_decode_attention_of_consecutive_tokens_equals_one_call_each(shape, keys):
+    """A verify's 17 rows in one call: token t over the first keys - 16 + t keys, bit for bit the
+    result of its own call (what a decode step computes)."""
+    needs_our_kernels()
+    kv_heads, group, head_dim = shape
+    generator = torch.Generator().manual_seed(keys)
+    cache = torch.randn(2, kv_heads, 2048, head_dim, generator=generator)
+    q = torch.randn(17, kv_heads, group, head_dim, generator=generator)
+    for isa in torch.ops.codegen_lsp_cpu.isas().split():
+        rows = torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0, :, :keys], cache[1, :, :keys], 0.1, isa)
+        assert rows.shape == q.shape
+        for t in range(17):
+            n = keys - 16 + t
+            alone = torch.ops.codegen_lsp_cpu.attend_decode(q[t], cache[0, :, :n], cache[1, :, :n], 0.1, isa)
+            assert torch.equal(rows[t], alone), (isa, t)
+
+
 def test_decode_attention_refuses_what_it_cannot_run():
     needs_our_kernels()
     q, k = torch.randn(1, 4, 48), torch.randn(1, 10, 48)  # a head dim no multiple of 32
     with pytest.raises(RuntimeError, match="multiple of 32"):
         torch.ops.codegen_lsp_cpu.attend_decode(q, k, k, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="S >= T"):  # more new tokens than keys
+        torch.ops.codegen_lsp_cpu.attend_decode(torch.randn(11, 1, 4, 64), torch.randn(1, 10, 64), torch.randn(1, 10, 64), 1.0, "baseline")
     with pytest.raises(RuntimeError, match="not available"):
         torch.ops.codegen_lsp_cpu.attend_decode(torch.randn(1, 4, 64), torch.randn(1, 10, 64), torch.randn(1, 10, 64), 1.0, "sve")
 

@@ -208,3 +208,35 @@ def test_sampling_with_drafts_runs_and_keeps_the_invariant(demo_models, stdlib_c
     assert result.stats.draft_tokens > 0
     assert session.ids == prompt + result.token_ids[: len(session.ids) - len(prompt)]
     assert len(session.ids) >= len(prompt) + len(result.token_ids) - 1
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+@pytest.mark.parametrize("attention", ["sdpa", "ours"])
+def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, quantization, attention):
+    """With row-exact linear kernels, a verify's logits are those of one decode step per token, with
+    either attention (ours takes all the rows in one call)."""
+    from engine import cpu_kernels
+    from engine.kv_cache import DECODE_ATTENTION
+    from engine.paths import cache_dir
+
+    lm = demo_models[quantization]
+    shape = (lm.config.n_kv_heads, lm.config.n_head // lm.config.n_kv_heads, lm.config.head_dim)
+    if attention == "ours" and not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        pytest.skip("our CPU kernels could not be built here")
+    saved = DECODE_ATTENTION.get(shape)
+    try:
+        if attention == "ours":
+            DECODE_ATTENTION[shape] = torch.ops.codegen_lsp_cpu.isas().split()[0]
+        else:
+            DECODE_ATTENTION.pop(shape, None)
+        ids = lm.tokenizer.encode(stdlib_code)[:120]
+        session = Session(lm)
+        session.prefill(ids[:100])
+        rows = session.verify(ids[100:117])
+        session.truncate(100)
+        steps = torch.stack([session.step(token) for token in ids[100:117]])
+        assert torch.equal(rows, steps)
+    finally:
+        DECODE_ATTENTION.pop(shape, None)
+        if saved is not None:
+            DECODE_ATTENTION[shape] = saved

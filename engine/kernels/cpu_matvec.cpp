@@ -617,42 +617,65 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
 }
 
 // q (KVH, G, D) float32; k, v (KVH, S, D) float32 with unit stride along D -> (KVH, G, D).
+// Or q (T, KVH, G, D), T consecutive new tokens (a speculative verify) -> (T, KVH, G, D): token t
+// sees the first S - T + 1 + t keys, and each token's result is bit for bit that of a call with
+// its keys alone (the same chunks, sums and merge), in one parallel region for all of them.
 at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::Tensor& v, double scale, c10::string_view isa) {
-  TORCH_CHECK(q_in.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q_in.size(0) &&
-                  k.size(2) == q_in.size(2) && k.size(1) > 0,
-              "q (KVH, G, D), k and v (KVH, S, D)");
-  TORCH_CHECK(q_in.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
-                  k.stride(2) == 1 && v.stride(2) == 1 && q_in.size(2) % 32 == 0,
+  const bool rows = q_in.dim() == 4;
+  const at::Tensor q = (rows ? q_in : q_in.unsqueeze(0)).contiguous();
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(1) &&
+                  k.size(2) == q.size(3) && k.size(1) >= q.size(0) && q.size(0) > 0,
+              "q (KVH, G, D) or (T, KVH, G, D), k and v (KVH, S, D) with S >= T > 0");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  k.stride(2) == 1 && v.stride(2) == 1 && q.size(3) % 32 == 0,
               "float32, unit stride along D, D a multiple of 32");
-  const at::Tensor q = q_in.contiguous();
-  const int64_t KVH = q.size(0), G = q.size(1), D = q.size(2), S = k.size(1);
-  // Enough chunks for every thread to have two (one head's keys alone feed them all), each long
-  // enough (>= 64 keys) that its partial results cost little beside it.
-  const int64_t wanted = std::max<int64_t>(1, std::min((2 * at::get_num_threads() + KVH - 1) / KVH, S / 64));
-  const int64_t chunk = (S + wanted - 1) / wanted;
-  const int64_t chunks = (S + chunk - 1) / chunk, tasks = KVH * chunks;  // rounding may leave fewer than wanted
-  std::vector<float> partial(tasks * G * (D + 2));
-  const AttendArgs a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), G, S, D, k.stride(0), k.stride(1),
-                     v.stride(0), v.stride(1), chunk, chunks, float(scale), partial.data()};
+  const int64_t T = q.size(0), KVH = q.size(1), G = q.size(2), D = q.size(3), S = k.size(1);
+  const int64_t task_floats = G * (D + 2);
+  std::vector<AttendArgs> args;
+  std::vector<int64_t> first_task{0};  // token t's tasks are [first_task[t], first_task[t + 1])
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t keys = S - T + 1 + t;
+    // Enough chunks for every thread to have two (one head's keys alone feed them all), each long
+    // enough (>= 64 keys) that its partial results cost little beside it.
+    const int64_t wanted = std::max<int64_t>(1, std::min((2 * at::get_num_threads() + KVH - 1) / KVH, keys / 64));
+    const int64_t chunk = (keys + wanted - 1) / wanted;
+    const int64_t chunks = (keys + chunk - 1) / chunk;  // rounding may leave fewer than wanted
+    args.push_back(AttendArgs{q.data_ptr<float>() + t * KVH * G * D, k.data_ptr<float>(), v.data_ptr<float>(), G, keys, D,
+                              k.stride(0), k.stride(1), v.stride(0), v.stride(1), chunk, chunks, float(scale), nullptr});
+    first_task.push_back(first_task.back() + KVH * chunks);
+  }
+  std::vector<float> partial(first_task.back() * task_floats);
+  for (int64_t t = 0; t < T; ++t) args[t].partial = partial.data() + first_task[t] * task_floats;
   const Kernels run = kernels_for(isa);
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) { run.attend(a, b, e); });
-  at::Tensor y = at::zeros({KVH, G, D}, q.options());
-  float* out = y.data_ptr<float>();
-  for (int64_t h = 0; h < KVH; ++h)  // merge the chunks: rescale each to the largest maximum
-    for (int64_t g = 0; g < G; ++g) {
-      float largest = -INFINITY, total = 0.f;
-      for (int64_t c = 0; c < chunks; ++c) largest = std::max(largest, partial[(h * chunks + c) * G * (D + 2) + g]);
-      float* row = out + (h * G + g) * D;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const float* task = partial.data() + (h * chunks + c) * G * (D + 2);
-        const float factor = std::exp(task[g] - largest);
-        total += factor * task[G + g];
-        const float* acc = task + 2 * G + g * D;
-        for (int64_t d = 0; d < D; ++d) row[d] += factor * acc[d];
+  at::parallel_for(0, first_task.back(), 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = 0; t < T && b < e; ++t)  // the part of [b, e) that is token t's
+      if (b < first_task[t + 1]) {
+        const int64_t end = std::min(e, first_task[t + 1]);
+        run.attend(args[t], b - first_task[t], end - first_task[t]);
+        b = end;
       }
-      for (int64_t d = 0; d < D; ++d) row[d] /= total;
-    }
-  return y;
+  });
+  at::Tensor y = at::zeros({T, KVH, G, D}, q.options());
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t chunks = args[t].chunks;
+    const float* token_partial = args[t].partial;
+    float* out = y.data_ptr<float>() + t * KVH * G * D;
+    for (int64_t h = 0; h < KVH; ++h)  // merge the chunks: rescale each to the largest maximum
+      for (int64_t g = 0; g < G; ++g) {
+        float largest = -INFINITY, total = 0.f;
+        for (int64_t c = 0; c < chunks; ++c) largest = std::max(largest, token_partial[(h * chunks + c) * task_floats + g]);
+        float* row = out + (h * G + g) * D;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const float* task = token_partial + (h * chunks + c) * task_floats;
+          const float factor = std::exp(task[g] - largest);
+          total += factor * task[G + g];
+          const float* acc = task + 2 * G + g * D;
+          for (int64_t d = 0; d < D; ++d) row[d] += factor * acc[d];
+        }
+        for (int64_t d = 0; d < D; ++d) row[d] /= total;
+      }
+  }
+  return rows ? y : y.squeeze(0);
 }
 
 }  // namespace
