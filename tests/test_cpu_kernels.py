@@ -91,6 +91,23 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("shape", [(2048, 2304), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_each_row_of_a_decode_sized_call_is_its_one_token_result(mode, shape):
+    """Up to INT8_KERNEL_MAX_TOKENS tokens (a speculative verify), every row of ours and of PyTorch's
+    packed kernels is bit for bit what the token alone gives (int8 takes tokens two at a time)."""
+    layer = random_layer(mode, *shape)
+    x = torch.randn(INT8_KERNEL_MAX_TOKENS, shape[0], generator=torch.Generator().manual_seed(2))
+    for name in kernels_to_test(layer):
+        if name == "dequantize":
+            continue  # a dense matmul: not row-exact (a verify's tie margin covers it)
+        twin = layer.with_kernel(name)
+        for tokens in (2, 5, INT8_KERNEL_MAX_TOKENS):
+            rows = twin(x[:tokens])
+            for t in range(tokens):
+                assert torch.equal(rows[t], twin(x[t : t + 1])[0]), (name, tokens, t)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("shape", [(2048, 2304), (1024, 50295), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
 def test_a_long_prefill_matches_too(mode, shape):
     """Past INT8_KERNEL_MAX_TOKENS our int8 kernel switches to its prefill product: token counts

@@ -129,30 +129,47 @@ struct Int8Args {
   int64_t M, N, K;
 };
 
-template <class Isa>
-inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+// Rows [r0, r0 + R) of block b for tokens [m0, m0 + T). Each (token, row) sums its products in the
+// same two accumulators in the same order whatever T and R are, so its result is bit for bit the
+// same: a speculative verify's rows equal decode steps. With two tokens, each weight vector widened
+// serves both, and rows go by halves so that the 2 x 2 x 2 sums stay in AVX2's 16 registers.
+template <class Isa, int T, int R>
+inline void int8_rows(const Int8Args& a, int64_t b, int64_t m0, int r0) {
   constexpr int W = Isa::W;
   using F = typename Vec<W>::f32;
-  for (int64_t b = begin; b < end; ++b) {
-    for (int64_t m = 0; m < a.M; ++m) {  // the block stays in L1/L2 from one token to the next
-      const int8_t* w = a.w + b * 4 * a.K;
-      const float* x = a.x + m * a.K;
-      F acc[4][2] = {};  // two per row: an FMA's latency is longer than its issue interval
-      for (int64_t k = 0; k < a.K; k += 32, w += 128) {  // the caller checks 32 divides K
-        __builtin_prefetch(w + PREFETCH_BYTES);
-        __builtin_prefetch(w + PREFETCH_BYTES + 64);
-        for (int i = 0; i < 32 / W; ++i) {
-          const F xi = load<F>(x + k + i * W);
-          const int chunk = i * W / 16, column = i * W % 16;
-          for (int r = 0; r < 4; ++r)
-            acc[r][i % 2] += __builtin_convertvector(Isa::widen_int8(w + chunk * 64 + r * 16 + column), F) * xi;
-        }
-      }
-      for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
-        const int64_t n = b * 4 + r;
-        a.y[m * a.N + n] = sum(acc[r][0] + acc[r][1]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+  const int8_t* w = a.w + b * 4 * a.K;
+  F acc[T][R][2] = {};  // two per row: an FMA's latency is longer than its issue interval
+  for (int64_t k = 0; k < a.K; k += 32, w += 128) {  // the caller checks 32 divides K
+    if (r0 == 0) {
+      __builtin_prefetch(w + PREFETCH_BYTES);
+      __builtin_prefetch(w + PREFETCH_BYTES + 64);
+    }
+    for (int i = 0; i < 32 / W; ++i) {
+      F xi[T];
+      for (int t = 0; t < T; ++t) xi[t] = load<F>(a.x + (m0 + t) * a.K + k + i * W);
+      const int chunk = i * W / 16, column = i * W % 16;
+      for (int r = 0; r < R; ++r) {
+        const F wr = __builtin_convertvector(Isa::widen_int8(w + chunk * 64 + (r0 + r) * 16 + column), F);
+        for (int t = 0; t < T; ++t) acc[t][r][i % 2] += wr * xi[t];
       }
     }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R && b * 4 + r0 + r < a.N; ++r) {
+      const int64_t n = b * 4 + r0 + r;
+      a.y[(m0 + t) * a.N + n] = sum(acc[t][r][0] + acc[t][r][1]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+    }
+}
+
+template <class Isa>
+inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  for (int64_t b = begin; b < end; ++b) {  // the block stays in L1/L2 from one token to the next
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2) {
+      int8_rows<Isa, 2, 2>(a, b, m, 0);
+      int8_rows<Isa, 2, 2>(a, b, m, 2);
+    }
+    for (; m < a.M; ++m) int8_rows<Isa, 1, 4>(a, b, m, 0);
   }
 }
 
