@@ -129,11 +129,14 @@ class Session:
     def verify(self, tokens: list[int]) -> torch.Tensor:
         """Append tokens in one forward; return the logits after each (len(tokens), vocab).
 
-        Each row is computed as a decode step would compute it (attention row by row), so with
-        row-exact linear kernels (engine/quantize.py) the logits equal those of len(tokens) steps.
+        With quantized weights each row is computed as a decode step would compute it (attention
+        of each row over its own keys, row-exact linear kernels: engine/quantize.py), so the logits
+        equal those of len(tokens) steps. Dense float weights give no row its one-token result
+        anyway (engine/speculative.py's TIE_MARGIN covers that), so there the rows attend in one
+        masked call.
         """
         self._reserve(len(self.ids) + len(tokens))
-        return self._forward(tokens, last_only=False, exact_rows=True)[0]
+        return self._forward(tokens, last_only=False, exact_rows=self.lm.quantization != "none")[0]
 
     def truncate(self, length: int) -> None:
         """Forget every token from position `length` on (rejected drafts); the cache keeps the rest."""
