@@ -12,6 +12,7 @@ token) and the median time to the whole suggestion; the suggestions must be iden
     .venv/bin/python benchmarks/speculative.py                          # demo model, none
     .venv/bin/python benchmarks/speculative.py --quantization int8
     .venv/bin/python benchmarks/speculative.py --shape codegen-350M --requests 6   # random weights
+    .venv/bin/python benchmarks/speculative.py --shape santacoder --quantization int8 --verify-costs
 
 Random weights (--shape) rarely agree with drafts: their figures say what a verify
 costs, not what speculation gains; the demo model's are the real ones.
@@ -23,13 +24,14 @@ import argparse
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, checkpoint  # noqa: E402
+from benchmarks.common import ROOT, checkpoint, interleaved  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
 from engine.completion import DocumentState, complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
@@ -87,12 +89,34 @@ def report(name: str, result: dict) -> None:
     print(f"  speed-up: decode {rate['ngram'] / rate['off']:.2f}x, whole suggestion {whole['off'] / whole['ngram']:.2f}x")
 
 
+def verify_costs(lm, rounds: int = 3) -> None:
+    """A verify of n rows (the last token and n - 1 drafts) against one decode step, at 512 tokens
+    of context (the window's half on the demo model): what a draft must win back."""
+    ids = lm.tokenizer.encode(EDITED.read_text(encoding="utf-8"))[: min(512, lm.config.n_positions // 2)]
+    prompt = [i % lm.config.vocab_size for i in ids]  # the random checkpoints' tokenizer has more ids
+    session = Session(lm)
+    session.prefill(prompt)
+    base = len(session.ids)
+
+    def verify_ms(rows: int) -> float:
+        start = time.perf_counter()
+        session.verify(prompt[:rows]) if rows > 1 else session.step(prompt[0])
+        session.truncate(base)
+        return (time.perf_counter() - start) * 1000
+
+    sizes = (1, 2, 3, 5, 9, 17)
+    ms, load = interleaved({rows: (lambda rows=rows: verify_ms(rows)) for rows in sizes}, 2 * rounds + 1)
+    print(f"verify of n rows / one decode step ({ms[1]:.2f} ms), median of {2 * rounds + 1} rounds, load {load:.1f}: "
+          + ", ".join(f"{rows} rows {ms[rows] / ms[1]:.2f}x" for rows in sizes[1:]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=("demo", "codegen-350M", "santacoder"), default="demo")
     parser.add_argument("--quantization", choices=("none", "int8", "int4"), default="none")
     parser.add_argument("--requests", type=int, default=40, help="requests per part")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--verify-costs", action="store_true", help="only time a verify of n rows against a decode step")
     args = parser.parse_args()
     torch.manual_seed(0)
     spec = None
@@ -102,6 +126,9 @@ def main() -> int:
     lm = load_model(spec, device="cpu", dtype="float32", quantization=args.quantization, compile="false")
     print(f"{lm.path.name} ({args.shape}), quantization {args.quantization}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} before")
+    if args.verify_costs:
+        verify_costs(lm)
+        return 0
     replay = edits(EDITED.read_text(encoding="utf-8"), args.requests)
     report("(a) keystroke replay, lines partly repeated", measure(lm, replay, "auto", args.max_new_tokens, True))
     held_out = [(p, "") for p, _ in edits(HELD_OUT.read_text(encoding="utf-8"), args.requests)]
