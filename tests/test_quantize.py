@@ -14,7 +14,6 @@ import checkpoints
 from engine.errors import EngineError
 from engine.loading import load_model
 from engine.quantize import weight_bytes_per_token
-from engine.session import Session
 from engine.quantize import (
     Int4Linear,
     Int8Linear,
@@ -26,6 +25,7 @@ from engine.quantize import (
     quantize_model,
     unpack_int4,
 )
+from engine.session import Session
 from greedy import greedy_with_logits
 
 NEW_TOKENS = 16
