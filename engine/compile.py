@@ -16,9 +16,10 @@ static shapes, attended over the whole window and copied the whole cache back
 into its input every call: 3-8x slower than eager on long windows.
 
 Compilation happens at load, with warm-up calls, not on the first keystroke.
-`compile = auto` turns it on for CUDA only: on the CPU it cost 40-80 s at every
-start of a 0.35-1.5B model for a step 0-19 % faster (the demo model's: 1.3-1.5x
-in int8), and speculative decoding stays off beside it (README, "CPU decode kernels").
+`compile = auto` turns it on for CUDA only: on the CPU it cost 40-80 s at the
+first start of a 0.35-1.5B model (20-25 s later, from inductor's cache) for a step
+0-19 % faster (the demo model's: 1.3-1.5x in int8), and speculative decoding stays
+off beside it (README, "CPU decode kernels").
 """
 
 from __future__ import annotations
