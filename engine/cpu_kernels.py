@@ -222,13 +222,8 @@ def choose_attention(kv_heads: int, group: int, head_dim: int, folder: Path) -> 
     names = compiled_kernels(folder)
     if not names or head_dim % 32:
         return None
-    path, key, choices = _saved_choices(folder)
     shape = f"attention {kv_heads}x{group}x{head_dim}"
-    choice = choices.get(shape)
-    if choice not in [*names, "sdpa"]:
-        choice = _measure_attention(kv_heads, group, head_dim, names)
-        choices[shape] = choice
-        _save_choices(path, key, choices, "attention")
+    choice = _saved_or_measured(folder, shape, [*names, "sdpa"], lambda: _measure_attention(kv_heads, group, head_dim, names))
     log.info("CPU decode attention for %s: %s", shape, choice)
     return None if choice == "sdpa" else choice.removeprefix("cpp-")
 
@@ -297,28 +292,27 @@ def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, fol
     of at most SMALL_MODEL_BYTES of weights per step are measured; larger ones get all threads."""
     if weight_bytes > SMALL_MODEL_BYTES:
         return default_threads()
-    path, key, choices = _saved_choices(folder)
-    counts = sorted({1, key["threads"]})
-    choice = choices.get(f"threads {name}")
-    if choice not in counts:
-        choice = counts[0]
-        if len(counts) > 1:
-            step = make_step()
-            seconds = {n: [] for n in counts}
-            try:
-                for _ in range(ROUNDS):
-                    for n in counts:  # interleaved; the count changes outside the timed calls
-                        torch.set_num_threads(n)
+    counts = sorted({1, default_threads()})
+
+    def measure_threads() -> int:
+        if len(counts) == 1:
+            return counts[0]
+        step = make_step()
+        seconds = {n: [] for n in counts}
+        try:
+            for _ in range(ROUNDS):
+                for n in counts:  # interleaved; the count changes outside the timed calls
+                    torch.set_num_threads(n)
+                    step()
+                    start = time.perf_counter()
+                    for _ in range(3):
                         step()
-                        start = time.perf_counter()
-                        for _ in range(3):
-                            step()
-                        seconds[n].append(time.perf_counter() - start)
-            finally:
-                torch.set_num_threads(key["threads"])
-            choice = min(counts, key=lambda n: statistics.median(seconds[n]))
-        choices[f"threads {name}"] = choice
-        _save_choices(path, key, choices, "thread")
+                    seconds[n].append(time.perf_counter() - start)
+        finally:
+            torch.set_num_threads(default_threads())
+        return min(counts, key=lambda n: statistics.median(seconds[n]))
+
+    choice = _saved_or_measured(folder, f"threads {name}", counts, measure_threads)
     log.info("CPU threads for %s: %d", name, choice)
     return choice
 
@@ -350,6 +344,17 @@ def _saved_choices(folder: Path) -> tuple[Path, dict, dict]:
     key = machine_key()
     saved = _read_choices(path)
     return path, key, (saved.get("choices", {}) if saved.get("key") == key else {})
+
+
+def _saved_or_measured(folder: Path, name: str, valid: list, measure: Callable[[], object]):
+    """The choice saved under `name` for this machine when it is still one of `valid`, else
+    measure()'s, saved beside the others."""
+    path, key, choices = _saved_choices(folder)
+    choice = choices.get(name)
+    if choice not in valid:
+        choice = choices[name] = measure()
+        _save_choices(path, key, choices, name)
+    return choice
 
 
 def _save_choices(path: Path, key: dict, choices: dict, what: str) -> None:
