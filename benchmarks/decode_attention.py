@@ -31,17 +31,16 @@ from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.kv_cache import DECODE_ATTENTION  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION, attention_shape  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.session import Session  # noqa: E402
 
 
 def attention_calls(name: str, contexts: list[int], rounds: int) -> None:
-    config = ModelConfig.from_dict(MODELS[name])
-    heads, kv_heads, head_dim = config.n_head, config.n_kv_heads, config.head_dim
+    shape = kv_heads, group, head_dim = attention_shape(ModelConfig.from_dict(MODELS[name]))
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    q = torch.randn(kv_heads, heads // kv_heads, head_dim)
+    q = torch.randn(kv_heads, group, head_dim)
     for context in contexts:
         layer_bytes = 2 * kv_heads * context * head_dim * 4
         caches = [torch.randn(2, kv_heads, context + 64, head_dim)[:, :, :context] for _ in range(-(-(96 << 20) // layer_bytes))]
@@ -56,7 +55,7 @@ def attention_calls(name: str, contexts: list[int], rounds: int) -> None:
             return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], head_dim**-0.5, isa)
 
         seconds = cpu_kernels.median_seconds_per_call({"sdpa": sdpa, "ours": ours}, rounds=rounds, round_seconds=0.05)
-        print(f"| {name} | {(kv_heads, heads // kv_heads, head_dim)} | {context} | {seconds['sdpa'] * 1e6:.0f} | "
+        print(f"| {name} | {shape} | {context} | {seconds['sdpa'] * 1e6:.0f} | "
               f"{seconds['ours'] * 1e6:.0f} | {seconds['sdpa'] / seconds['ours']:.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
 
 
@@ -75,8 +74,7 @@ def decode_ms(lm, prompt: list[int], new_tokens: int) -> float:
 def run(name: str, args) -> None:
     name, config = keep_layers(name, MODELS[name], args.layers)
     lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
-    c = lm.config
-    shape = (c.n_kv_heads, c.n_head // c.n_kv_heads, c.head_dim)
+    shape = attention_shape(lm.config)
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
     code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
     print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), "

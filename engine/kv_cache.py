@@ -13,6 +13,11 @@ from engine.config import ModelConfig
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 
 
+def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
+    """A model's key in DECODE_ATTENTION: (kv heads, query heads per kv head, head dim)."""
+    return config.n_kv_heads, config.n_head // config.n_kv_heads, config.head_dim
+
+
 @torch.library.custom_op("codegen_lsp::write_cache", mutates_args=("cache",))
 def write_cache(cache: torch.Tensor, layer: int, positions: torch.Tensor, values: torch.Tensor) -> None:
     """cache[layer, :, :, positions] = values. One opaque op that mutates its input, which a compiled

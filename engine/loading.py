@@ -23,7 +23,7 @@ from engine.compile import COMPILE_SETTINGS, CompiledDecode, compile_decode, wan
 from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
-from engine.kv_cache import DECODE_ATTENTION, KVCache
+from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
 from engine.tokenizer import Tokenizer, load_tokenizer
@@ -98,7 +98,7 @@ def load_model(
 
 
 def choose_decode_attention(config: ModelConfig) -> None:
-    shape = (config.n_kv_heads, config.n_head // config.n_kv_heads, config.head_dim)
+    shape = attention_shape(config)
     isa = cpu_kernels.choose_attention(*shape, cache_dir() / "quantized")
     if isa is None:
         DECODE_ATTENTION.pop(shape, None)

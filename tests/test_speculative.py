@@ -216,11 +216,11 @@ def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, qu
     """With row-exact linear kernels, a verify's logits are those of one decode step per token, with
     either attention (ours takes all the rows in one call)."""
     from engine import cpu_kernels
-    from engine.kv_cache import DECODE_ATTENTION
+    from engine.kv_cache import DECODE_ATTENTION, attention_shape
     from engine.paths import cache_dir
 
     lm = demo_models[quantization]
-    shape = (lm.config.n_kv_heads, lm.config.n_head // lm.config.n_kv_heads, lm.config.head_dim)
+    shape = attention_shape(lm.config)
     if attention == "ours" and not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
         pytest.skip("our CPU kernels could not be built here")
     saved = DECODE_ATTENTION.get(shape)
