@@ -84,8 +84,8 @@ def compile_decode(model: torch.nn.Module, config: ModelConfig, device: torch.de
             marked.add(cache)
         idx = torch.tensor([[token]], device=device)
         input_pos = torch.tensor([position], device=device)
-        # Clone: a CUDA graph's output buffer is overwritten by its next replay.
-        return compiled(cache, idx, input_pos, None if on_cuda else position + 1)[0, -1].clone()
+        logits = compiled(cache, idx, input_pos, None if on_cuda else position + 1)[0, -1]
+        return logits.clone() if on_cuda else logits  # a CUDA graph's output buffer is overwritten by its next replay
 
     with torch.inference_mode():
         warm = KVCache(config, config.n_positions if on_cuda else 2 * WARM_UP_POSITION, device, dtype)
