@@ -154,9 +154,9 @@ def generate(
     return Generation(text=text[len(heal) :], token_ids=generated, finish_reason=finish, stats=stats)
 
 
-def _healing(logits: torch.Tensor, keep: list[int]) -> torch.Tensor:
-    """logits with every token but `keep` masked out."""
-    if not keep:  # no token spells it (not a byte-level vocabulary): decode unconstrained
+def _healing(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """logits with every token but the ids `keep` masked out."""
+    if keep.numel() == 0:  # no token spells it (not a byte-level vocabulary): decode unconstrained
         return logits
     masked = torch.full_like(logits, float("-inf"))
     masked[keep] = logits[keep]

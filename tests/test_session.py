@@ -267,13 +267,31 @@ def test_trailing_whitespace_is_spelled_by_the_model_not_the_prompt(codegen, pre
 
 
 def test_healing_tokens_spell_the_blanks_and_never_indent_past_them():
-    from engine.tokenizer import tokens_spelling
+    from engine.tokenizer import Spellings
 
-    vocabulary = ["\n", "\n   ", "\n    ", "\n        ", "\n    x", " ", "x", "\n\n"]
-    kept = tokens_spelling(vocabulary, "\n    ", len(vocabulary))
-    assert [vocabulary[i] for i in kept] == ["\n", "\n   ", "\n    ", "\n    x"]
+    vocabulary = ["\n", "\n   ", "\n    ", "\n        ", "\n    x", " ", "x", "\n\n", "", "\n \t", "\n\tx"]
+    spellings = Spellings(vocabulary)
+    assert [vocabulary[i] for i in spellings.ids("\n    ", len(vocabulary))] == ["\n", "\n   ", "\n    ", "\n    x"]
     # Half spelled: the rest of the indentation, alone or with code after it.
-    assert [vocabulary[i] for i in tokens_spelling(vocabulary, " ", len(vocabulary))] == [" "]
+    assert [vocabulary[i] for i in spellings.ids(" ", len(vocabulary))] == [" "]
+    assert spellings.ids("\n    ", 3).tolist() == [0, 1, 2]  # only ids below `allowed`
+
+
+def test_healing_lookup_agrees_with_a_scan_of_a_real_vocabulary(codegen_dir):
+    from engine.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(codegen_dir)
+    texts = tok.token_texts
+
+    def scan(pending: str, allowed: int) -> list[int]:  # the definition, one token at a time
+        return [i for i, t in enumerate(texts[:allowed])
+                if t and (pending.startswith(t) or (t.startswith(pending) and not t[len(pending)].isspace()))]
+
+    for pending in [" ", "  ", "\n", "\n    ", "\n\n", "\t", "\n\t\t", " \n", "\r\n  ", "        "]:
+        for allowed in (len(texts), 1000):
+            expected = scan(pending, allowed)
+            assert tok.spelling(pending, allowed).tolist() == expected, repr(pending)
+    assert len(scan(" ", len(texts))) > 1000  # the comparison covers large sets too
 
 
 def test_one_window_cut_whose_offsets_are_the_documents(codegen_dir, stdlib_code):
