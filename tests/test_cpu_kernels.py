@@ -33,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(2048, 2304), (2048, 2048), (2048, 8192), (8192, 2048), (2048, 49280),
           (1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 51200), (1024, 50295), (64, 13)]  # fmt: skip
 # max |y - reference| / max |reference|: ours accumulate in float32 (int8) or exact int32 over
-# 16-bit activations (int4, and int8 prefill); PyTorch's packed kernels round activations to bfloat16.
+# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16; our int8
+# prefill product rounds them to 7 bits a group (engine/kernels/cpu_matvec.cpp).
 BOUNDS = {"cpp": 3e-4, "int8pack": 2e-2, "int4pack": 2e-2, "dequantize": 1e-5}
+INT8_PREFILL_BOUND = 3e-2
 
 
 @pytest.fixture(autouse=True)
@@ -117,7 +119,35 @@ def test_a_long_prefill_matches_too(mode, shape):
     for tokens in [INT8_KERNEL_MAX_TOKENS + 7] + panels:
         x = torch.randn(1, tokens, shape[0], generator=torch.Generator().manual_seed(tokens))
         for name in kernels_to_test(layer):
-            check_rows(layer, x, layer.with_kernel(name)(x), BOUNDS[name.partition("-")[0]])
+            bound = INT8_PREFILL_BOUND if mode == "int8" and name.startswith("cpp-") else BOUNDS[name.partition("-")[0]]
+            check_rows(layer, x, layer.with_kernel(name)(x), bound)
+
+
+def rounded_product(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """What our int8 prefill product computes, in float64: x rounded to [-63, 63] with one scale per
+    row and group of 256 columns (the last may be shorter), times the int8 weights, exactly."""
+    y = torch.zeros(len(x), layer.out_features, dtype=torch.float64)
+    for start in range(0, x.shape[1], 256):
+        group = x[:, start : start + 256]
+        largest = group.abs().amax(1, keepdim=True)
+        scale = torch.where(largest > 0, largest / 63, torch.ones_like(largest))
+        q = torch.round(group * (1 / scale))
+        y += (q.double() @ layer.weight[:, start : start + 256].double().T) * scale.double()
+    return y * layer.scales.double() + layer.bias.double()
+
+
+@pytest.mark.parametrize("shape", [(2048, 2304), (1024, 37), (1040, 20), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_the_int8_prefill_product_is_its_documented_rounding(shape):
+    """The looser bound above is the activations' rounding alone: the integer products are exact
+    (a wrong offset for the unsigned weights, a lost group or row would be off by far more)."""
+    layer = random_layer("int8", *shape)
+    x = torch.randn(INT8_KERNEL_MAX_TOKENS + 6, shape[0], generator=torch.Generator().manual_seed(3)) * 3
+    x[:, :7] = 0  # a group may start with zeros; rows of ties and large values too
+    expected = rounded_product(layer, x)
+    for name in kernels_to_test(layer):
+        if name.startswith("cpp-"):
+            y = layer.with_kernel(name)(x).double()
+            assert ((y - expected).abs().max() / expected.abs().max()).item() < 1e-5, name
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

@@ -1,5 +1,5 @@
 // Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
-// token, or a few): y[m] = x[m] W^T + bias, computed in float32; int8 x int16 products for
+// token, or a few): y[m] = x[m] W^T + bias, computed in float32; int8 x int8 products for
 // prefill; and one token's attention over a float32 cache (its section says why).
 //
 // Decode reads every weight once per token, so these kernels must stream weights at memory speed
@@ -224,7 +224,7 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
 }
 
 // x (M, K) -> int16 with one scale per group of columns (a multiple of 8), and each group's sum
-// (int4 uses groups of its weights' group size, int8_matmul one group per row).
+// (int4's groups are its weights' groups).
 template <class Isa>
 inline void int16_activations(const float* x, int64_t count, int64_t group_size, int16_t* q, float* scales, float* sums) {
   for (int64_t g = 0; g < count / group_size; ++g) {
@@ -248,71 +248,117 @@ inline void int16_activations(const float* x, int64_t count, int64_t group_size,
   }
 }
 
-// ---------------------------------------------------------------- int8 x int16, for prefill
-// Many tokens at once (prefill) are bound by arithmetic, not by reading weights, and widening each
-// weight to float32 for each token costs more than the multiply. Here x is rounded to 16-bit
-// integers (one scale per row: |error| <= max |x[m]| / 65534, far below the weights' own), and one
-// 16-bit multiply-add (vpmaddwd) multiplies 16 weights, widened once per tile, by 16 activations.
-// That is as many products per instruction as int8 activations give on AVX2 (vpmaddubsw needs a
-// second instruction to widen its sums), at float32's precision: greedy tokens stay those of the
-// decode kernel. int32 sums of 256 columns (< 256 * 127 * 32767 < 2^31) go to float32.
+// ---------------------------------------------------------------- int8 x int8, for prefill
+// Many tokens at once (prefill) are bound by arithmetic, not by reading weights. Here x is rounded
+// to integers in [-63, 63], one scale per token and group of 256 columns, and AVX2's byte
+// multiply-add (vpmaddubsw: unsigned bytes by signed bytes, pairs summed into int16) multiplies 32
+// weights by 32 activations; a 16-bit multiply-add by ones (vpmaddwd) widens the pair sums to
+// int32. It takes an unsigned operand: the weights go in as w + 128 (one xor), and the 128 * sum(q)
+// that adds is taken off each group's sum. Its pair sums cannot saturate: 2 * 255 * 63 < 2^15;
+// with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 256
+// products that is 3 instructions of 32 products each where int16 activations took 2 of 16 and a
+// widening of the weights (1.4-1.6x the speed measured on the AVX2 EPYC). The rounding costs
+// precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the group's
+// largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
 // A thread takes a run of 4-row weight blocks; for each panel of x rows small enough to stay in the
-// L2 cache, each block (4K bytes, in L1) meets every 2-row tile of the panel.
-// y[m, n] = (q[m] . w[n]) * x_scales[m] * scales[n] + bias[n].
+// L2 cache, each block (4K bytes, in L1) meets every 4-row tile of the panel.
+// y[m, n] = sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g], times scales[n], + bias[n].
+
+constexpr int64_t GROUP_COLUMNS = 256;
+constexpr float ACTIVATION_LEVELS = 63.f;
 
 struct Int8GemmArgs {
-  const int16_t* q;       // (M, K) x[m] / x_scales[m], rounded
-  const float* x_scales;  // (M,)
+  const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
+  const float* x_scales;  // (M, groups)
+  const int32_t* q_sums;  // (M, groups): each group's sum of q
   const int8_t* w;        // (N/4, K/16, 4, 16), as for int8_blocks
   const float* scales;
   const float* bias;  // or nullptr
   float* y;           // (M, N)
-  int64_t M, N, K;
+  int64_t M, N, K, groups;
 };
-constexpr int64_t EXACT_COLUMNS = 256;
 
-// q[m] . w[n] for rows m of the tile and the block's 4 rows n.
+// Rows of x (K a multiple of 16) to q, x_scales and q_sums as Int8GemmArgs has them.
+inline void int8_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* x_scales, int32_t* q_sums) {
+  const int64_t groups = (K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t start = m * K + g * GROUP_COLUMNS, n = std::min(GROUP_COLUMNS, K - g * GROUP_COLUMNS);
+      f32x8 amax = {};
+      for (int64_t i = 0; i < n; i += 8) {
+        const f32x8 v = load<f32x8>(x + start + i), magnitude = v < 0 ? -v : v;
+        amax = magnitude > amax ? magnitude : amax;
+      }
+      float largest = 0.f;
+      for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
+      const float scale = largest > 0.f ? largest / ACTIVATION_LEVELS : 1.f, inverse = 1.f / scale;
+      i32x8 total = {};
+      for (int64_t i = 0; i < n; i += 8) {
+        const f32x8 rounded = (load<f32x8>(x + start + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
+        const i32x8 whole = __builtin_convertvector(rounded, i32x8);
+        total += whole;
+        for (int j = 0; j < 8; ++j) q[start + i + j] = int8_t(whole[j]);
+      }
+      x_scales[m * groups + g] = scale;
+      q_sums[m * groups + g] = total[0] + total[1] + total[2] + total[3] + total[4] + total[5] + total[6] + total[7];
+    }
+}
+
+// sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g] for rows m of the tile and the block's
+// 4 rows n: dots[m][n].
 template <int MT>
-inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[2][4]) {
+inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[4][4]) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 4; ++r) {
-      int64_t dot = 0;
-      for (int64_t k = 0; k < a.K; ++k) dot += int32_t(a.q[(m0 + m) * a.K + k]) * w[(k / 16) * 64 + r * 16 + k % 16];
-      dots[m][r] = float(dot);
+      float total = 0.f;
+      for (int64_t g = 0; g < a.groups; ++g) {
+        int32_t dot = 0;
+        for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); ++k)
+          dot += int32_t(a.q[(m0 + m) * a.K + k]) * w[k / 16 * 64 + r * 16 + k % 16];
+        total += float(dot) * a.x_scales[(m0 + m) * a.groups + g];
+      }
+      dots[m][r] = total;
     }
 }
 
 #if defined(__x86_64__)
 template <int MT>
-AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[2][4]) {
-  __m128 total[MT];  // rows 0-3 of the block, for each x row of the tile
-  for (int m = 0; m < MT; ++m) total[m] = _mm_setzero_ps();
-  for (int64_t start = 0; start < a.K; start += EXACT_COLUMNS) {
-    __m256i acc[MT][4];
-    for (int m = 0; m < MT; ++m)
-      for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_setzero_si256();
-    for (int64_t k = start; k < std::min(a.K, start + EXACT_COLUMNS); k += 16, w += 64) {
-      __m256i rows[4];
-      for (int r = 0; r < 4; ++r) rows[r] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + 16 * r)));
+AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[4][4]) {
+  const __m256i flip = _mm256_set1_epi8(-128), ones = _mm256_set1_epi16(1);
+  const int8_t* x[MT];
+  __m128 totals[MT];
+  for (int m = 0; m < MT; ++m) x[m] = a.q + (m0 + m) * a.K, totals[m] = _mm_setzero_ps();
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m256i acc[MT][2];  // per x row: block rows 0 | 1 (one 128-bit lane each), rows 2 | 3
+    for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
+    for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64) {
+      const __m256i rows01 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)w), flip);  // w + 128
+      const __m256i rows23 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + 32)), flip);
       for (int m = 0; m < MT; ++m) {
-        const __m256i x = _mm256_loadu_si256((const __m256i*)(a.q + (m0 + m) * a.K + k));
-        for (int r = 0; r < 4; ++r) acc[m][r] = _mm256_add_epi32(acc[m][r], _mm256_madd_epi16(rows[r], x));
+        const __m256i xm = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(x[m] + k)));
+        acc[m][0] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(rows01, xm), ones), acc[m][0]);
+        acc[m][1] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(rows23, xm), ones), acc[m][1]);
       }
     }
-    for (int m = 0; m < MT; ++m) {  // lanes of row r summed into lane r
-      const __m256i pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[m][0], acc[m][1]), _mm256_hadd_epi32(acc[m][2], acc[m][3]));
-      const __m128i sums = _mm_add_epi32(_mm256_castsi256_si128(pairs), _mm256_extracti128_si256(pairs, 1));
-      total[m] = _mm_add_ps(total[m], _mm_cvtepi32_ps(sums));
+    for (int m = 0; m < MT; ++m) {
+      // Lane 0 of the sums of pairs: rows 0, 2, 0, 2; lane 1: rows 1, 3, 1, 3. Then rows 0-3, less
+      // the 128 * sum(q) that w + 128 added.
+      const __m256i pairs = _mm256_hadd_epi32(acc[m][0], acc[m][1]);
+      const __m256i quads = _mm256_hadd_epi32(pairs, pairs);
+      const int64_t at = (m0 + m) * a.groups + g;
+      const __m128i rows = _mm_sub_epi32(_mm_unpacklo_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256(quads, 1)),
+                                         _mm_set1_epi32(128 * a.q_sums[at]));
+      totals[m] = _mm_add_ps(totals[m], _mm_mul_ps(_mm_cvtepi32_ps(rows), _mm_set1_ps(a.x_scales[at])));
     }
   }
-  for (int m = 0; m < MT; ++m) _mm_storeu_ps(dots[m], total[m]);
+  for (int m = 0; m < MT; ++m) _mm_storeu_ps(dots[m], totals[m]);
 }
 #endif
 
 template <int MT, bool Simd>
 inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
-  float dots[2][4];
+  float dots[4][4];
   const int8_t* w = a.w + b * 4 * a.K;
 #if defined(__x86_64__)
   if constexpr (Simd) int8_gemm_tile_avx2<MT>(a, w, m0, dots);
@@ -322,17 +368,18 @@ inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
       const int64_t n = b * 4 + r;
-      a.y[(m0 + m) * a.N + n] = dots[m][r] * a.x_scales[m0 + m] * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+      a.y[(m0 + m) * a.N + n] = dots[m][r] * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
     }
 }
 
 template <bool Simd>
 inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
-  const int64_t panel = std::max<int64_t>(2, ((256 << 10) / (2 * a.K)) / 2 * 2);  // rows of q in 256 KB
+  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel);
     for (int64_t b = begin; b < end; ++b) {
       int64_t m = p;
+      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4, Simd>(a, b, m);
       for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, m);
       if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, m);
     }
@@ -598,17 +645,19 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
   const Kernels run = kernels_for(isa);
-  // Each row to int16 with its own scale, in one pass (7 tensor ops took 7 parallel regions, each a
-  // wait for the other thread on a busy machine); the row sums are not needed here.
-  std::vector<int16_t> q(in.M * in.K);
-  std::vector<float> x_scales(in.M), row_sums(in.M);
+  const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
+  // Each row rounded in one pass (7 tensor ops took 7 parallel regions, each a wait for the other
+  // thread on a busy machine).
+  std::vector<int8_t> q(in.M * in.K);
+  std::vector<float> x_scales(in.M * groups);
+  std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
-  at::parallel_for(0, in.M, grain(2 * in.K), [&](int64_t b, int64_t e) {
-    run.int16_activations(x + b * in.K, (e - b) * in.K, in.K, q.data() + b * in.K, x_scales.data() + b, row_sums.data() + b);
+  at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
+    int8_activations(x + b * in.K, e - b, in.K, q.data() + b * in.K, x_scales.data() + b * groups, q_sums.data() + b * groups);
   });
   at::Tensor y = at::empty({in.M, in.N}, in.x.options());
-  const Int8GemmArgs a{q.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                       in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K};
+  const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+                       in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return shaped_like(y, x_in);
 }
