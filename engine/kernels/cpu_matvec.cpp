@@ -253,13 +253,13 @@ inline void int16_activations(const float* x, int64_t count, int64_t group_size,
 // to integers in [-63, 63], one scale per token and group of 256 columns, and AVX2's byte
 // multiply-add (vpmaddubsw: unsigned bytes by signed bytes, pairs summed into int16) multiplies 32
 // weights by 32 activations; a 16-bit multiply-add by ones (vpmaddwd) widens the pair sums to
-// int32. It takes an unsigned operand: the weights go in as w + 128 (one xor), and the 128 * sum(q)
-// that adds is taken off each group's sum. Its pair sums cannot saturate: 2 * 255 * 63 < 2^15;
-// with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 256
-// products that is 3 instructions of 32 products each where int16 activations took 2 of 16 and a
-// widening of the weights (1.4-1.6x the speed measured on the AVX2 EPYC). The rounding costs
-// precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the group's
-// largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
+// int32. It takes an unsigned operand: the weights go in as w + 128 (a copy of each 4-row block,
+// flipped once per panel), and the 128 * sum(q) that adds is taken off each group's sum. Its pair
+// sums cannot saturate: 2 * 255 * 63 < 2^15; with 8-bit activations they could, which is why 7
+// bits (as FBGEMM's reduce_range). Per 32 products that is 3 instructions where int16 activations
+// took 4 and a widening of the weights (1.2-1.5x the speed on the AVX2 EPYC, README). The rounding
+// costs precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the
+// group's largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
 // A thread takes a run of 4-row weight blocks; for each panel of x rows small enough to stay in the
 // L2 cache, each block (4K bytes, in L1) meets every 4-row tile of the panel.
@@ -325,7 +325,7 @@ inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int6
 #if defined(__x86_64__)
 template <int MT>
 AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[4][4]) {
-  const __m256i flip = _mm256_set1_epi8(-128), ones = _mm256_set1_epi16(1);
+  const __m256i ones = _mm256_set1_epi16(1);
   const int8_t* x[MT];
   __m128 totals[MT];
   for (int m = 0; m < MT; ++m) x[m] = a.q + (m0 + m) * a.K, totals[m] = _mm_setzero_ps();
@@ -333,8 +333,8 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
     __m256i acc[MT][2];  // per x row: block rows 0 | 1 (one 128-bit lane each), rows 2 | 3
     for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_si256();
     for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64) {
-      const __m256i rows01 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)w), flip);  // w + 128
-      const __m256i rows23 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + 32)), flip);
+      const __m256i rows01 = _mm256_loadu_si256((const __m256i*)w);
+      const __m256i rows23 = _mm256_loadu_si256((const __m256i*)(w + 32));
       for (int m = 0; m < MT; ++m) {
         const __m256i xm = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(x[m] + k)));
         acc[m][0] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(rows01, xm), ones), acc[m][0]);
@@ -356,10 +356,10 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
 }
 #endif
 
+// w: block b's weights, as w + 128 for the SIMD tile.
 template <int MT, bool Simd>
-inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
+inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, const int8_t* w, int64_t m0) {
   float dots[4][4];
-  const int8_t* w = a.w + b * 4 * a.K;
 #if defined(__x86_64__)
   if constexpr (Simd) int8_gemm_tile_avx2<MT>(a, w, m0, dots);
   else
@@ -375,13 +375,19 @@ inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
 template <bool Simd>
 inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
+  std::vector<int8_t> unsigned_block(Simd ? 4 * a.K : 0);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel);
     for (int64_t b = begin; b < end; ++b) {
+      const int8_t* w = a.w + b * 4 * a.K;
+      if (Simd) {  // w + 128 once per panel, not in every tile (10-15 % of the time)
+        for (int64_t i = 0; i < 4 * a.K; ++i) unsigned_block[i] = int8_t(uint8_t(w[i]) ^ 0x80);
+        w = unsigned_block.data();
+      }
       int64_t m = p;
-      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4, Simd>(a, b, m);
-      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, m);
-      if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, m);
+      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4, Simd>(a, b, w, m);
+      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, w, m);
+      if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, w, m);
     }
   }
 }
