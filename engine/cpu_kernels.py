@@ -88,12 +88,12 @@ def _load(folder: Path) -> bool:
         log.warning("CPU decode kernels unavailable, using PyTorch's instead: %s", message[:300])
         return False
     # Output shapes for torch.compile, which traces the ops without running them.
-    torch.library.register_fake("codegen_lsp_cpu::int8_matvec")(
-        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
-    torch.library.register_fake("codegen_lsp_cpu::int8_matmul")(
-        lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
-    torch.library.register_fake("codegen_lsp_cpu::int4_matvec")(
-        lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
+    for op in ("int8_matvec", "int8_matmul"):
+        torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
+            lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
+    for op in ("int4_matvec", "int4_matmul"):
+        torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
+            lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     torch.library.register_fake("codegen_lsp_cpu::attend_decode")(lambda q, k, v, scale, isa: q.new_empty(q.shape))
     return True
 

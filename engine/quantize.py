@@ -323,8 +323,9 @@ class Int4Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel.startswith("cpp-"):
-            return torch.ops.codegen_lsp_cpu.int4_matvec(
-                x, self.packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
+            tokens = x.numel() // self.in_features
+            op = torch.ops.codegen_lsp_cpu.int4_matvec if tokens <= INT8_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int4_matmul
+            return op(x, self.packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.

@@ -22,7 +22,7 @@ from engine import cpu_kernels
 from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
-from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear
+from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
 from engine.session import Session
 from greedy import greedy_with_logits
 
@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(2048, 2304), (2048, 2048), (2048, 8192), (8192, 2048), (2048, 49280),
           (1024, 3072), (1024, 1024), (1024, 4096), (4096, 1024), (1024, 51200), (1024, 50295), (64, 13)]  # fmt: skip
 # max |y - reference| / max |reference|: ours accumulate in float32 (int8) or exact int32 over
-# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16; our int8
-# prefill product rounds them to 7 bits a group (engine/kernels/cpu_matvec.cpp).
+# 16-bit activations (int4); PyTorch's packed kernels round activations to bfloat16; our prefill
+# products round them to 7 bits per 256 columns (int8) or 8 bits per weight group (int4).
 BOUNDS = {"cpp": 3e-4, "int8pack": 2e-2, "int4pack": 2e-2, "dequantize": 1e-5}
-INT8_PREFILL_BOUND = 3e-2
+PREFILL_BOUNDS = {"int8": 3e-2, "int4": 1e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -119,28 +119,40 @@ def test_a_long_prefill_matches_too(mode, shape):
     for tokens in [INT8_KERNEL_MAX_TOKENS + 7] + panels:
         x = torch.randn(1, tokens, shape[0], generator=torch.Generator().manual_seed(tokens))
         for name in kernels_to_test(layer):
-            bound = INT8_PREFILL_BOUND if mode == "int8" and name.startswith("cpp-") else BOUNDS[name.partition("-")[0]]
+            bound = PREFILL_BOUNDS[mode] if name.startswith("cpp-") else BOUNDS[name.partition("-")[0]]
             check_rows(layer, x, layer.with_kernel(name)(x), bound)
 
 
-def rounded_product(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    """What our int8 prefill product computes, in float64: x rounded to [-63, 63] with one scale per
-    row and group of 256 columns (the last may be shorter), times the int8 weights, exactly."""
+def rounded_product(layer, x: torch.Tensor) -> torch.Tensor:
+    """What our prefill products compute, in float64: x rounded with one scale per row and group
+    of columns (int8: to [-63, 63] per 256 columns, the last group maybe shorter; int4: to
+    [-127, 127] per weight group), times the integer weights exactly, then scaled."""
+    int4 = isinstance(layer, Int4Linear)
+    size, levels = (layer.group_size, 127) if int4 else (256, 63)
+    if int4:
+        weights = unpack_int4(layer.checkpoint_weight()).double()  # q in [0, 15]: w = q * scale + offset
+        scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 in the kernel's layout
+        offsets, scales = (zeros - 8 * scales).half().double(), scales.half().double()
+    else:
+        weights = layer.weight.double()
     y = torch.zeros(len(x), layer.out_features, dtype=torch.float64)
-    for start in range(0, x.shape[1], 256):
-        group = x[:, start : start + 256]
+    for g, start in enumerate(range(0, x.shape[1], size)):
+        group = x[:, start : start + size]
         largest = group.abs().amax(1, keepdim=True)
-        scale = torch.where(largest > 0, largest / 63, torch.ones_like(largest))
-        q = torch.round(group * (1 / scale))
-        y += (q.double() @ layer.weight[:, start : start + 256].double().T) * scale.double()
-    return y * layer.scales.double() + layer.bias.double()
+        scale = torch.where(largest > 0, largest / levels, torch.ones_like(largest))
+        products = (torch.round(group * (1 / scale)).double() @ weights[:, start : start + size].T) * scale.double()
+        y += products * scales[g] + group.double().sum(1, keepdim=True) * offsets[g] if int4 else products
+    return y + layer.bias.double() if int4 else y * layer.scales.double() + layer.bias.double()
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("shape", [(2048, 2304), (1024, 37), (1040, 20), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
-def test_the_int8_prefill_product_is_its_documented_rounding(shape):
-    """The looser bound above is the activations' rounding alone: the integer products are exact
-    (a wrong offset for the unsigned weights, a lost group or row would be off by far more)."""
-    layer = random_layer("int8", *shape)
+def test_the_prefill_products_are_their_documented_rounding(mode, shape):
+    """The looser bounds above are the activations' rounding alone: the integer products are
+    exact (a wrong offset for int8's unsigned weights, a lost group, row or nibble would be off by far more)."""
+    if mode == "int4" and shape[0] % 32:
+        shape = (shape[0] - shape[0] % 32, shape[1])  # int4 groups divide K
+    layer = random_layer(mode, *shape)
     x = torch.randn(INT8_KERNEL_MAX_TOKENS + 6, shape[0], generator=torch.Generator().manual_seed(3)) * 3
     x[:, :7] = 0  # a group may start with zeros; rows of ties and large values too
     expected = rounded_product(layer, x)

@@ -279,20 +279,23 @@ struct Int8GemmArgs {
   int64_t M, N, K, groups;
 };
 
-// Rows of x (K a multiple of 16) to q, x_scales and q_sums as Int8GemmArgs has them.
-inline void int8_activations(const float* x, int64_t rows, int64_t K, int8_t* q, float* x_scales, int32_t* q_sums) {
-  const int64_t groups = (K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
+// Rows of x (K a multiple of 16) to integers in [-levels, levels], one scale per group of `group`
+// columns (the last may be shorter), with each group's sum of q and, if wanted, of x.
+inline void int8_activations(const float* x, int64_t rows, int64_t K, int64_t group, float levels, int8_t* q,
+                             float* x_scales, int32_t* q_sums, float* x_sums = nullptr) {
+  const int64_t groups = (K + group - 1) / group;
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t start = m * K + g * GROUP_COLUMNS, n = std::min(GROUP_COLUMNS, K - g * GROUP_COLUMNS);
-      f32x8 amax = {};
+      const int64_t start = m * K + g * group, n = std::min(group, K - g * group);
+      f32x8 amax = {}, sum_of_x = {};
       for (int64_t i = 0; i < n; i += 8) {
         const f32x8 v = load<f32x8>(x + start + i), magnitude = v < 0 ? -v : v;
         amax = magnitude > amax ? magnitude : amax;
+        sum_of_x += v;
       }
       float largest = 0.f;
       for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
-      const float scale = largest > 0.f ? largest / ACTIVATION_LEVELS : 1.f, inverse = 1.f / scale;
+      const float scale = largest > 0.f ? largest / levels : 1.f, inverse = 1.f / scale;
       i32x8 total = {};
       for (int64_t i = 0; i < n; i += 8) {
         const f32x8 rounded = (load<f32x8>(x + start + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
@@ -302,6 +305,7 @@ inline void int8_activations(const float* x, int64_t rows, int64_t K, int8_t* q,
       }
       x_scales[m * groups + g] = scale;
       q_sums[m * groups + g] = total[0] + total[1] + total[2] + total[3] + total[4] + total[5] + total[6] + total[7];
+      if (x_sums) x_sums[m * groups + g] = sum(sum_of_x);
     }
 }
 
@@ -388,6 +392,120 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
       for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4, Simd>(a, b, w, m);
       for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, w, m);
       if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, w, m);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- int4 x int8, for prefill
+// The decode kernel above unpacks each weight's nibble again for every token. Here a tile of up
+// to 4 tokens shares each unpacked vector, and x is rounded to 8-bit integers with one scale per
+// token and weight group (as llama.cpp's Q8 activations; |x error| <= max |x in the group| / 254).
+// The nibbles are the unsigned operand of vpmaddubsw as they are (0-15): its pair sums (<= 2 * 15 *
+// 127) cannot saturate, and 8 of them, 32 columns, add up in int16 before widening. A pshufb puts
+// each pair of x beside its pair of columns: bytes 2r, 2r + 1 of a 4-column chunk are row r's
+// columns 4c, 4c + 1 (low nibbles) and 4c + 2, 4c + 3 (high), so every 16-bit lane is one row's.
+// y[m, n] = sum over groups g of scale[n, g] * (q[m, g] . w[n, g]) * x_scales[m, g] + offset[n, g]
+// * x_sums[m, g], + bias[n].
+
+struct Int4GemmArgs {
+  const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
+  const float* x_scales;  // (M, K/g)
+  const float* x_sums;    // (M, K/g): sums of x per group
+  const uint8_t* w;       // (N/8, K/g, 4g + 32), as for int4_blocks
+  const float* bias;      // (N,) or nullptr
+  float* y;               // (M, N)
+  int64_t M, N, K, group_size;
+};
+
+// The block's 8 rows for tokens m0 .. m0 + MT - 1: out[m][r], before the bias.
+template <int MT>
+inline void int4_gemm_tile_portable(const Int4GemmArgs& a, const uint8_t* w, int64_t m0, float out[4][8]) {
+  const int64_t groups = a.K / a.group_size;
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* group_w = w;
+      float acc = 0.f;
+      for (int64_t g = 0; g < groups; ++g, group_w += 4 * a.group_size + 32) {
+        int32_t dot = 0;
+        for (int64_t c = 0; c < a.group_size; ++c) {  // column c of the group: chunk c / 4, byte 2r + (c % 2)
+          const uint8_t byte = group_w[c / 4 * 16 + 2 * r + c % 2];
+          dot += int32_t(c % 4 < 2 ? byte & 15 : byte >> 4) * a.q[(m0 + m) * a.K + g * a.group_size + c];
+        }
+        const uint8_t* halves = group_w + 4 * a.group_size;
+        const float scale = half_to_float(load<uint16_t>(halves + 2 * r)), offset = half_to_float(load<uint16_t>(halves + 16 + 2 * r));
+        acc += float(dot) * (scale * a.x_scales[(m0 + m) * groups + g]);
+        acc += offset * a.x_sums[(m0 + m) * groups + g];
+      }
+      out[m][r] = acc;
+    }
+}
+
+#if defined(__x86_64__)
+template <int MT>
+AVX2 inline void int4_gemm_tile_avx2(const Int4GemmArgs& a, const uint8_t* w, int64_t m0, float out[4][8]) {
+  const int64_t groups = a.K / a.group_size;
+  const __m256i nibble = _mm256_set1_epi8(15);
+  // x's 8 bytes in both lanes -> lane 0 pairs (x0, x1) or (x2, x3), lane 1 (x4, x5) or (x6, x7).
+  const __m256i low_pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5);
+  const __m256i high_pairs = _mm256_setr_epi8(2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7);
+  const int8_t* x[MT];
+  __m256 acc[MT];
+  for (int m = 0; m < MT; ++m) x[m] = a.q + (m0 + m) * a.K, acc[m] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m256i dot[MT];  // one int32 lane per row
+    for (int m = 0; m < MT; ++m) dot[m] = _mm256_setzero_si256();
+    for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 32) {
+      __m256i partial[MT];  // int16: lane r and r + 8 are row r's (two column chunks)
+      for (int m = 0; m < MT; ++m) partial[m] = _mm256_setzero_si256();
+      for (int64_t c = k; c < k + 32; c += 8, w += 32) {
+        const __m256i packed = _mm256_loadu_si256((const __m256i*)w);
+        const __m256i low = _mm256_and_si256(packed, nibble), high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
+        for (int m = 0; m < MT; ++m) {
+          const __m256i xs = _mm256_set1_epi64x(load<int64_t>(x[m] + c));
+          partial[m] = _mm256_add_epi16(partial[m], _mm256_maddubs_epi16(low, _mm256_shuffle_epi8(xs, low_pairs)));
+          partial[m] = _mm256_add_epi16(partial[m], _mm256_maddubs_epi16(high, _mm256_shuffle_epi8(xs, high_pairs)));
+        }
+      }
+      for (int m = 0; m < MT; ++m)
+        dot[m] = _mm256_add_epi32(dot[m], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(partial[m])),
+                                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(partial[m], 1))));
+    }
+    const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w));
+    const __m256 offsets = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(w + 16)));
+    w += 32;
+    for (int m = 0; m < MT; ++m) {
+      const int64_t at = (m0 + m) * groups + g;
+      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(scales, _mm256_set1_ps(a.x_scales[at]))));
+      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(offsets, _mm256_set1_ps(a.x_sums[at])));
+    }
+  }
+  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out[m], acc[m]);
+}
+#endif
+
+template <int MT, bool Simd>
+inline void int4_gemm_tile(const Int4GemmArgs& a, int64_t b, int64_t m0) {
+  float out[4][8];
+  const uint8_t* w = a.w + b * (a.K / a.group_size) * (4 * a.group_size + 32);
+#if defined(__x86_64__)
+  if constexpr (Simd) int4_gemm_tile_avx2<MT>(a, w, m0, out);
+  else
+#endif
+    int4_gemm_tile_portable<MT>(a, w, m0, out);
+  for (int m = 0; m < MT; ++m)
+    for (int r = 0; r < 8 && b * 8 + r < a.N; ++r) a.y[(m0 + m) * a.N + b * 8 + r] = out[m][r] + (a.bias ? a.bias[b * 8 + r] : 0.f);
+}
+
+template <bool Simd>
+inline void int4_gemm_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel);
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t m = p;
+      for (; m + 4 <= panel_end; m += 4) int4_gemm_tile<4, Simd>(a, b, m);
+      for (; m + 2 <= panel_end; m += 2) int4_gemm_tile<2, Simd>(a, b, m);
+      if (m < panel_end) int4_gemm_tile<1, Simd>(a, b, m);
     }
   }
 }
@@ -546,6 +664,7 @@ struct Kernels {
   void (*int4)(const Int4Args&, int64_t, int64_t);
   void (*int16_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
+  void (*int4_gemm)(const Int4GemmArgs&, int64_t, int64_t);
   void (*attend)(const AttendArgs&, int64_t, int64_t);
 };
 
@@ -556,11 +675,13 @@ KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int
   int16_activations<Baseline>(x, n, g, q, s, t);
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
+KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<false>(a, b, e); }
 KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline>(a, b, e); }
 #if defined(__x86_64__)
 // The AVX-512 build runs the AVX2 product too: a 512-bit one is not written, as no machine we test
 // on has AVX-512.
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
+KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
@@ -592,10 +713,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2, attend_avx512};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2, attend_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline, attend_baseline};
+  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -659,7 +780,8 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    int8_activations(x + b * in.K, e - b, in.K, q.data() + b * in.K, x_scales.data() + b * groups, q_sums.data() + b * groups);
+    int8_activations(x + b * in.K, e - b, in.K, GROUP_COLUMNS, ACTIVATION_LEVELS, q.data() + b * in.K,
+                     x_scales.data() + b * groups, q_sums.data() + b * groups);
   });
   at::Tensor y = at::empty({in.M, in.N}, in.x.options());
   const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
@@ -668,23 +790,57 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   return shaped_like(y, x_in);
 }
 
+// An int4 op's inputs, checked: x as float32 rows, the bias as float32 (or undefined).
+struct Int4Inputs {
+  at::Tensor x, bias;
+  int64_t M, K, blocks;
+  const float* bias_data() const { return bias.defined() ? bias.data_ptr<float>() : nullptr; }
+};
+
+Int4Inputs int4_inputs(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
+                       const c10::optional<at::Tensor>& bias_in) {
+  Int4Inputs in;
+  in.x = float_rows(x_in);
+  in.M = in.x.size(0), in.K = in.x.size(1), in.blocks = (N + 7) / 8;
+  in.bias = float_bias(bias_in, N);
+  TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && in.K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
+  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
+                  weight.numel() == in.blocks * in.K / group_size * (4 * group_size + 32),
+              "weight: uint8 from pack_int4_for_cpu");
+  return in;
+}
+
 at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
-  const at::Tensor x = float_rows(x_in);
-  const int64_t M = x.size(0), K = x.size(1), blocks = (N + 7) / 8;
-  const at::Tensor bias = float_bias(bias_in, N);
-  TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
-  TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
-                  weight.numel() == blocks * K / group_size * (4 * group_size + 32),
-              "weight: uint8 from pack_int4_for_cpu");
+  const Int4Inputs in = int4_inputs(x_in, weight, N, group_size, bias_in);
   const Kernels run = kernels_for(isa);
-  std::vector<int16_t> xq(M * K);
-  std::vector<float> x_scales(M * K / group_size), x_sums(M * K / group_size);
-  run.int16_activations(x.data_ptr<float>(), M * K, group_size, xq.data(), x_scales.data(), x_sums.data());
-  at::Tensor y = at::empty({M, N}, x.options());
-  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(),
-                   bias.defined() ? bias.data_ptr<float>() : nullptr, y.data_ptr<float>(), M, N, K, group_size};
-  at::parallel_for(0, blocks, grain(8 * K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
+  std::vector<int16_t> xq(in.M * in.K);
+  std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
+  run.int16_activations(in.x.data_ptr<float>(), in.M * in.K, group_size, xq.data(), x_scales.data(), x_sums.data());
+  at::Tensor y = at::empty({in.M, N}, in.x.options());
+  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
+                   in.M, N, in.K, group_size};
+  at::parallel_for(0, in.blocks, grain(8 * in.K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
+  return shaped_like(y, x_in);
+}
+
+at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
+                       const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const Int4Inputs in = int4_inputs(x_in, weight, N, group_size, bias_in);
+  const Kernels run = kernels_for(isa);
+  const int64_t groups = in.K / group_size;
+  std::vector<int8_t> q(in.M * in.K);
+  std::vector<float> x_scales(in.M * groups), x_sums(in.M * groups);
+  std::vector<int32_t> q_sums(in.M * groups);
+  const float* x = in.x.data_ptr<float>();
+  at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
+    int8_activations(x + b * in.K, e - b, in.K, group_size, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
+                     q_sums.data() + b * groups, x_sums.data() + b * groups);
+  });
+  at::Tensor y = at::empty({in.M, N}, in.x.options());
+  const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
+                       in.M, N, in.K, group_size};
+  at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int4_gemm(a, b, e); });
   return shaped_like(y, x_in);
 }
 
@@ -757,6 +913,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matmul(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
+  m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
 }
 
@@ -764,5 +921,6 @@ TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int8_matvec", &int8_matvec);
   m.impl("int8_matmul", &int8_matmul);
   m.impl("int4_matvec", &int4_matvec);
+  m.impl("int4_matmul", &int4_matmul);
   m.impl("attend_decode", &attend_decode);
 }
