@@ -15,13 +15,13 @@ Which kernel runs depends on the device and on the number of tokens M:
   found), PyTorch's packed weight-only kernels (`aten._weight_int8pack_mm`,
   `aten._weight_int4pack_mm_for_cpu`, with bfloat16 activations, as with
   float32 ones they are 2-30x slower), or dequantize-and-matmul. The choice is
-  made for one token (decode). Our int4 kernel then runs every M too (on the
-  AVX2 EPYC it beats PyTorch's 1.8x and dequantize-and-matmul 4x at M = 128),
-  our int8 one up to INT8_KERNEL_MAX_TOKENS; beyond (prefill), our product of
-  int8 weights and activations rounded to 7 bits per group of 256 columns,
-  ~1.5x as fast as a float32 matmul alone, at about bfloat16 activations'
-  precision. With PyTorch's int8 kernel, every M > 1 dequantizes and runs a
-  dense matmul.
+  made for one token (decode). Ours run up to DECODE_KERNEL_MAX_TOKENS as for
+  one token (a speculative verify's rows are bit for bit decode steps);
+  beyond (prefill), our products of the integer weights and activations
+  rounded to integers: int8 to 7 bits per group of 256 columns (~1.5x as fast
+  as a float32 matmul alone, at about bfloat16 activations' precision), int4 to
+  8 bits per weight group (1.4-1.9x our decode kernel at M = 256-512). With
+  PyTorch's int8 kernel, every M > 1 dequantizes and runs a dense matmul.
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
 - Anything else: dequantize and run a plain F.linear, so every mode runs on
@@ -63,9 +63,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP_SIZE = 32
 CACHE_FORMAT = 4  # bump when the on-disk layout of quantized weights changes (4: files name their checkpoint)
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
-# Up to this many tokens per call our int8 matrix-vector kernel (or PyTorch's packed one) runs, as for one token;
-# beyond (prefill), the product with activations rounded to 7-bit integers (engine/kernels/cpu_matvec.cpp).
-INT8_KERNEL_MAX_TOKENS = 64
+# Up to this many tokens per call our int8 and int4 matrix-vector kernels (or PyTorch's packed int8 one) run, as
+# for one token; beyond (prefill), products with the activations rounded to integers (engine/kernels/cpu_matvec.cpp).
+DECODE_KERNEL_MAX_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -189,9 +189,9 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
         if self.kernel.startswith("cpp-"):
-            op = torch.ops.codegen_lsp_cpu.int8_matvec if tokens <= INT8_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int8_matmul
+            op = torch.ops.codegen_lsp_cpu.int8_matvec if tokens <= DECODE_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int8_matmul
             return op(x, self.packed, self.scales, self.bias, self.kernel.removeprefix("cpp-"))
-        if self.kernel == "int8pack" and tokens <= INT8_KERNEL_MAX_TOKENS:
+        if self.kernel == "int8pack" and tokens <= DECODE_KERNEL_MAX_TOKENS:
             # Row by row the same results as one token (a speculative verify's rows equal decode steps).
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scales_bf16)
             y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -324,7 +324,7 @@ class Int4Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel.startswith("cpp-"):
             tokens = x.numel() // self.in_features
-            op = torch.ops.codegen_lsp_cpu.int4_matvec if tokens <= INT8_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int4_matmul
+            op = torch.ops.codegen_lsp_cpu.int4_matvec if tokens <= DECODE_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int4_matmul
             return op(x, self.packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":

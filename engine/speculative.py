@@ -37,7 +37,7 @@ from engine.options import SPECULATIVE
 from engine.session import Session
 
 NGRAM_SIZES = (4, 3, 2)  # longest match first
-FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within INT8_KERNEL_MAX_TOKENS)
+FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within DECODE_KERNEL_MAX_TOKENS)
 MAX_PAUSE = 16  # most tokens decoded plainly after a draft that was wholly rejected
 TIE_MARGIN = 1e-2  # logits closer than this (top two) are decided by a decode step, not a verify row
 

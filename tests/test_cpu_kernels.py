@@ -22,7 +22,7 @@ from engine import cpu_kernels
 from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
-from engine.quantize import INT8_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
+from engine.quantize import DECODE_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
 from engine.session import Session
 from greedy import greedy_with_logits
 
@@ -95,15 +95,15 @@ def test_every_kernel_matches_the_float_reference(mode, shape):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("shape", [(2048, 2304), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
 def test_each_row_of_a_decode_sized_call_is_its_one_token_result(mode, shape):
-    """Up to INT8_KERNEL_MAX_TOKENS tokens (a speculative verify), every row of ours and of PyTorch's
+    """Up to DECODE_KERNEL_MAX_TOKENS tokens (a speculative verify), every row of ours and of PyTorch's
     packed kernels is bit for bit what the token alone gives (int8 takes tokens two at a time)."""
     layer = random_layer(mode, *shape)
-    x = torch.randn(INT8_KERNEL_MAX_TOKENS, shape[0], generator=torch.Generator().manual_seed(2))
+    x = torch.randn(DECODE_KERNEL_MAX_TOKENS, shape[0], generator=torch.Generator().manual_seed(2))
     for name in kernels_to_test(layer):
         if name == "dequantize":
             continue  # a dense matmul: not row-exact (a verify's tie margin covers it)
         twin = layer.with_kernel(name)
-        for tokens in (2, 5, INT8_KERNEL_MAX_TOKENS):
+        for tokens in (2, 5, DECODE_KERNEL_MAX_TOKENS):
             rows = twin(x[:tokens])
             for t in range(tokens):
                 assert torch.equal(rows[t], twin(x[t : t + 1])[0]), (name, tokens, t)
@@ -112,11 +112,11 @@ def test_each_row_of_a_decode_sized_call_is_its_one_token_result(mode, shape):
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 @pytest.mark.parametrize("shape", [(2048, 2304), (1024, 50295), (256, 100), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
 def test_a_long_prefill_matches_too(mode, shape):
-    """Past INT8_KERNEL_MAX_TOKENS our int8 kernel switches to its prefill product: token counts
+    """Past DECODE_KERNEL_MAX_TOKENS our int8 kernel switches to its prefill product: token counts
     that end mid-tile, and (small layers) more tokens than one panel of activations (256 KB) holds."""
     layer = random_layer(mode, *shape)
     panels = [2 * (256 << 10) // shape[0] + 3] if shape[0] <= 256 else []
-    for tokens in [INT8_KERNEL_MAX_TOKENS + 7] + panels:
+    for tokens in [DECODE_KERNEL_MAX_TOKENS + 7] + panels:
         x = torch.randn(1, tokens, shape[0], generator=torch.Generator().manual_seed(tokens))
         for name in kernels_to_test(layer):
             bound = PREFILL_BOUNDS[mode] if name.startswith("cpp-") else BOUNDS[name.partition("-")[0]]
@@ -153,7 +153,7 @@ def test_the_prefill_products_are_their_documented_rounding(mode, shape):
     if mode == "int4" and shape[0] % 32:
         shape = (shape[0] - shape[0] % 32, shape[1])  # int4 groups divide K
     layer = random_layer(mode, *shape)
-    x = torch.randn(INT8_KERNEL_MAX_TOKENS + 6, shape[0], generator=torch.Generator().manual_seed(3)) * 3
+    x = torch.randn(DECODE_KERNEL_MAX_TOKENS + 6, shape[0], generator=torch.Generator().manual_seed(3)) * 3
     x[:, :7] = 0  # a group may start with zeros; rows of ties and large values too
     expected = rounded_product(layer, x)
     for name in kernels_to_test(layer):

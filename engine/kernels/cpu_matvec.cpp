@@ -1,6 +1,6 @@
 // Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
-// token, or a few): y[m] = x[m] W^T + bias, computed in float32; int8 x int8 products for
-// prefill; and one token's attention over a float32 cache (its section says why).
+// token, or a few): y[m] = x[m] W^T + bias, computed in float32; products with activations rounded
+// to bytes for prefill; and one token's attention over a float32 cache (its section says why).
 //
 // Decode reads every weight once per token, so these kernels must stream weights at memory speed
 // while spending few instructions per weight. Both take the weights repacked by engine/quantize.py
