@@ -8,8 +8,8 @@ call reading another layer's keys and values (96 MB cycled through, so from memo
 Then whole decode steps: the checkpoints are vs_peers.py's (random weights in the published shapes,
 written once under /tmp/codegen-lsp-bench); for each context a session is filled, then decode steps
 are timed with our kernel (engine/kernels/cpu_matvec.cpp, attend_decode, in the best instruction set
-this CPU has) and with SDPA, in interleaved rounds (ours, SDPA, SDPA, ours, ...); medians, and the
-load average. Whole steps on a shared 2-core machine vary by +-10 %: the calls alone are the
+this CPU has) over a float32 and over a float16 cache, and with SDPA, in interleaved rounds (ours,
+SDPA, SDPA, ours, ...); medians, and the load average. Whole steps on a shared 2-core machine vary by +-10 %: the calls alone are the
 steadier figure.
 """
 
@@ -31,7 +31,7 @@ from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.kv_cache import DECODE_ATTENTION, attention_shape  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION, HALF, attention_shape  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.session import Session  # noqa: E402
@@ -44,19 +44,21 @@ def attention_calls(name: str, contexts: list[int], rounds: int) -> None:
     for context in contexts:
         layer_bytes = 2 * kv_heads * context * head_dim * 4
         caches = [torch.randn(2, kv_heads, context + 64, head_dim)[:, :, :context] for _ in range(-(-(96 << 20) // layer_bytes))]
-        sdpa_turns, our_turns = itertools.cycle(caches), itertools.cycle(caches)
+        halves = [torch.randn(2, kv_heads, context + 64, head_dim)[:, :, :context].half() for _ in range(2 * len(caches))]
+        sdpa_turns, our_turns, half_turns = itertools.cycle(caches), itertools.cycle(caches), itertools.cycle(halves)
 
         def sdpa():
             cache = next(sdpa_turns)
             return torch.nn.functional.scaled_dot_product_attention(q[None], cache[0][None], cache[1][None])
 
-        def ours():
-            cache = next(our_turns)
+        def ours(turns=our_turns):
+            cache = next(turns)
             return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], head_dim**-0.5, isa)
 
-        seconds = cpu_kernels.median_seconds_per_call({"sdpa": sdpa, "ours": ours}, rounds=rounds, round_seconds=0.05)
-        print(f"| {name} | {shape} | {context} | {seconds['sdpa'] * 1e6:.0f} | "
-              f"{seconds['ours'] * 1e6:.0f} | {seconds['sdpa'] / seconds['ours']:.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
+        calls = {"sdpa": sdpa, "ours": ours, "ours float16": lambda: ours(half_turns)}
+        us = {key: seconds * 1e6 for key, seconds in cpu_kernels.median_seconds_per_call(calls, rounds=rounds, round_seconds=0.05).items()}
+        print(f"| {name} | {shape} | {context} | {us['sdpa']:.0f} | {us['ours']:.0f} | {us['ours float16']:.0f} | "
+              f"{us['sdpa'] / min(us['ours'], us['ours float16']):.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
 
 
 def decode_ms(lm, prompt: list[int], new_tokens: int) -> float:
@@ -79,8 +81,8 @@ def run(name: str, args) -> None:
     code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
     print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds, {args.new_tokens} tokens\n")
-    print("| context | SDPA ms/token | ours ms/token | ours as fast as SDPA x | load |")
-    print("|---|---|---|---|---|")
+    print("| context | SDPA ms/token | ours ms/token | ours, float16 cache, ms/token | best of ours as fast as SDPA x | load |")
+    print("|---|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
         if kernel is None:
@@ -91,9 +93,10 @@ def run(name: str, args) -> None:
 
     for context in args.contexts:
         prompt = code[:context]
-        ms, load = interleaved({"ours": lambda: with_kernel(isa, prompt), "sdpa": lambda: with_kernel(None, prompt)}, args.rounds)
-        sdpa, ours = ms["sdpa"], ms["ours"]
-        print(f"| {context} | {sdpa:.1f} | {ours:.1f} | {sdpa / ours:.2f} | {load:.2f} |", flush=True)
+        kernels = {"ours": isa, "ours float16": isa + HALF, "sdpa": None}  # a session's cache follows the choice
+        ms, load = interleaved({key: lambda kernel=kernel: with_kernel(kernel, prompt) for key, kernel in kernels.items()}, args.rounds)
+        print(f"| {context} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['ours float16']:.1f} | "
+              f"{ms['sdpa'] / min(ms['ours'], ms['ours float16']):.2f} | {load:.2f} |", flush=True)
 
 
 def main() -> None:
@@ -111,8 +114,8 @@ def main() -> None:
     print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
     print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
-    print("| model | (kv heads, group, head dim) | keys | SDPA us | ours us | ours as fast x | load |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | (kv heads, group, head dim) | keys | SDPA us | ours us | ours, float16 cache, us | best of ours as fast x | load |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.models:
         attention_calls(name, args.contexts, 2 * args.rounds + 1)
     if not args.calls_only:

@@ -41,6 +41,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from engine.kv_cache import HALF
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_matvec.cpp"
@@ -216,14 +218,16 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
 
 
 def choose_attention(kv_heads: int, group: int, head_dim: int, folder: Path) -> str | None:
-    """The instruction set our decode attention kernel runs with for this shape (float32 cache), or
+    """The instruction set our decode attention kernel runs with for this shape, followed by
+    kv_cache.HALF where it is fastest over a float16 copy of a float32 cache ("avx2 float16"), or
     None where PyTorch's SDPA is as fast or ours is unavailable: measured once per machine on a
     1,024-key cache, saved with the kernel choices."""
     names = compiled_kernels(folder)
     if not names or head_dim % 32:
         return None
     shape = f"attention {kv_heads}x{group}x{head_dim}"
-    choice = _saved_or_measured(folder, shape, [*names, "sdpa"], lambda: _measure_attention(kv_heads, group, head_dim, names))
+    candidates = [*names, *(name + HALF for name in names), "sdpa"]
+    choice = _saved_or_measured(folder, shape, candidates, lambda: _measure_attention(kv_heads, group, head_dim, names))
     log.info("CPU decode attention for %s: %s", shape, choice)
     return None if choice == "sdpa" else choice.removeprefix("cpp-")
 
@@ -234,8 +238,9 @@ ATTENTION_CACHE_BYTES = 64 << 20  # cycled through, as the layers of a model are
 
 @torch.no_grad()
 def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str]) -> str:
-    """The fastest of SDPA (as engine/kv_cache.attend runs it) and ours, one step over ATTENTION_KEYS
-    cached keys, ours only where it matches SDPA. Each call reads another layer's keys and values
+    """The fastest of SDPA (as engine/kv_cache.attend runs it) and ours over a float32 and over a
+    float16 cache, one step over ATTENTION_KEYS cached keys, ours only where it matches SDPA (over
+    the same float16 numbers for the float16 cache). Each call reads another layer's keys and values
     from memory, as decode does: in the CPU's caches, the ranking differs."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(kv_heads, group, head_dim, generator=generator)
@@ -250,20 +255,23 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
     def ours(cache, isa):
         return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], scale, isa)
 
-    turns = itertools.cycle(caches)
+    halves = [torch.randn(2, kv_heads, ATTENTION_KEYS + 64, head_dim, generator=generator)[:, :, :ATTENTION_KEYS].half()
+              for _ in range(-(-ATTENTION_CACHE_BYTES // (layer_bytes // 2)))]  # as many bytes, so also from memory
+    turns, half_turns = itertools.cycle(caches), itertools.cycle(halves)
     calls = {"sdpa": lambda: sdpa(next(turns))}
-    reference = sdpa(caches[0])
+    reference, half_reference = sdpa(caches[0]), sdpa(halves[0].float())
     for name in names:
         isa = name.removeprefix("cpp-")
-        try:
-            error = (ours(caches[0], isa) - reference).abs().max().item()
-        except Exception as exc:
-            log.warning("CPU decode attention %s failed, not used: %s", name, exc)
-            continue
-        if error <= 1e-4 * reference.abs().max().item():
-            calls[name] = lambda isa=isa: ours(next(turns), isa)
-        else:
-            log.warning("CPU decode attention %s is wrong (error %.2g), not used", name, error)
+        for label, first, expected, cycle in ((name, caches[0], reference, turns), (name + HALF, halves[0], half_reference, half_turns)):
+            try:
+                error = (ours(first, isa) - expected).abs().max().item()
+            except Exception as exc:
+                log.warning("CPU decode attention %s failed, not used: %s", label, exc)
+                continue
+            if error <= 1e-4 * expected.abs().max().item():
+                calls[label] = lambda isa=isa, cycle=cycle: ours(next(cycle), isa)
+            else:
+                log.warning("CPU decode attention %s is wrong (error %.2g), not used", label, error)
     seconds = median_seconds_per_call(calls, round_seconds=0.02)
     return min(seconds, key=seconds.get)
 

@@ -312,6 +312,24 @@ def test_decode_attention_of_consecutive_tokens_equals_one_call_each(shape, keys
             assert torch.equal(rows[t], alone), (isa, t)
 
 
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=["x".join(map(str, s)) for s in ATTENTION_SHAPES])
+@pytest.mark.parametrize("keys", [1, 65, 1500])
+def test_decode_attention_over_a_float16_cache_is_that_of_its_numbers_in_float32(shape, keys):
+    """Each float16 number is widened exactly where it is read: the result is bit for bit that of the
+    same numbers in a float32 cache, for one token and for a verify's rows."""
+    needs_our_kernels()
+    kv_heads, group, head_dim = shape
+    generator = torch.Generator().manual_seed(keys)
+    cache = torch.randn(2, kv_heads, 2048, head_dim, generator=generator).half()
+    k, v = cache[0, :, :keys], cache[1, :, :keys]
+    for q in (torch.randn(kv_heads, group, head_dim, generator=generator), torch.randn(min(keys, 5), kv_heads, group, head_dim)):
+        for isa in torch.ops.codegen_lsp_cpu.isas().split():
+            half = torch.ops.codegen_lsp_cpu.attend_decode(q, k, v, 0.1, isa)
+            assert torch.equal(half, torch.ops.codegen_lsp_cpu.attend_decode(q, k.float(), v.float(), 0.1, isa)), isa
+    with pytest.raises(RuntimeError, match="float16"):  # keys and values alike
+        torch.ops.codegen_lsp_cpu.attend_decode(q, k, v.float(), 0.1, "baseline")
+
+
 def test_decode_attention_refuses_what_it_cannot_run():
     needs_our_kernels()
     q, k = torch.randn(1, 4, 48), torch.randn(1, 10, 48)  # a head dim no multiple of 32
@@ -349,6 +367,33 @@ def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdp
         ours, our_logits = greedy_with_logits(lm, prompt, 24)
         assert ours == tokens
         assert (logits - our_logits).abs().max() < 1e-4
+    finally:
+        DECODE_ATTENTION.clear()
+        DECODE_ATTENTION.update(saved_before)
+
+
+def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code):
+    """Half the bytes, the same tokens: a session's cache follows the choice (ours over float16),
+    prefill reads it through SDPA, cast, and decode steps through ours."""
+    needs_our_kernels()
+    from engine.kv_cache import DECODE_ATTENTION, HALF
+
+    directory = checkpoints.make_bigcode(tmp_path / "mq", multi_query=True, n_embd=128, n_head=4)  # head dim 32
+    lm = load_model(str(directory), device="cpu", quantization="int8")
+    prompt = lm.tokenizer.encode(stdlib_code)[:300]
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    saved_before = dict(DECODE_ATTENTION)
+    try:
+        DECODE_ATTENTION[(1, 4, 32)] = isa
+        tokens, logits = greedy_with_logits(lm, prompt, 24)
+        DECODE_ATTENTION[(1, 4, 32)] = isa + HALF
+        session = Session(lm)
+        session.prefill(prompt)
+        assert session.cache.k.dtype == session.cache.v.dtype == torch.float16
+        assert session.nbytes == 2 * lm.config.n_layer * session.cache.capacity * lm.config.head_dim * 2  # k and v, 2 bytes each
+        half_tokens, half_logits = greedy_with_logits(lm, prompt, 24)
+        assert half_tokens == tokens
+        assert (half_logits - logits).abs().max() <= 1e-2 * logits.abs().max()
     finally:
         DECODE_ATTENTION.clear()
         DECODE_ATTENTION.update(saved_before)

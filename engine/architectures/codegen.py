@@ -60,8 +60,8 @@ class CodeGenAttention(nn.Module):
         if cache is None:  # training: the batch holds whole sequences, no past
             y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True)
         else:
-            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
-            y = attend(q, k.float(), v.float(), mask)
+            k, v = cache.update(self.layer, input_pos, k, v, kv_len)  # float32, or float16 for our kernel
+            y = attend(q, k, v, mask)
         y = y.to(x.dtype).transpose(1, 2).reshape(B, T, E)
         return self.out_proj(y)
 
@@ -112,5 +112,7 @@ class CodeGen(GPT2LayoutLM):
 
 
 # CodeGen attends in float32 (as the original does): a 16-bit cache would be cast whole on every
-# decode step, which costs more than the step's matmuls at a long context. Twice the memory instead.
+# decode step, which costs more than the step's matmuls at a long context. Twice the memory instead,
+# except where our CPU attention kernel was chosen over a float16 cache (engine/kv_cache.py): it
+# widens each number as it reads it.
 ARCHITECTURE = Architecture("codegen", CodeGenConfig, CodeGen, cache_dtype=torch.float32)

@@ -89,6 +89,7 @@ struct Baseline {
     for (int i = 0; i < 8; ++i) v[i] = half_to_float(load<uint16_t>(p + 2 * i));
     return v;
   }
+  static Vec<4>::f32 floats(const uint16_t* p) { return Vec<4>::f32{half_to_float(p[0]), half_to_float(p[1]), half_to_float(p[2]), half_to_float(p[3])}; }
 };
 
 #if defined(__x86_64__)
@@ -101,6 +102,7 @@ struct Avx2 {
   AVX2 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX2 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return acc + (i32x8)_mm256_madd_epi16((__m256i)a, (__m256i)b); }
   AVX2 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  AVX2 static f32x8 floats(const uint16_t* p) { return halves((const uint8_t*)p); }
 };
 
 struct Avx512 {
@@ -109,6 +111,7 @@ struct Avx512 {
   AVX512 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return (i32x8)_mm256_dpwssd_epi32((__m256i)acc, (__m256i)a, (__m256i)b); }
   AVX512 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+  AVX512 static Vec<16>::f32 floats(const uint16_t* p) { return (Vec<16>::f32)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
 };
 #endif
 
@@ -524,8 +527,8 @@ inline void int4_gemm_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) 
 
 struct AttendArgs {
   const float* q;  // (KVH, G, D)
-  const float* k;  // row j of head h at h * k_head + j * k_row
-  const float* v;
+  const void* k;   // float32 or float16; row j of head h at h * k_head + j * k_row
+  const void* v;
   int64_t G, S, D, k_head, k_row, v_head, v_row, chunk, chunks;  // chunk: keys per task; chunks per head
   float scale;
   float* partial;  // per task: G maxima, G sums, then G x D weighted sums of values
@@ -589,16 +592,23 @@ inline void sums_of_8(const F dots[8], float* out) {
   for (int r = 0; r < 8; ++r) out[r] = sum(dots[r]);
 }
 
+// W of a cache's numbers, float32 or float16, as float32.
+template <class Isa, class F>
+inline F cache_floats(const float* p) { return load<F>(p); }
+template <class Isa, class F>
+inline F cache_floats(const uint16_t* p) { return Isa::floats(p); }
+
 // acc[g * D + c] = sum over the chunk's n keys j of weights[g * chunk + j] * values[j * v_row + c],
 // for GG heads g and C columns c (acc and values start at the first of them).
-template <class F, int GG, int C>
-inline void weighted_values(const AttendArgs& a, const float* weights, const float* values, int64_t n, float* acc) {
-  constexpr int W = sizeof(F) / 4, R = C / W;
+template <class Isa, int GG, int C, class T>
+inline void weighted_values(const AttendArgs& a, const float* weights, const T* values, int64_t n, float* acc) {
+  constexpr int W = Isa::W, R = C / W;
+  using F = typename Vec<W>::f32;
   F sums[GG][R] = {};
   for (int64_t j = 0; j < n; ++j) {
     __builtin_prefetch(values + (j + 16) * a.v_row);  // as the keys' (past the end is harmless)
     F row[R];
-    for (int r = 0; r < R; ++r) row[r] = load<F>(values + j * a.v_row + r * W);
+    for (int r = 0; r < R; ++r) row[r] = cache_floats<Isa, F>(values + j * a.v_row + r * W);
     for (int g = 0; g < GG; ++g) {
       const float weight = weights[g * a.chunk + j];
       for (int r = 0; r < R; ++r) sums[g][r] += weight * row[r];
@@ -608,16 +618,16 @@ inline void weighted_values(const AttendArgs& a, const float* weights, const flo
 }
 
 // The same for heads [g, G): GG at a time, then fewer.
-template <class F, int GG, int C>
-inline void weighted_values_by_heads(const AttendArgs& a, const float* weights, const float* values, int64_t n, float* acc, int64_t g) {
+template <class Isa, int GG, int C, class T>
+inline void weighted_values_by_heads(const AttendArgs& a, const float* weights, const T* values, int64_t n, float* acc, int64_t g) {
   if constexpr (GG > 0) {
-    for (; g + GG <= a.G; g += GG) weighted_values<F, GG, C>(a, weights + g * a.chunk, values, n, acc + g * a.D);
-    weighted_values_by_heads<F, GG - 1, C>(a, weights, values, n, acc, g);
+    for (; g + GG <= a.G; g += GG) weighted_values<Isa, GG, C>(a, weights + g * a.chunk, values, n, acc + g * a.D);
+    weighted_values_by_heads<Isa, GG - 1, C>(a, weights, values, n, acc, g);
   }
 }
 
-template <class Isa>
-inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
+template <class Isa, class T>
+inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end); T: the cache's numbers
   constexpr int W = Isa::W;
   using F = typename Vec<W>::f32;
   const int64_t G = a.G, D = a.D;
@@ -630,7 +640,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     float* acc = sums + G;
     // Eight keys at a time (they stay in L1 for every query of the group): eight independent sums
     // keep the FMA units busy, and each query vector loaded serves eight keys.
-    const float* keys = a.k + h * a.k_head + first * a.k_row;
+    const T* keys = (const T*)a.k + h * a.k_head + first * a.k_row;
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
       // The cache was last read a whole step ago: ask for the next eight keys now, while these
@@ -641,7 +651,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
         F dot[8] = {};
         for (int64_t d = 0; d < D; d += W) {
           const F query = load<F>(q + g * D + d);
-          for (int r = 0; r < 8; ++r) dot[r] += query * load<F>(keys + (j + r) * a.k_row + d);
+          for (int r = 0; r < 8; ++r) dot[r] += query * cache_floats<Isa, F>(keys + (j + r) * a.k_row + d);
         }
         float* row = scores.data() + g * a.chunk + j;
         sums_of_8(dot, row);
@@ -651,7 +661,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     for (; j < n; ++j)
       for (int64_t g = 0; g < G; ++g) {
         F dot = {};
-        for (int64_t d = 0; d < D; d += W) dot += load<F>(q + g * D + d) * load<F>(keys + j * a.k_row + d);
+        for (int64_t d = 0; d < D; d += W) dot += load<F>(q + g * D + d) * cache_floats<Isa, F>(keys + j * a.k_row + d);
         scores[g * a.chunk + j] = sum(dot) * a.scale;
       }
     for (int64_t g = 0; g < G; ++g) {
@@ -680,11 +690,11 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     // them all. (Loading and storing the sums for each value cost three times as much; one head
     // per pass read the values, from L2, G times: 60 % of the kernel's time with santacoder's 16
     // heads and 1,500 keys.)
-    const float* values = a.v + h * a.v_head + first * a.v_row;
+    const T* values = (const T*)a.v + h * a.v_head + first * a.v_row;
     if (G >= 3)
-      for (int64_t d = 0; d < D; d += 16) weighted_values_by_heads<F, 6, 16>(a, scores.data(), values + d, n, acc + d, 0);
+      for (int64_t d = 0; d < D; d += 16) weighted_values_by_heads<Isa, 6, 16>(a, scores.data(), values + d, n, acc + d, 0);
     else
-      for (int64_t d = 0; d < D; d += 32) weighted_values_by_heads<F, 2, 32>(a, scores.data(), values + d, n, acc + d, 0);
+      for (int64_t d = 0; d < D; d += 32) weighted_values_by_heads<Isa, 2, 32>(a, scores.data(), values + d, n, acc + d, 0);
   }
 }
 
@@ -695,6 +705,7 @@ struct Kernels {
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
   void (*int4_gemm)(const Int4GemmArgs&, int64_t, int64_t);
   void (*attend)(const AttendArgs&, int64_t, int64_t);
+  void (*attend_half)(const AttendArgs&, int64_t, int64_t);  // over a float16 cache
 };
 
 #define KERNEL __attribute__((flatten))
@@ -705,20 +716,23 @@ KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
 KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<false>(a, b, e); }
-KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline>(a, b, e); }
+KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, float>(a, b, e); }
+KERNEL void attend_half_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, uint16_t>(a, b, e); }
 #if defined(__x86_64__)
 // The AVX-512 build runs the AVX2 product too: a 512-bit one is not written, as no machine we test
 // on has AVX-512.
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
-KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2>(a, b, e); }
+KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, float>(a, b, e); }
+KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, uint16_t>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int16_activations<Avx2>(x, n, g, q, s, t);
 }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
-KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512>(a, b, e); }
+KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, float>(a, b, e); }
+KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, uint16_t>(a, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
   int16_activations<Avx512>(x, n, g, q, s, t);
@@ -742,10 +756,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512, attend_half_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline};
+  return {int8_baseline, int4_baseline, int16_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -883,9 +897,10 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
   TORCH_CHECK(q.dim() == 4 && k.dim() == 3 && v.sizes() == k.sizes() && k.size(0) == q.size(1) &&
                   k.size(2) == q.size(3) && k.size(1) >= q.size(0) && q.size(0) > 0,
               "q (KVH, G, D) or (T, KVH, G, D), k and v (KVH, S, D) with S >= T > 0");
-  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+  const bool half = k.scalar_type() == at::kHalf;
+  TORCH_CHECK(q.scalar_type() == at::kFloat && (half || k.scalar_type() == at::kFloat) && v.scalar_type() == k.scalar_type() &&
                   k.stride(2) == 1 && v.stride(2) == 1 && q.size(3) % 32 == 0,
-              "float32, unit stride along D, D a multiple of 32");
+              "q float32, k and v float32 or float16, unit stride along D, D a multiple of 32");
   const int64_t T = q.size(0), KVH = q.size(1), G = q.size(2), D = q.size(3), S = k.size(1);
   const int64_t task_floats = G * (D + 2);
   std::vector<AttendArgs> args;
@@ -897,7 +912,7 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
     const int64_t wanted = std::max<int64_t>(1, std::min((2 * at::get_num_threads() + KVH - 1) / KVH, keys / 64));
     const int64_t chunk = (keys + wanted - 1) / wanted;
     const int64_t chunks = (keys + chunk - 1) / chunk;  // rounding may leave fewer than wanted
-    args.push_back(AttendArgs{q.data_ptr<float>() + t * KVH * G * D, k.data_ptr<float>(), v.data_ptr<float>(), G, keys, D,
+    args.push_back(AttendArgs{q.data_ptr<float>() + t * KVH * G * D, k.data_ptr(), v.data_ptr(), G, keys, D,
                               k.stride(0), k.stride(1), v.stride(0), v.stride(1), chunk, chunks, float(scale), nullptr});
     first_task.push_back(first_task.back() + KVH * chunks);
   }
@@ -908,7 +923,7 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
     for (int64_t t = 0; t < T && b < e; ++t)  // the part of [b, e) that is token t's
       if (b < first_task[t + 1]) {
         const int64_t end = std::min(e, first_task[t + 1]);
-        run.attend(args[t], b - first_task[t], end - first_task[t]);
+        (half ? run.attend_half : run.attend)(args[t], b - first_task[t], end - first_task[t]);
         b = end;
       }
   });
