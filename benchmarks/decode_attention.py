@@ -16,6 +16,7 @@ steadier figure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -89,11 +90,12 @@ def run(name: str, args) -> None:
             DECODE_ATTENTION.pop(shape, None)
         else:
             DECODE_ATTENTION[shape] = kernel
-        return decode_ms(lm, prompt, args.new_tokens)
+        kv_dtype = torch.float16 if kernel and kernel.endswith(HALF) else torch.float32  # as load_model would choose
+        return decode_ms(dataclasses.replace(lm, cache_dtype=kv_dtype), prompt, args.new_tokens)
 
     for context in args.contexts:
         prompt = code[:context]
-        kernels = {"ours": isa, "ours float16": isa + HALF, "sdpa": None}  # a session's cache follows the choice
+        kernels = {"ours": isa, "ours float16": isa + HALF, "sdpa": None}
         ms, load = interleaved({key: lambda kernel=kernel: with_kernel(kernel, prompt) for key, kernel in kernels.items()}, args.rounds)
         print(f"| {context} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['ours float16']:.1f} | "
               f"{ms['sdpa'] / min(ms['ours'], ms['ours float16']):.2f} | {load:.2f} |", flush=True)

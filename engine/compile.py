@@ -55,8 +55,8 @@ class CompiledDecode:
         return self.step(cache, token, position)
 
 
-def compile_decode(model: torch.nn.Module, config: ModelConfig, device: torch.device, dtype: torch.dtype) -> CompiledDecode:
-    """Compile and warm up the decode step for `device` (see the module's docstring)."""
+def compile_decode(model: torch.nn.Module, config: ModelConfig, device: torch.device, cache_dtype: torch.dtype) -> CompiledDecode:
+    """Compile and warm up the decode step for `device` and caches of `cache_dtype` (see the module's docstring)."""
     on_cuda = device.type == "cuda"
 
     def decode(cache: KVCache, idx: torch.Tensor, input_pos: torch.Tensor, kv_len: int | None) -> torch.Tensor:
@@ -88,7 +88,7 @@ def compile_decode(model: torch.nn.Module, config: ModelConfig, device: torch.de
         return logits.clone() if on_cuda else logits  # a CUDA graph's output buffer is overwritten by its next replay
 
     with torch.inference_mode():
-        warm = KVCache(config, config.n_positions if on_cuda else 2 * WARM_UP_POSITION, device, dtype)
+        warm = KVCache(config, config.n_positions if on_cuda else 2 * WARM_UP_POSITION, device, cache_dtype)
     for position in range(3):  # CUDA graph trees record on the second or third call
         decode_step(warm, 0, position if on_cuda else WARM_UP_POSITION + position)
     return CompiledDecode(decode_step, whole_window=on_cuda)

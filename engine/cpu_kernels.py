@@ -262,7 +262,8 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
     reference, half_reference = sdpa(caches[0]), sdpa(halves[0].float())
     for name in names:
         isa = name.removeprefix("cpp-")
-        for label, first, expected, cycle in ((name, caches[0], reference, turns), (name + HALF, halves[0], half_reference, half_turns)):
+        variants = ((name, caches[0], reference, turns), (name + HALF, halves[0], half_reference, half_turns))
+        for label, first, expected, cycle in variants:
             try:
                 error = (ours(first, isa) - expected).abs().max().item()
             except Exception as exc:

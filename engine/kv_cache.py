@@ -10,8 +10,8 @@ from engine.config import ModelConfig
 # (kv heads, query heads per kv head, head dim) -> the instruction set our decode attention kernel
 # runs with for that shape on this CPU (engine/kernels/cpu_matvec.cpp), where it was measured
 # faster than SDPA at load (engine/cpu_kernels.py, choose_attention); other shapes use SDPA. With
-# HALF after it ("avx2 float16"), a float32 cache is kept in float16 instead: ours reads half the
-# bytes and widens each number as it reads it, which was measured faster still.
+# HALF after it ("avx2 float16"), ours was fastest over a float16 copy of the cache: quantized
+# models of that shape keep their cache in float16 (cache_dtype).
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 HALF = " float16"
 
@@ -19,6 +19,18 @@ HALF = " float16"
 def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
     """A model's key in DECODE_ATTENTION: (kv heads, query heads per kv head, head dim)."""
     return config.n_kv_heads, config.n_head // config.n_kv_heads, config.head_dim
+
+
+def cache_dtype(config: ModelConfig, dtype: torch.dtype, device, quantized: bool = False) -> torch.dtype:
+    """The KV cache's dtype for a model of `dtype`: its architecture's where it names one (CodeGen's
+    is float32), else the model's; float16 for a float32 cache of a quantized CPU model whose shape
+    chose ours over float16 (half the bytes to read; each number is widened as it is read). Float
+    models keep float32: their logits are checked against transformers'."""
+    chosen = config.architecture.cache_dtype or dtype
+    ours_over_half = DECODE_ATTENTION.get(attention_shape(config), "").endswith(HALF)
+    if quantized and chosen == torch.float32 and torch.device(device).type == "cpu" and ours_over_half:
+        return torch.float16
+    return chosen
 
 
 @torch.library.custom_op("codegen_lsp::write_cache", mutates_args=("cache",))
@@ -39,9 +51,7 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, capacity: int, device, dtype: torch.dtype):
-        dtype = config.architecture.cache_dtype or dtype  # CodeGen's is float32 (engine/architectures/codegen.py)
-        if dtype == torch.float32 and torch.device(device).type == "cpu" and DECODE_ATTENTION.get(attention_shape(config), "").endswith(HALF):
-            dtype = torch.float16
+        """dtype: the cache's own (cache_dtype gives a model's)."""
         shape = (config.n_layer, 1, config.n_kv_heads, capacity, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)

@@ -23,7 +23,7 @@ from engine.compile import COMPILE_SETTINGS, CompiledDecode, compile_decode, wan
 from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
-from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape
+from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
 from engine.tokenizer import Tokenizer, load_tokenizer
@@ -47,6 +47,7 @@ class LoadedModel:
     # The compiled single-token decode (engine/compile.py), or None to run the model eagerly.
     decode_step: CompiledDecode | None = None
     threads: int | None = None  # CPU threads its generations run with (None: torch's default)
+    cache_dtype: torch.dtype | None = None  # its sessions' KV cache dtype (kv_cache.cache_dtype), set by load_model
 
 
 def load_model(
@@ -87,15 +88,17 @@ def load_model(
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
         if settings.mode != "none" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
             choose_decode_attention(config)  # quantized: our kernels are built already
+    kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")  # after the attention choice
     decode_step = None
     if want_compile(compile, torch_device):
         compile_start = time.perf_counter()
-        decode_step = compile_decode(model, config, torch_device, torch_dtype)  # after the attention choice it uses
+        decode_step = compile_decode(model, config, torch_device, kv_dtype)  # after the attention choice it uses
         log.info("compiled decode for %s in %.1fs", directory.name, time.perf_counter() - compile_start)
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
-    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads)
+    return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads,
+                       kv_dtype)
 
 
 def choose_decode_attention(config: ModelConfig) -> None:
@@ -109,7 +112,7 @@ def choose_decode_attention(config: ModelConfig) -> None:
 
 def decode_step_for_timing(model: torch.nn.Module, config: ModelConfig, dtype: torch.dtype) -> Callable[[], object]:
     """One eager decode step of model at position 32 of a small cache of its own."""
-    cache = KVCache(config, 64, torch.device("cpu"), dtype)
+    cache = KVCache(config, 64, torch.device("cpu"), cache_dtype(config, dtype, "cpu"))
     with torch.inference_mode():
         model(torch.zeros(1, 32, dtype=torch.long), torch.arange(32), cache, kv_len=32, last_only=True)
     token, position = torch.zeros(1, 1, dtype=torch.long), torch.tensor([32])

@@ -77,7 +77,7 @@ class Session:
             size = self.window  # a CUDA-graph decode step has static shapes: the whole window
         else:
             size = min(self.window, -(-length // CACHE_STEP) * CACHE_STEP)
-        grown = KVCache(self.lm.config, size, self.lm.device, self.lm.dtype)
+        grown = KVCache(self.lm.config, size, self.lm.device, self.lm.cache_dtype)
         if self.cache is not None:
             n = len(self.ids)
             grown.k[..., :n, :] = self.cache.k[..., :n, :]

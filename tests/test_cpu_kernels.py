@@ -372,31 +372,33 @@ def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdp
         DECODE_ATTENTION.update(saved_before)
 
 
-def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code):
-    """Half the bytes, the same tokens: a session's cache follows the choice (ours over float16),
-    prefill reads it through SDPA, cast, and decode steps through ours."""
+def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code, monkeypatch):
+    """Half the bytes, the same tokens: a quantized model whose shape chose ours over float16 keeps
+    its sessions' caches in float16 (prefill reads it through SDPA, cast; decode through ours); a
+    float model of the same shape keeps float32 (its logits are checked against transformers')."""
     needs_our_kernels()
     from engine.kv_cache import DECODE_ATTENTION, HALF
 
     directory = checkpoints.make_bigcode(tmp_path / "mq", multi_query=True, n_embd=128, n_head=4)  # head dim 32
-    lm = load_model(str(directory), device="cpu", quantization="int8")
-    prompt = lm.tokenizer.encode(stdlib_code)[:300]
+    prompt = [i % 1000 for i in range(300)]
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
     saved_before = dict(DECODE_ATTENTION)
+    results = {}
     try:
-        DECODE_ATTENTION[(1, 4, 32)] = isa
-        tokens, logits = greedy_with_logits(lm, prompt, 24)
-        DECODE_ATTENTION[(1, 4, 32)] = isa + HALF
-        session = Session(lm)
-        session.prefill(prompt)
-        assert session.cache.k.dtype == session.cache.v.dtype == torch.float16
-        assert session.nbytes == 2 * lm.config.n_layer * session.cache.capacity * lm.config.head_dim * 2  # k and v, 2 bytes each
-        half_tokens, half_logits = greedy_with_logits(lm, prompt, 24)
-        assert half_tokens == tokens
-        assert (half_logits - logits).abs().max() <= 1e-2 * logits.abs().max()
+        for choice in (isa, isa + HALF):
+            monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args, choice=choice: choice)
+            lm = load_model(str(directory), device="cpu", quantization="int8")
+            session = Session(lm)
+            session.prefill(prompt)
+            results[choice] = lm.cache_dtype, session.nbytes, greedy_with_logits(lm, prompt, 24)
+        assert load_model(str(directory), device="cpu").cache_dtype == torch.float32  # float weights, same choice
     finally:
         DECODE_ATTENTION.clear()
         DECODE_ATTENTION.update(saved_before)
+    (dtype, nbytes, (tokens, logits)), (half_dtype, half_nbytes, (half_tokens, half_logits)) = results[isa], results[isa + HALF]
+    assert (dtype, half_dtype) == (torch.float32, torch.float16) and half_nbytes * 2 == nbytes
+    assert half_tokens == tokens
+    assert (half_logits - logits).abs().max() <= 1e-2 * logits.abs().max()
 
 
 def test_a_wrong_kernel_is_not_chosen(caplog):

@@ -57,7 +57,7 @@ class LlamaCppInfill:
 
 def healing_grammar(heal: str) -> str:
     """A GBNF grammar for a continuation that starts by spelling heal, as the local engine's
-    token healing constrains it (engine/tokenizer.py tokens_spelling): whatever follows the blanks
+    token healing constrains it (engine/tokenizer.py Spellings): whatever follows the blanks
     does not start with more whitespace (it would indent past the cursor), or nothing does."""
     literal = "".join(c if c == " " else f"\\U{ord(c):08X}" for c in heal)
     return f'root ::= "{literal}" ([^ \\t\\n\\r\\x0B\\x0C] [^\\x00]*)?'
