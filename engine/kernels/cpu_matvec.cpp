@@ -260,7 +260,7 @@ inline void int16_activations(const float* x, int64_t count, int64_t group_size,
 // flipped once per panel), and the 128 * sum(q) that adds is taken off each group's sum. Its pair
 // sums cannot saturate: 2 * 255 * 63 < 2^15; with 8-bit activations they could, which is why 7
 // bits (as FBGEMM's reduce_range). Per 32 products that is 3 instructions where int16 activations
-// took 4 and a widening of the weights (1.2-1.5x the speed on the AVX2 EPYC, README). The rounding
+// took 4 and a widening of the weights (1.25-1.6x the speed on the AVX2 EPYC, README). The rounding
 // costs precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the
 // group's largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
