@@ -226,29 +226,38 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
   }
 }
 
-// x (M, K) -> int16 with one scale per group of columns (a multiple of 8), and each group's sum
-// (int4's groups are its weights' groups).
-template <class Isa>
-inline void int16_activations(const float* x, int64_t count, int64_t group_size, int16_t* q, float* scales, float* sums) {
-  for (int64_t g = 0; g < count / group_size; ++g) {
-    const float* xg = x + g * group_size;
-    f32x8 amax = {}, total = {};
-    for (int64_t i = 0; i < group_size; i += 8) {
-      const f32x8 v = load<f32x8>(xg + i), magnitude = v < 0 ? -v : v;
-      amax = magnitude > amax ? magnitude : amax;
-      total += v;
+// Rows of x (K a multiple of 8) to integers in [-levels, levels] with one scale per group of
+// `group` columns (the last may be shorter), each group's sum of x (if wanted) and of q (if
+// wanted): int16 for int4's decode kernel, bytes for the prefill products below.
+template <class Q>
+inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t group, float levels, Q* q, float* x_scales,
+                              int32_t* q_sums, float* x_sums) {
+  typedef Q q8 __attribute__((vector_size(8 * sizeof(Q))));
+  const int64_t groups = (K + group - 1) / group;
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t start = m * K + g * group, n = std::min(group, K - g * group);
+      f32x8 amax = {}, sum_of_x = {};
+      for (int64_t i = 0; i < n; i += 8) {
+        const f32x8 v = load<f32x8>(x + start + i), magnitude = v < 0 ? -v : v;
+        amax = magnitude > amax ? magnitude : amax;
+        sum_of_x += v;
+      }
+      float largest = 0.f;
+      for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
+      const float scale = largest > 0.f ? largest / levels : 1.f, inverse = 1.f / scale;
+      i32x8 total = {};
+      for (int64_t i = 0; i < n; i += 8) {
+        const f32x8 rounded = (load<f32x8>(x + start + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
+        const i32x8 whole = __builtin_convertvector(rounded, i32x8);
+        total += whole;
+        const q8 narrow = __builtin_convertvector(whole, q8);
+        __builtin_memcpy(q + start + i, &narrow, sizeof narrow);
+      }
+      x_scales[m * groups + g] = scale;
+      if (q_sums) q_sums[m * groups + g] = total[0] + total[1] + total[2] + total[3] + total[4] + total[5] + total[6] + total[7];
+      if (x_sums) x_sums[m * groups + g] = sum(sum_of_x);
     }
-    float largest = 0.f;
-    for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
-    scales[g] = largest > 0.f ? largest / 32767.f : 1.f;
-    sums[g] = sum(total);
-    const float inverse = 1.f / scales[g];
-    for (int64_t i = 0; i < group_size; i += 8) {
-      const f32x8 rounded = (load<f32x8>(xg + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
-      const i16x8 narrow = __builtin_convertvector(__builtin_convertvector(rounded, i32x8), i16x8);
-      __builtin_memcpy(q + g * group_size + i, &narrow, sizeof narrow);
-    }
-  }
 }
 
 // ---------------------------------------------------------------- int8 x int8, for prefill
@@ -281,36 +290,6 @@ struct Int8GemmArgs {
   float* y;           // (M, N)
   int64_t M, N, K, groups;
 };
-
-// Rows of x (K a multiple of 16) to integers in [-levels, levels], one scale per group of `group`
-// columns (the last may be shorter), with each group's sum of q and, if wanted, of x.
-inline void int8_activations(const float* x, int64_t rows, int64_t K, int64_t group, float levels, int8_t* q,
-                             float* x_scales, int32_t* q_sums, float* x_sums = nullptr) {
-  const int64_t groups = (K + group - 1) / group;
-  for (int64_t m = 0; m < rows; ++m)
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t start = m * K + g * group, n = std::min(group, K - g * group);
-      f32x8 amax = {}, sum_of_x = {};
-      for (int64_t i = 0; i < n; i += 8) {
-        const f32x8 v = load<f32x8>(x + start + i), magnitude = v < 0 ? -v : v;
-        amax = magnitude > amax ? magnitude : amax;
-        sum_of_x += v;
-      }
-      float largest = 0.f;
-      for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
-      const float scale = largest > 0.f ? largest / levels : 1.f, inverse = 1.f / scale;
-      i32x8 total = {};
-      for (int64_t i = 0; i < n; i += 8) {
-        const f32x8 rounded = (load<f32x8>(x + start + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
-        const i32x8 whole = __builtin_convertvector(rounded, i32x8);
-        total += whole;
-        for (int j = 0; j < 8; ++j) q[start + i + j] = int8_t(whole[j]);
-      }
-      x_scales[m * groups + g] = scale;
-      q_sums[m * groups + g] = total[0] + total[1] + total[2] + total[3] + total[4] + total[5] + total[6] + total[7];
-      if (x_sums) x_sums[m * groups + g] = sum(sum_of_x);
-    }
-}
 
 // sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g] for rows m of the tile and the block's
 // 4 rows n: dots[m][n].
@@ -712,7 +691,7 @@ struct Kernels {
 KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
 KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int16_activations<Baseline>(x, n, g, q, s, t);
+  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
 KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<false>(a, b, e); }
@@ -728,14 +707,14 @@ KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend
 KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, uint16_t>(a, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int16_activations<Avx2>(x, n, g, q, s, t);
+  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
 }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, float>(a, b, e); }
 KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, uint16_t>(a, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  int16_activations<Avx512>(x, n, g, q, s, t);
+  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
 }
 #endif
 
@@ -823,8 +802,8 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    int8_activations(x + b * in.K, e - b, in.K, GROUP_COLUMNS, ACTIVATION_LEVELS, q.data() + b * in.K,
-                     x_scales.data() + b * groups, q_sums.data() + b * groups);
+    round_activations(x + b * in.K, e - b, in.K, GROUP_COLUMNS, ACTIVATION_LEVELS, q.data() + b * in.K,
+                      x_scales.data() + b * groups, q_sums.data() + b * groups, nullptr);
   });
   at::Tensor y = at::empty({in.M, in.N}, in.x.options());
   const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
@@ -874,11 +853,10 @@ at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const int64_t groups = in.K / group_size;
   std::vector<int8_t> q(in.M * in.K);
   std::vector<float> x_scales(in.M * groups), x_sums(in.M * groups);
-  std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    int8_activations(x + b * in.K, e - b, in.K, group_size, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
-                     q_sums.data() + b * groups, x_sums.data() + b * groups);
+    round_activations(x + b * in.K, e - b, in.K, group_size, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
+                      nullptr, x_sums.data() + b * groups);
   });
   at::Tensor y = at::empty({in.M, N}, in.x.options());
   const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
