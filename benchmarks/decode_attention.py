@@ -9,8 +9,8 @@ Then whole decode steps: the checkpoints are vs_peers.py's (random weights in th
 written once under /tmp/codegen-lsp-bench); for each context a session is filled, then decode steps
 are timed with our kernel (engine/kernels/cpu_matvec.cpp, attend_decode, in the best instruction set
 this CPU has) over a float32 and over a float16 cache, and with SDPA, in interleaved rounds (ours,
-SDPA, SDPA, ours, ...); medians, and the load average. Whole steps on a shared 2-core machine vary by +-10 %: the calls alone are the
-steadier figure.
+SDPA, SDPA, ours, ...); medians, and the load average. Whole steps on a shared 2-core machine vary
+by +-10 %: the calls alone are the steadier figure.
 """
 
 from __future__ import annotations

@@ -244,9 +244,13 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
     from memory, as decode does: in the CPU's caches, the ranking differs."""
     generator = torch.Generator().manual_seed(0)
     q = torch.randn(kv_heads, group, head_dim, generator=generator)
-    layer_bytes = 2 * kv_heads * ATTENTION_KEYS * head_dim * 4
-    caches = [torch.randn(2, kv_heads, ATTENTION_KEYS + 64, head_dim, generator=generator)[:, :, :ATTENTION_KEYS]
-              for _ in range(-(-ATTENTION_CACHE_BYTES // layer_bytes))]  # fmt: skip
+
+    def layers(dtype: torch.dtype) -> list[torch.Tensor]:  # ATTENTION_CACHE_BYTES of them, so read from memory
+        layer_bytes = 2 * kv_heads * ATTENTION_KEYS * head_dim * dtype.itemsize
+        return [torch.randn(2, kv_heads, ATTENTION_KEYS + 64, head_dim, generator=generator)[:, :, :ATTENTION_KEYS].to(dtype)
+                for _ in range(-(-ATTENTION_CACHE_BYTES // layer_bytes))]  # fmt: skip
+
+    caches, halves = layers(torch.float32), layers(torch.float16)
     scale = head_dim**-0.5
 
     def sdpa(cache):
@@ -255,8 +259,6 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
     def ours(cache, isa):
         return torch.ops.codegen_lsp_cpu.attend_decode(q, cache[0], cache[1], scale, isa)
 
-    halves = [torch.randn(2, kv_heads, ATTENTION_KEYS + 64, head_dim, generator=generator)[:, :, :ATTENTION_KEYS].half()
-              for _ in range(-(-ATTENTION_CACHE_BYTES // (layer_bytes // 2)))]  # as many bytes, so also from memory
     turns, half_turns = itertools.cycle(caches), itertools.cycle(halves)
     calls = {"sdpa": lambda: sdpa(next(turns))}
     reference, half_reference = sdpa(caches[0]), sdpa(halves[0].float())
