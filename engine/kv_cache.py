@@ -50,11 +50,15 @@ class KVCache:
     after an edit means writing again from the first changed position.
     """
 
-    def __init__(self, config: ModelConfig, capacity: int, device, dtype: torch.dtype):
-        """dtype: the cache's own (cache_dtype gives a model's)."""
+    def __init__(self, config: ModelConfig, capacity: int, device, dtype: torch.dtype, zeroed: bool = True):
+        """dtype: the cache's own (cache_dtype gives a model's). zeroed=False leaves the memory as
+        allocated: for a cache only ever read at positions written before, since a step that attends
+        over the whole window with a mask (CUDA graphs) would carry an unwritten NaN through its
+        zero weight. (Zeroing a 1,500-token codegen-350M cache took 53 ms of the step that grew it.)"""
         shape = (config.n_layer, 1, config.n_kv_heads, capacity, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        allocate = torch.zeros if zeroed else torch.empty
+        self.k = allocate(shape, device=device, dtype=dtype)
+        self.v = allocate(shape, device=device, dtype=dtype)
         self.capacity = capacity  # positions allocated (a session grows it up to the model's window)
 
     @property

@@ -73,11 +73,12 @@ class Session:
             raise EngineError(f"sequence of {length} tokens exceeds the model's window of {self.window}")
         if self.cache is not None and self.cache.capacity >= length:
             return
-        if self.lm.decode_step is not None and self.lm.decode_step.whole_window:
+        whole_window = self.lm.decode_step is not None and self.lm.decode_step.whole_window
+        if whole_window:
             size = self.window  # a CUDA-graph decode step has static shapes: the whole window
         else:
             size = min(self.window, -(-length // CACHE_STEP) * CACHE_STEP)
-        grown = KVCache(self.lm.config, size, self.lm.device, self.lm.cache_dtype)
+        grown = KVCache(self.lm.config, size, self.lm.device, self.lm.cache_dtype, zeroed=whole_window)
         if self.cache is not None:
             n = len(self.ids)
             grown.k[..., :n, :] = self.cache.k[..., :n, :]

@@ -21,6 +21,24 @@ def cpu_kernels_built_once():
     cpu_kernels.load_kernels(cache_dir() / "kernels")
 
 
+@pytest.fixture(autouse=True)
+def unwritten_cache_positions_are_nan(monkeypatch):
+    """A session's cache is allocated without zeroing (engine/kv_cache.py): what it holds before a
+    position is written is whatever the memory held. Here that is NaN, which any read of such a
+    position carries into the logits, so every test of this process checks that none is read."""
+    from engine.kv_cache import KVCache
+
+    allocate = KVCache.__init__
+
+    def poisoned(self, *args, zeroed: bool = True, **kwargs):  # the class stays (a compiled step guards on it)
+        allocate(self, *args, zeroed=zeroed, **kwargs)
+        if not zeroed:
+            self.k.fill_(float("nan"))
+            self.v.fill_(float("nan"))
+
+    monkeypatch.setattr(KVCache, "__init__", poisoned)
+
+
 @pytest.fixture(scope="session")
 def codegen_dir(tmp_path_factory):
     return checkpoints.make_codegen(tmp_path_factory.mktemp("codegen"))
