@@ -51,6 +51,7 @@ SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_matvec.cpp"
 COMPILER_FLAGS = ["-O3", "-ffp-contract=fast", "-Wno-psabi"] + (["-fopenmp"] if sys.platform == "linux" else [])
 LINKER_FLAGS = ["-fopenmp"] if sys.platform == "linux" else []
 CHOICES_FILE = "cpu-kernels.json"
+STALE_BUILD_DAYS = 30  # a kernel build no process loaded for this long is deleted (remove_stale_builds)
 # A candidate passes when max |y - reference| <= TOLERANCE * max |reference| on random input:
 # float32 and 16-bit activations are near 1e-5, bfloat16 activations (PyTorch's packed kernels)
 # near 5e-3, a wrong layout or scale near 1.
@@ -85,6 +86,7 @@ def _load(folder: Path) -> bool:
         else:
             log.info("building the CPU decode kernels (once per machine and torch version): %s", library)
             _build(library)
+        remove_stale_builds(folder, library)
     except Exception as exc:  # no compiler, no ninja, a compile error, an unwritable cache...
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.warning("CPU decode kernels unavailable, using PyTorch's instead: %s", message[:300])
@@ -98,6 +100,20 @@ def _load(folder: Path) -> bool:
             lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     torch.library.register_fake("codegen_lsp_cpu::attend_decode")(lambda q, k, v, scale, isa: q.new_empty(q.shape))
     return True
+
+
+def remove_stale_builds(folder: Path, used: Path) -> None:
+    """Mark `used` as loaded now, and delete the builds no process has loaded for STALE_BUILD_DAYS
+    (each change of the source or of torch leaves one behind, ~200 KB). Another checkout or
+    version in use on the machine keeps its build: loading marks it too."""
+    try:
+        os.utime(used)
+        cutoff = time.time() - STALE_BUILD_DAYS * 86400
+        for build in folder.glob("cpu_matvec-*"):  # libraries, and copies a killed build left
+            if build != used and build.stat().st_mtime < cutoff:
+                build.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only or shared cache: the files stay, nothing else changes
+        log.debug("old kernel builds left in %s: %s", folder, exc)
 
 
 def _build(library: Path) -> None:

@@ -218,7 +218,7 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
     first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
     path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
     saved = json.loads(path.read_text())
-    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith(("threads ", "attention "))}
+    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith(("threads ", "attention ", "drafting "))}
     assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
     assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
     # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
@@ -461,3 +461,21 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
     warnings = [line for line in done.stderr.splitlines() if "cpu_kernels" in line and line.startswith("WARNING")]
     assert len(warnings) == 1 and "CPU decode kernels unavailable" in warnings[0], done.stderr
     assert "Traceback" not in done.stderr and "!! WARNING !!" not in done.stderr, done.stderr
+
+
+def test_builds_of_other_sources_unused_for_a_month_are_removed(tmp_path):
+    """Each change of the kernel source or of torch leaves a library behind: loading one marks it
+    used now, and any other build unused for STALE_BUILD_DAYS goes (a recent one stays: another
+    checkout on the machine may load it)."""
+    used, recent, stale, stale_partial = (tmp_path / name for name in (
+        "cpu_matvec-x86_64-torch-aaaa.so", "cpu_matvec-x86_64-torch-bbbb.so", "cpu_matvec-x86_64-torch-cccc.so",
+        "cpu_matvec-x86_64-torch-dddd.so.123.partial"))
+    unrelated = tmp_path / "cpu-kernels.json"
+    long_ago = os.path.getmtime(tmp_path) - (cpu_kernels.STALE_BUILD_DAYS + 1) * 86400
+    for path in (used, recent, stale, stale_partial, unrelated):
+        path.write_bytes(b"")
+        if path != recent:
+            os.utime(path, (long_ago, long_ago))
+    cpu_kernels.remove_stale_builds(tmp_path, used)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([used.name, recent.name, unrelated.name])
+    assert used.stat().st_mtime > long_ago + cpu_kernels.STALE_BUILD_DAYS * 86400  # marked used now
