@@ -344,6 +344,33 @@ def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, fol
     return choice
 
 
+def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callable[[], object]]], name: str, folder: Path,
+                    threads: int, break_even: float) -> bool:
+    """Whether speculative decoding pays for a model on this CPU: whether a verify of a first draft
+    costs less than `break_even` decode steps (the tokens such a verify decides on average,
+    engine/speculative.py). make_calls() gives (one decode step, that verify), made only when it is
+    measured; measured once with the model's threads, saved beside the kernel choices under `name`.
+
+    On a model whose weights sit in the CPU's caches a verify row costs a fraction of a step; on a
+    1B model in int8 or int4, whose kernels' rows are bound by arithmetic, half a step or more, so
+    that drafts rejected a third of the time make decoding slower than without them."""
+
+    def measure() -> bool:
+        step, verify = make_calls()
+        torch.set_num_threads(threads)
+        try:
+            seconds = median_seconds_per_call({"step": step, "verify": verify}, round_seconds=0.02)
+        finally:
+            torch.set_num_threads(default_threads())
+        log.info("a first verify of %s costs %.2f decode steps (it pays below %.2f)", name,
+                 seconds["verify"] / seconds["step"], break_even)
+        return seconds["verify"] / seconds["step"] < break_even
+
+    choice = _saved_or_measured(folder, f"drafting {name}", [True, False], measure)
+    log.info("speculative drafts by default for %s: %s", name, "on" if choice else "off (a verify costs more than it decides)")
+    return choice
+
+
 def median_seconds_per_call(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS,
                             round_seconds: float = ROUND_SECONDS) -> dict[str, float]:
     """Each function's median seconds per call over interleaved rounds (A, B, C, A, B, C, ...), so

@@ -26,6 +26,7 @@ from engine.errors import EngineError
 from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
+from engine.speculative import FIRST_DRAFT, expected_tokens
 from engine.tokenizer import Tokenizer, load_tokenizer
 from engine.weights import read_state_dict
 
@@ -48,6 +49,7 @@ class LoadedModel:
     decode_step: CompiledDecode | None = None
     threads: int | None = None  # CPU threads its generations run with (None: torch's default)
     cache_dtype: torch.dtype | None = None  # its sessions' KV cache dtype (kv_cache.cache_dtype), set by load_model
+    drafts_pay: bool = True  # whether speculative = auto drafts (cpu_kernels.choose_drafting)
 
 
 def load_model(
@@ -82,9 +84,9 @@ def load_model(
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
     progress(70)  # the weights read (and quantized); timing the threads and compiling is left
     threads = None
+    name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
     if torch_device.type == "cpu":
-        name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
-        threads = cpu_kernels.choose_threads(lambda: decode_step_for_timing(model, config, torch_dtype), name,
+        threads = cpu_kernels.choose_threads(lambda: decode_calls_for_timing(model, config, cache_dtype(config, torch_dtype, "cpu"))[0], name,
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
         if settings.mode != "none" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
             choose_decode_attention(config)  # quantized: our kernels are built already
@@ -94,11 +96,16 @@ def load_model(
         compile_start = time.perf_counter()
         decode_step = compile_decode(model, config, torch_device, kv_dtype)  # after the attention choice it uses
         log.info("compiled decode for %s in %.1fs", directory.name, time.perf_counter() - compile_start)
+    drafts_pay = True
+    if torch_device.type == "cpu" and decode_step is None:  # beside a compiled step auto never drafts
+        drafts_pay = cpu_kernels.choose_drafting(
+            lambda: decode_calls_for_timing(model, config, kv_dtype, verify_rows=FIRST_DRAFT + 1, exact_rows=settings.mode != "none"),
+            name, cache_dir() / "quantized", threads or cpu_kernels.default_threads(), expected_tokens(FIRST_DRAFT))
     seconds = time.perf_counter() - start
     log.info("loaded %s (%s, %s, %s, quantization %s, compiled %s) in %.2fs", directory, config.model_type,
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
     return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads,
-                       kv_dtype)
+                       kv_dtype, drafts_pay)
 
 
 def choose_decode_attention(config: ModelConfig) -> None:
@@ -110,15 +117,21 @@ def choose_decode_attention(config: ModelConfig) -> None:
         DECODE_ATTENTION[shape] = isa
 
 
-def decode_step_for_timing(model: torch.nn.Module, config: ModelConfig, dtype: torch.dtype) -> Callable[[], object]:
-    """One eager decode step of model at position 32 of a small cache of its own."""
-    cache = KVCache(config, 64, torch.device("cpu"), cache_dtype(config, dtype, "cpu"))
+def decode_calls_for_timing(model: torch.nn.Module, config: ModelConfig, kv_dtype: torch.dtype, verify_rows: int = 1,
+                            exact_rows: bool = False) -> tuple[Callable[[], object], Callable[[], object]]:
+    """(one eager decode step, one speculative verify of verify_rows tokens, as Session.verify runs it)
+    of model at position 32 of a small cache of its own, of kv_dtype."""
+    cache = KVCache(config, 64, torch.device("cpu"), kv_dtype)
     with torch.inference_mode():
         model(torch.zeros(1, 32, dtype=torch.long), torch.arange(32), cache, kv_len=32, last_only=True)
-    token, position = torch.zeros(1, 1, dtype=torch.long), torch.tensor([32])
+    tokens, positions = torch.zeros(1, verify_rows, dtype=torch.long), torch.arange(32, 32 + verify_rows)
 
     @torch.inference_mode()
     def step():
-        return model(token, position, cache, kv_len=33, last_only=True)
+        return model(tokens[:, :1], positions[:1], cache, kv_len=33, last_only=True)
 
-    return step
+    @torch.inference_mode()
+    def verify():
+        return model(tokens, positions, cache, kv_len=32 + verify_rows, exact_rows=exact_rows)
+
+    return step, verify

@@ -32,23 +32,38 @@ from __future__ import annotations
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from engine.errors import EngineError
 from engine.options import SPECULATIVE
-from engine.session import Session
+
+if TYPE_CHECKING:  # engine/loading.py imports this module: expected_tokens
+    from engine.session import Session
 
 NGRAM_SIZES = (4, 3, 2)  # longest match first
 FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within DECODE_KERNEL_MAX_TOKENS)
 MAX_PAUSE = 16  # most tokens decoded plainly after a draft that was wholly rejected
 TIE_MARGIN = 1e-2  # logits closer than this (top two) are decided by a decode step, not a verify row
+# The share of drafted tokens accepted on the demo model's keystroke replay (README, 496 of 745),
+# which `auto` assumes when it weighs a verify's cost.
+ACCEPTANCE = 2 / 3
+
+
+def expected_tokens(drafts: int, acceptance: float = ACCEPTANCE) -> float:
+    """The tokens one verify of `drafts` drafts decides on average, each draft accepted with
+    probability `acceptance` once the one before it was: the accepted drafts and the token after."""
+    return sum(acceptance**i for i in range(drafts + 1))
 
 
 def wanted(mode: str, session: Session) -> bool:
     """Whether to draft: ngram always; auto when decode is eager (the verify is never compiled: beside
-    a compiled step, a CUDA graph's or a CPU one's, it is not measured to pay)."""
+    a compiled step, a CUDA graph's or a CPU one's, it is not measured to pay) and a verify of a first
+    draft was measured at load to cost less than the tokens it decides (LoadedModel.drafts_pay: on
+    a 1B model in int8 or int4 on a CPU each verify row costs half a step or more)."""
     if mode not in SPECULATIVE:
         raise EngineError(f"unknown speculative mode {mode!r} (use {', '.join(SPECULATIVE)})")
     if mode == "auto":
-        return session.lm.decode_step is None
+        return session.lm.decode_step is None and session.lm.drafts_pay
     return mode == "ngram"
 
 

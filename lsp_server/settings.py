@@ -92,7 +92,8 @@ class Settings:
                                 choices=("on", "off"))
     speculative: str = _setting(
         "auto", "Draft tokens from the text around the cursor and check several per forward pass; "
-        "output is the same (auto: on unless the decode step is compiled).", choices=SPECULATIVE,
+        "output is the same (auto: on where a verify was measured at load to pay for itself, and the decode step "
+        "is not compiled).", choices=SPECULATIVE,
     )  # fmt: skip
     sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False, repr=False)
     """Where each key that is not a default came from (a file path or the editor's message)."""

@@ -2,6 +2,7 @@
 prompts and models, exact draft and acceptance counts on copies, the session invariant after
 rejected drafts and cancellation, and cache reuse after them."""
 
+import json
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import engine.speculative as speculative
+from engine import cpu_kernels
 from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.session import Session
@@ -246,3 +248,30 @@ def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, qu
         DECODE_ATTENTION.pop(shape, None)
         if saved is not None:
             DECODE_ATTENTION[shape] = saved
+
+
+def test_expected_tokens_of_a_verify():
+    assert speculative.expected_tokens(0) == 1  # no drafts: the one token a step decides
+    assert speculative.expected_tokens(4, 1.0) == 5 and speculative.expected_tokens(4, 0.0) == 1
+    assert speculative.expected_tokens(2, 0.5) == pytest.approx(1 + 0.5 + 0.25)
+
+
+def test_auto_drafts_only_where_a_verify_was_measured_to_pay(tmp_path, monkeypatch, stdlib_code):
+    """load_model measures once per machine whether a verify of a first draft costs less than the
+    tokens it decides, and saves the answer beside the kernel choices; auto follows it, ngram drafts
+    either way, and the tokens are those of plain decoding."""
+    monkeypatch.setenv("CODEGEN_LSP_CACHE", str(tmp_path))
+    lm = load_model(None, device="cpu", quantization="int8")
+    path = tmp_path / "quantized" / cpu_kernels.CHOICES_FILE
+    saved = json.loads(path.read_text())
+    (name,) = [name for name in saved["choices"] if name.startswith("drafting ")]
+    assert lm.drafts_pay is saved["choices"][name]
+    block = lm.tokenizer.encode(stdlib_code)[:120]
+    prompt = block + block[:40]  # the model copies the block on: drafts are found
+    for pays in (False, True):  # as if measured so: a saved valid choice is used as it is
+        path.write_text(json.dumps({**saved, "choices": {**saved["choices"], name: pays}}))
+        lm = load_model(None, device="cpu", quantization="int8")
+        assert lm.drafts_pay is pays
+        off, auto, ngram = (run(lm, prompt, mode, 24) for mode in ("off", "auto", "ngram"))
+        assert (auto.stats.draft_tokens > 0) is pays and ngram.stats.draft_tokens > 0
+        assert auto.token_ids == ngram.token_ids == off.token_ids
