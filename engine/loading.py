@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,37 +17,19 @@ import torch
 from engine import cpu_kernels
 from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
-from engine.compile import COMPILE_SETTINGS, CompiledDecode, compile_decode, want_compile
+from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
 from engine.config import ModelConfig
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
+from engine.loaded_model import LoadedModel
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
 from engine.speculative import FIRST_DRAFT, expected_tokens
-from engine.tokenizer import Tokenizer, load_tokenizer
+from engine.tokenizer import load_tokenizer
 from engine.weights import read_state_dict
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """Everything needed to run one checkpoint: model, tokenizer and where they live."""
-
-    model: torch.nn.Module
-    tokenizer: Tokenizer
-    config: ModelConfig
-    path: Path
-    device: torch.device
-    dtype: torch.dtype
-    load_seconds: float
-    quantization: str = "none"
-    # The compiled single-token decode (engine/compile.py), or None to run the model eagerly.
-    decode_step: CompiledDecode | None = None
-    threads: int | None = None  # CPU threads its generations run with (None: torch's default)
-    cache_dtype: torch.dtype | None = None  # its sessions' KV cache dtype (kv_cache.cache_dtype), set by load_model
-    drafts_pay: bool = True  # whether speculative = auto drafts (cpu_kernels.choose_drafting)
 
 
 def load_model(

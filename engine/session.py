@@ -18,7 +18,7 @@ import torch
 
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
-from engine.loading import LoadedModel
+from engine.loaded_model import LoadedModel
 
 log = logging.getLogger(__name__)
 

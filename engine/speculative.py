@@ -32,13 +32,9 @@ from __future__ import annotations
 
 import torch
 
-from typing import TYPE_CHECKING
-
 from engine.errors import EngineError
 from engine.options import SPECULATIVE
-
-if TYPE_CHECKING:  # engine/loading.py imports this module: expected_tokens
-    from engine.session import Session
+from engine.session import Session
 
 NGRAM_SIZES = (4, 3, 2)  # longest match first
 FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within DECODE_KERNEL_MAX_TOKENS)

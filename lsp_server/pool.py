@@ -17,7 +17,7 @@ from typing import Callable, TypeVar
 
 from engine.completion import DocumentState
 from engine.errors import EngineError
-from engine.loading import LoadedModel
+from engine.loaded_model import LoadedModel
 from engine.session import SessionStore
 from lsp_server import backends
 from lsp_server.settings import Settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.loading import LoadedModel
+from engine.loaded_model import LoadedModel
 from engine.session import Session
 
 
