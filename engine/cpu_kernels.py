@@ -359,7 +359,7 @@ def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callabl
         step, verify = make_calls()
         torch.set_num_threads(threads)
         try:
-            seconds = median_seconds_per_call({"step": step, "verify": verify}, round_seconds=0.02)
+            seconds = median_seconds_per_call({"step": step, "verify": verify}, round_seconds=0.005)
         finally:
             torch.set_num_threads(default_threads())
         log.info("a first verify of %s costs %.2f decode steps (it pays below %.2f)", name,
