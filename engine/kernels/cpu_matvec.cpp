@@ -755,19 +755,29 @@ Kernels kernels_for(c10::string_view isa) {
 int64_t grain(int64_t bytes_per_unit) { return std::max<int64_t>(1, (64 << 10) / bytes_per_unit); }
 
 // The ops take x (..., K) and give y (..., N) in x's dtype; the kernels work in float32.
-at::Tensor float_rows(const at::Tensor& x) { return x.reshape({-1, x.size(-1)}).to(at::kFloat).contiguous(); }
+// The ops' own tensors are made without a dispatch where none is needed: a decode call is a few
+// microseconds of arithmetic on a small model, and each reshape, conversion or view costs ~1 us.
+
+// x's numbers as contiguous float32, read as rows of its last dim (x itself when it is so already).
+at::Tensor float_rows(const at::Tensor& x) {
+  if (x.scalar_type() == at::kFloat && x.is_contiguous()) return x;
+  return x.to(at::kFloat).contiguous();
+}
 
 at::Tensor float_bias(const c10::optional<at::Tensor>& bias, int64_t N) {
   if (!bias) return at::Tensor();
   TORCH_CHECK(bias->numel() == N, "bias: (N,)");
-  return bias->to(at::kFloat).contiguous();
+  return bias->scalar_type() == at::kFloat && bias->is_contiguous() ? *bias : bias->to(at::kFloat).contiguous();
 }
 
-at::Tensor shaped_like(const at::Tensor& y, const at::Tensor& x) {
+// float32 y of x's shape with N in its last dim, and y in x's dtype once written.
+at::Tensor float_output(const at::Tensor& x, int64_t N) {
   std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = y.size(1);
-  return y.view(sizes).to(x.scalar_type());
+  sizes.back() = N;
+  return at::empty(sizes, x.options().dtype(at::kFloat));
 }
+
+at::Tensor in_dtype_of(const at::Tensor& y, const at::Tensor& x) { return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type()); }
 
 // An int8 op's inputs, checked: x as float32 rows, the bias as float32 (or undefined).
 struct Int8Inputs {
@@ -780,7 +790,7 @@ Int8Inputs int8_inputs(const at::Tensor& x_in, const at::Tensor& weight, const a
                        const c10::optional<at::Tensor>& bias_in, int64_t k_multiple) {
   Int8Inputs in;
   in.x = float_rows(x_in);
-  in.M = in.x.size(0), in.K = in.x.size(1), in.N = scales.numel(), in.blocks = (in.N + 3) / 4;
+  in.K = x_in.size(-1), in.M = in.K ? in.x.numel() / in.K : 0, in.N = scales.numel(), in.blocks = (in.N + 3) / 4;
   in.bias = float_bias(bias_in, in.N);
   TORCH_CHECK(in.K % k_multiple == 0 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
                   weight.numel() == in.blocks * 4 * in.K,
@@ -793,11 +803,11 @@ at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const a
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 32);
   const Kernels run = kernels_for(isa);
-  at::Tensor y = at::empty({in.M, in.N}, in.x.options());
+  at::Tensor y = float_output(x_in, in.N);
   const Int8Args a{in.x.data_ptr<float>(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in.bias_data(),
                    y.data_ptr<float>(), in.M, in.N, in.K};
   at::parallel_for(0, in.blocks, grain(4 * in.K), [&](int64_t b, int64_t e) { run.int8(a, b, e); });
-  return shaped_like(y, x_in);
+  return in_dtype_of(y, x_in);
 }
 
 at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
@@ -815,11 +825,11 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
     round_activations(x + b * in.K, e - b, in.K, GROUP_COLUMNS, ACTIVATION_LEVELS, q.data() + b * in.K,
                       x_scales.data() + b * groups, q_sums.data() + b * groups, nullptr);
   });
-  at::Tensor y = at::empty({in.M, in.N}, in.x.options());
+  at::Tensor y = float_output(x_in, in.N);
   const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
                        in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
-  return shaped_like(y, x_in);
+  return in_dtype_of(y, x_in);
 }
 
 // An int4 op's inputs, checked: x as float32 rows, the bias as float32 (or undefined).
@@ -833,7 +843,7 @@ Int4Inputs int4_inputs(const at::Tensor& x_in, const at::Tensor& weight, int64_t
                        const c10::optional<at::Tensor>& bias_in) {
   Int4Inputs in;
   in.x = float_rows(x_in);
-  in.M = in.x.size(0), in.K = in.x.size(1), in.blocks = (N + 7) / 8;
+  in.K = x_in.size(-1), in.M = in.K ? in.x.numel() / in.K : 0, in.blocks = (N + 7) / 8;
   in.bias = float_bias(bias_in, N);
   TORCH_CHECK(group_size % 32 == 0 && group_size <= 256 && in.K % group_size == 0, "group size: 32, 64, 128 or 256, dividing K");
   TORCH_CHECK(weight.scalar_type() == at::kByte && weight.is_contiguous() &&
@@ -849,11 +859,11 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
   run.int16_activations(in.x.data_ptr<float>(), in.M * in.K, group_size, xq.data(), x_scales.data(), x_sums.data());
-  at::Tensor y = at::empty({in.M, N}, in.x.options());
+  at::Tensor y = float_output(x_in, N);
   const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                    in.M, N, in.K, group_size};
   at::parallel_for(0, in.blocks, grain(8 * in.K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
-  return shaped_like(y, x_in);
+  return in_dtype_of(y, x_in);
 }
 
 at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
@@ -868,11 +878,11 @@ at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t
     round_activations(x + b * in.K, e - b, in.K, group_size, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
                       nullptr, x_sums.data() + b * groups);
   });
-  at::Tensor y = at::empty({in.M, N}, in.x.options());
+  at::Tensor y = float_output(x_in, N);
   const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                        in.M, N, in.K, group_size};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int4_gemm(a, b, e); });
-  return shaped_like(y, x_in);
+  return in_dtype_of(y, x_in);
 }
 
 // q (KVH, G, D) float32; k, v (KVH, S, D) float32 with unit stride along D -> (KVH, G, D).
