@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from engine import config
 from engine.kv_cache import HALF
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def _load(folder: Path) -> bool:
         torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
             lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     torch.library.register_fake("codegen_lsp_cpu::attend_decode")(lambda q, k, v, scale, isa: q.new_empty(q.shape))
+    config.GELU_ISA = torch.ops.codegen_lsp_cpu.isas().split()[0]  # the best this CPU runs
     return True
 
 

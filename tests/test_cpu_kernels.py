@@ -479,3 +479,23 @@ def test_builds_of_other_sources_unused_for_a_month_are_removed(tmp_path):
     cpu_kernels.remove_stale_builds(tmp_path, used)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([used.name, recent.name, unrelated.name])
     assert used.stat().st_mtime > long_ago + cpu_kernels.STALE_BUILD_DAYS * 86400  # marked used now
+
+
+def test_gelu_matches_the_tanh_formula_in_float64():
+    """Our GELU (tanh approximation), every instruction set, lengths that leave partial vectors and
+    a parallel split, against the formula in float64; the models' activation uses it where loaded."""
+    needs_our_kernels()
+    from engine import config
+
+    x = torch.cat([torch.randn(8191) * 3, torch.linspace(-30, 30, 70001), torch.tensor([0.0, -0.0, 88.0, -88.0, 1e4, -1e4])])
+    reference = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    visible = reference.abs() > 1e-6
+    for isa in torch.ops.codegen_lsp_cpu.isas().split():
+        for n in (1, 7, 4096, len(x)):
+            y = torch.ops.codegen_lsp_cpu.gelu_tanh(x[:n], isa).double()
+            assert (y - reference[:n]).abs().max() < 1e-6, (isa, n)
+            assert ((y - reference[:n]).abs() / reference[:n].abs())[visible[:n]].max() < 2e-6, (isa, n)
+    assert config.GELU_ISA is not None
+    h = torch.randn(2, 3, 1024)
+    assert torch.equal(config.ACTIVATIONS["gelu_new"](h), torch.ops.codegen_lsp_cpu.gelu_tanh(h, config.GELU_ISA))
+    assert torch.ops.codegen_lsp_cpu.gelu_tanh(h.bfloat16(), "baseline").dtype == torch.bfloat16
