@@ -104,7 +104,7 @@ def generate(
     speculator = Speculator(session, prompt, params.temperature, allowed, rng) if wanted(params.speculative, session) else None
     decided: list[tuple[int, torch.Tensor]] = []  # (token, its logits) a verify already chose
     try:
-        logits, stats.reused_tokens = session.prefill(prompt, cancel)
+        logits, stats.reused_tokens = session.prefill(prompt, cancel, room_after=limit)
         stats.prefilled_tokens = len(prompt) - stats.reused_tokens
         for step in range(limit):
             if decided:

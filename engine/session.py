@@ -97,18 +97,21 @@ class Session:
         return logits
 
     @torch.inference_mode()
-    def prefill(self, prompt: list[int], cancel: threading.Event | None = None) -> tuple[torch.Tensor, int]:
+    def prefill(self, prompt: list[int], cancel: threading.Event | None = None, room_after: int = 0) -> tuple[torch.Tensor, int]:
         """Encode prompt, reusing the common prefix; return (next-token logits (vocab,), reused count).
 
         At least the last prompt token is encoded again, since its logits are
         what the next token is sampled from. If cancelled between chunks, the
         chunks already encoded stay in the cache and count for the next request.
+        The cache is given room for `room_after` more positions (the tokens to be
+        generated), so that decoding never stops to grow it: a growth copies the
+        whole cache, 60-350 ms for codegen-350M at 1,500 tokens, ten decode steps.
         """
         if not prompt:
             raise EngineError("empty prompt")
         reused = min(common_prefix_length(self.ids, prompt), len(prompt) - 1)
         del self.ids[reused:]
-        self._reserve(len(prompt))
+        self._reserve(max(len(prompt), min(len(prompt) + room_after, self.window)))  # a prompt past the window raises
         logits = None
         for begin in range(reused, len(prompt), PREFILL_CHUNK):
             if cancel is not None and cancel.is_set():

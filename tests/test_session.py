@@ -176,6 +176,26 @@ def test_cancel_mid_decode_leaves_a_consistent_session(codegen, stdlib_code):
     assert result.token_ids + full.token_ids == reference.token_ids
 
 
+def test_generation_never_grows_the_cache_while_decoding(codegen, stdlib_code, monkeypatch):
+    """The prefill reserves room for the tokens to come: a generation that crosses a growth step
+    grows the cache once, before its first token, and yields what growing mid-decode yielded."""
+    monkeypatch.setattr(session_module, "CACHE_STEP", 32)
+    prompt = codegen.tokenizer.encode(stdlib_code)[:60]  # capacity 64 for the prompt alone
+    grown_at: list[int] = []
+    session = Session(codegen)
+    session.on_grow = lambda s: grown_at.append(len(s.ids))
+    result = generate(session, prompt, SamplingParams(max_new_tokens=40))
+    assert len(result.token_ids) == 40 and result.finish_reason == "length"
+    assert grown_at == [0] and session.cache.capacity == 128  # 60 + 40 positions, in steps of 32
+    step_by_step = Session(codegen)
+    logits, _ = step_by_step.prefill(prompt)
+    assert step_by_step.cache.capacity == 64
+    tokens = [int(torch.argmax(logits))]
+    for _ in range(39):
+        tokens.append(int(torch.argmax(step_by_step.step(tokens[-1]))))
+    assert step_by_step.cache.capacity == 128 and tokens == result.token_ids
+
+
 def test_cancel_between_prefill_chunks(codegen, stdlib_code, monkeypatch):
     monkeypatch.setattr(session_module, "PREFILL_CHUNK", 32)
     prompt = codegen.tokenizer.encode(stdlib_code)[:150]
