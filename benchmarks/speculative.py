@@ -87,6 +87,10 @@ def report(name: str, result: dict) -> None:
         extra = f", drafted {f[m]['drafted']}, accepted {f[m]['accepted']}" if m != "off" else ""
         print(f"  {m:6s} decode {rate[m]:7.1f} tok/s, whole suggestion median {whole[m]:7.1f} ms{extra}")
     print(f"  speed-up: decode {rate['ngram'] / rate['off']:.2f}x, whole suggestion {whole['off'] / whole['ngram']:.2f}x")
+    # Each forward decides one token beside the drafts it accepts: with these drafts, even a verify
+    # as cheap as a decode step could not decode faster than this.
+    decoded, accepted = f["ngram"]["tokens"], f["ngram"]["accepted"]
+    print(f"  ceiling with these drafts, a verify costing one step: {decoded / max(decoded - accepted, 1):.2f}x decode")
 
 
 def verify_costs(lm, rounds: int = 3) -> None:
