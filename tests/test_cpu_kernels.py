@@ -203,7 +203,15 @@ def test_int8_decode_with_the_chosen_kernels_gives_the_tokens_of_the_dequantized
     for module in lm.model.modules():
         if isinstance(module, Int8Linear):
             module.prepare("dequantize")
-    assert tokens == greedy_with_logits(lm, prompt, 32)[0], chosen
+    reference_tokens, reference = greedy_with_logits(lm, prompt, 32, follow=tokens)  # the same context at every step
+    # Our prefill rounds activations to 7 bits (engine/kernels/cpu_matvec.cpp), which moves these
+    # logits by up to ~0.15: where the reference's best two are closer than TIE, either is right.
+    # (Here one step is such a tie, 0.003 apart, which a change of summation order in the product
+    # decided the other way.)
+    TIE = 0.05
+    below_best = [float(reference[i].max() - reference[i, token]) for i, token in enumerate(tokens)]
+    assert max(below_best) <= TIE, (below_best, chosen)
+    assert sum(a == b for a, b in zip(tokens, reference_tokens)) >= 30, (tokens, reference_tokens)
 
 
 def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differs(codegen_dir, tmp_path, monkeypatch):
