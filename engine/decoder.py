@@ -52,6 +52,20 @@ class DecoderLM(nn.Module):
         return self.lm_head(self.final_norm(x)).float()
 
 
+def speed_up_attribute_lookups(model: nn.Module) -> None:
+    """Put each module's submodules and parameters in its instance __dict__ too (they stay
+    registered, so state_dict, .to() and .modules() are unchanged): Python then finds them without
+    calling nn.Module.__getattr__, which costs 1-1.7 us per access on the AVX2 EPYC, ~110 of them
+    in a decode step of the demo model (its step 1.21 -> 1.03 and 1.45 -> 1.29 ms, interleaved).
+    nn.Module.__setattr__ drops such an entry when a Module or Parameter is assigned to the name
+    again, so a later assignment still takes effect (None assigned, or add_module, would not: none
+    happens after loading). Buffers are left out: assigning a registered buffer does not drop it
+    (Int8Linear.prepare assigns its buffers). For eager models; a compiled one is traced."""
+    for module in model.modules():
+        module.__dict__.update(module._modules)
+        module.__dict__.update(module._parameters)
+
+
 class GPT2LayoutLM(DecoderLM):
     """GPT-2's module names: transformer.wte, transformer.h (the blocks), transformer.ln_f (CodeGen, GPTBigCode)."""
 

@@ -19,6 +19,7 @@ from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
 from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
 from engine.config import ModelConfig
+from engine.decoder import speed_up_attribute_lookups
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
@@ -63,6 +64,8 @@ def load_model(
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
     progress(70)  # the weights read (and quantized); timing the threads and compiling is left
+    if not want_compile(compile, torch_device):
+        speed_up_attribute_lookups(model)
     threads = None
     name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
     if torch_device.type == "cpu":

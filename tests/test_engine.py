@@ -132,6 +132,22 @@ def test_half_precision_stays_close_to_float32(codegen_dir, dtype):
     assert (a - b).abs().max() < 0.1 * a.abs().max()
 
 
+def test_modules_assigned_after_the_lookup_shortcut_take_effect(bigcode_mq_dir):
+    """load_model puts submodules and parameters in their parents' __dict__ (decoder.py's
+    speed_up_attribute_lookups); a module or parameter assigned afterwards must still be the one used."""
+    lm = load_model(str(bigcode_mq_dir), device="cpu", compile="false")
+    block = lm.model.transformer.h[0]
+    assert block.__dict__["mlp"] is block._modules["mlp"] and "weight" in block.ln_1.__dict__
+    ids = lm.tokenizer.encode(PROMPTS[1])
+    before, _ = Session(lm).prefill(ids)
+    block.mlp.c_fc = torch.nn.Linear(block.mlp.c_fc.in_features, block.mlp.c_fc.out_features)
+    block.ln_1.weight = torch.nn.Parameter(torch.zeros_like(block.ln_1.weight))
+    assert block.mlp.c_fc is block.mlp._modules["c_fc"] and block.ln_1.weight is block.ln_1._parameters["weight"]
+    after, _ = Session(lm).prefill(ids)
+    assert not torch.allclose(before, after)
+    assert lm.model.state_dict()["transformer.h.0.ln_1.weight"].abs().sum() == 0
+
+
 def test_codegen_keeps_its_cache_in_float32(codegen_dir, bigcode_mq_dir):
     # CodeGen attends in float32: a 16-bit cache would be cast whole on every step.
     codegen = Session(load_model(str(codegen_dir), device="cpu", dtype="bfloat16"))
