@@ -141,12 +141,6 @@ class QuantizedLinear(nn.Module):
         theirs = [self.PYTORCH_KERNEL] if _has_op(self.PYTORCH_OP) else []
         return ours + theirs + ["dequantize"]
 
-    def kernel_bias(self) -> torch.Tensor | None:
-        """The bias for our kernels' ops. Their forward reads tensors from the module's own dicts
-        (`_buffers`, `_parameters`): nn.Module's attribute lookup of each costs ~1-2 us here, a
-        sizeable part of a small layer's call (the demo model's step makes 17)."""
-        return self._parameters.get("bias")
-
     def with_kernel(self, kernel: str) -> "QuantizedLinear":
         """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
         twin = copy.copy(self)
@@ -196,8 +190,10 @@ class Int8Linear(QuantizedLinear):
         tokens = x.numel() // self.in_features
         if self.kernel.startswith("cpp-"):
             op = torch.ops.codegen_lsp_cpu.int8_matvec if tokens <= DECODE_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int8_matmul
-            buffers = self._buffers  # not self.packed: see kernel_bias()
-            return op(x, buffers["packed"], buffers["scales"], self.kernel_bias(), self.kernel.removeprefix("cpp-"))
+            # Buffers from the module's dict: nn.Module.__getattr__ costs ~1.5 us each on the AVX2 EPYC,
+            # a tenth of a small layer's call (parameters are faster: engine/decoder.py mirrors them).
+            buffers = self._buffers
+            return op(x, buffers["packed"], buffers["scales"], self.bias, self.kernel.removeprefix("cpp-"))
         if self.kernel == "int8pack" and tokens <= DECODE_KERNEL_MAX_TOKENS:
             # Row by row the same results as one token (a speculative verify's rows equal decode steps).
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scales_bf16)
@@ -332,7 +328,8 @@ class Int4Linear(QuantizedLinear):
         if self.kernel.startswith("cpp-"):
             tokens = x.numel() // self.in_features
             op = torch.ops.codegen_lsp_cpu.int4_matvec if tokens <= DECODE_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int4_matmul
-            return op(x, self._buffers["packed"], self.out_features, self.group_size, self.kernel_bias(), self.kernel.removeprefix("cpp-"))
+            packed = self._buffers["packed"]  # as in Int8Linear.forward
+            return op(x, packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
