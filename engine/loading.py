@@ -56,6 +56,9 @@ def load_model(
     config = ModelConfig.from_file(directory / "config.json")
     tokenizer = load_tokenizer(directory, eos_token_id=config.eos_token_id)
     tokenizer.spelling(" ", 0)  # builds token healing's index now (~0.1 s for 50k tokens), not at a keystroke
+    if tokenizer.vocab_size > config.vocab_size:
+        log.warning("%s: its tokenizer has %d tokens and its embedding %d rows; a prompt with the others is refused",
+                    directory.name, tokenizer.vocab_size, config.vocab_size)
     progress(10)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)

@@ -110,6 +110,11 @@ class Session:
         if not prompt:
             raise EngineError("empty prompt")
         reused = min(common_prefix_length(self.ids, prompt), len(prompt) - 1)
+        rows = self.lm.config.vocab_size
+        if any(not 0 <= token < rows for token in prompt[reused:]):
+            bad = next(token for token in prompt[reused:] if not 0 <= token < rows)
+            raise EngineError(f"token id {bad} is outside the model's {rows} embedding rows: "
+                              "the checkpoint's tokenizer does not match its weights")
         del self.ids[reused:]
         self._reserve(max(len(prompt), min(len(prompt) + room_after, self.window)))  # a prompt past the window raises
         logits = None

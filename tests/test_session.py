@@ -12,6 +12,7 @@ import engine.session as session_module
 from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.completion import DocumentState, complete
+from engine.errors import EngineError
 from engine.session import Cancelled, Session, SessionStore
 
 LINES = ["import os\n", "x = 1\n", "y = x + 2\n", "def f(a):\n", "z = [1, 2, 3]\n", "print(z)\n"]
@@ -174,6 +175,19 @@ def test_cancel_mid_decode_leaves_a_consistent_session(codegen, stdlib_code):
     assert full.stats.reused_tokens == len(prompt) + 2 and full.stats.prefilled_tokens == 1
     reference = generate(Session(codegen), prompt, SamplingParams(max_new_tokens=7))
     assert result.token_ids + full.token_ids == reference.token_ids
+
+
+def test_a_token_past_the_embedding_is_refused_and_the_session_kept(codegen):
+    """A tokenizer with more ids than the model's embedding rows (a mismatched checkpoint): one clear
+    error for that prompt, not an IndexError from inside the model, and what is cached stays."""
+    session = Session(codegen)
+    session.prefill([1, 2, 3, 4])
+    with pytest.raises(EngineError, match=f"token id {codegen.config.vocab_size} is outside"):
+        session.prefill([1, 2, 3, codegen.config.vocab_size, 5])
+    assert session.ids == [1, 2, 3, 4]
+    logits, reused = session.prefill([1, 2, 3, 4, 5])
+    assert reused == 4
+    torch.testing.assert_close(logits, fresh_logits(codegen, [1, 2, 3, 4, 5]), rtol=1e-5, atol=1e-4)
 
 
 def test_generation_never_grows_the_cache_while_decoding(codegen, stdlib_code, monkeypatch):
