@@ -111,8 +111,8 @@ class Session:
             raise EngineError("empty prompt")
         reused = min(common_prefix_length(self.ids, prompt), len(prompt) - 1)
         rows = self.lm.config.vocab_size
-        if any(not 0 <= token < rows for token in prompt[reused:]):
-            bad = next(token for token in prompt[reused:] if not 0 <= token < rows)
+        bad = next((token for token in prompt[reused:] if not 0 <= token < rows), None)
+        if bad is not None:
             raise EngineError(f"token id {bad} is outside the model's {rows} embedding rows: "
                               "the checkpoint's tokenizer does not match its weights")
         del self.ids[reused:]
