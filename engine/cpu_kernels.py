@@ -21,6 +21,7 @@ and reference(x, rows) (the float32 result of those output rows).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -303,6 +304,16 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def default_threads_after():
+    """torch's thread count back to default_threads() when the block ends, however it ends (a
+    measurement sets its own counts inside)."""
+    try:
+        yield
+    finally:
+        torch.set_num_threads(default_threads())
+
+
 # Models that read more weights per decode step always take all threads: they are bound by memory
 # bandwidth, which one thread does not reach, and a measurement made while the machine happens to
 # be busy must not leave them on one thread for good.
@@ -328,7 +339,7 @@ def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, fol
             return counts[0]
         step = make_step()
         seconds = {n: [] for n in counts}
-        try:
+        with default_threads_after():
             for _ in range(ROUNDS):
                 for n in counts:  # interleaved; the count changes outside the timed calls
                     torch.set_num_threads(n)
@@ -337,8 +348,6 @@ def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, fol
                     for _ in range(3):
                         step()
                     seconds[n].append(time.perf_counter() - start)
-        finally:
-            torch.set_num_threads(default_threads())
         return min(counts, key=lambda n: statistics.median(seconds[n]))
 
     choice = _saved_or_measured(folder, f"threads {name}", counts, measure_threads)
@@ -359,11 +368,9 @@ def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callabl
 
     def measure() -> bool:
         step, verify = make_calls()
-        torch.set_num_threads(threads)
-        try:
+        with default_threads_after():
+            torch.set_num_threads(threads)
             seconds = median_seconds_per_call({"step": step, "verify": verify}, round_seconds=0.005)
-        finally:
-            torch.set_num_threads(default_threads())
         log.info("a first verify of %s costs %.2f decode steps (it pays below %.2f)", name,
                  seconds["verify"] / seconds["step"], break_even)
         return seconds["verify"] / seconds["step"] < break_even
