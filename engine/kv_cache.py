@@ -62,19 +62,31 @@ class KVCache:
         self.k = allocate(shape, device=device, dtype=dtype)
         self.v = allocate(shape, device=device, dtype=dtype)
         self.capacity = capacity  # positions allocated (a session grows it up to the model's window)
+        # Each layer's view, made once: indexing the cache for a layer in every step (select, slice,
+        # index_copy_, a cast) took 19-33 us a layer on the AVX2 EPYC, narrow and copy_ 9-10.
+        self.layer_keys, self.layer_values = self.k.unbind(0), self.v.unbind(0)
 
     @property
     def nbytes(self) -> int:
         return self.k.nbytes + self.v.nbytes
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: int):
-        """Store k, v (1, n_kv_heads, T, head_dim) at input_pos; return keys and values [0, kv_len)."""
+        """Store k, v (1, n_kv_heads, T, head_dim) at input_pos; return keys and values [0, kv_len).
+
+        Eagerly, input_pos is taken to be [kv_len - T, kv_len): a forward appends its T tokens
+        after the kv_len - T cached (Session._forward). A compiled step, and a call over the whole
+        static cache (kv_len = capacity), write at input_pos itself."""
         if torch.compiler.is_compiling() and self.k.device.type == "cpu":
             write_cache(self.k, layer, input_pos, k.to(self.k.dtype))
             write_cache(self.v, layer, input_pos, v.to(self.v.dtype))
-        else:
+        elif torch.compiler.is_compiling() or kv_len == self.capacity:
             self.k[layer].index_copy_(2, input_pos, k.to(self.k.dtype))
             self.v[layer].index_copy_(2, input_pos, v.to(self.v.dtype))
+        else:
+            keys, values, T = self.layer_keys[layer], self.layer_values[layer], k.shape[2]
+            keys.narrow(2, kv_len - T, T).copy_(k)
+            values.narrow(2, kv_len - T, T).copy_(v)
+            return keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 

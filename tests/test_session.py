@@ -60,6 +60,24 @@ def test_reuse_never_changes_logits(request, model, stdlib_code, monkeypatch):
     check()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_full_cache_and_one_with_room_hold_the_same_keys(codegen, dtype):
+    # KVCache.update writes an eager forward's keys by position range, and a call that fills the cache
+    # to its capacity by index (as a compiled step does): both in chunks must store the same numbers.
+    from engine.kv_cache import KVCache
+
+    ids = torch.randint(0, codegen.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
+    caches = {capacity: KVCache(codegen.config, capacity, "cpu", dtype) for capacity in (40, 64)}
+    with torch.inference_mode():
+        for capacity, cache in caches.items():
+            for start, end in ((0, 17), (17, 39), (39, 40)):
+                logits = codegen.model(ids[:, start:end], torch.arange(start, end), cache, kv_len=end)
+            assert cache.k[:, :, :, 40:].count_nonzero() == 0  # nothing written past the tokens
+    full, roomy = caches[40], caches[64]
+    assert torch.equal(full.k, roomy.k[:, :, :, :40]) and torch.equal(full.v, roomy.v[:, :, :, :40])
+    assert full.k[:, :, :, 39].count_nonzero() > 0
+
+
 def encode_lines(tok, lines):
     """Token ids of the lines, checking they tokenize independently (so counts are exact)."""
     ids = [tok.encode(line) for line in lines]
