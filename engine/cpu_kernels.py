@@ -94,7 +94,7 @@ def _load(folder: Path) -> bool:
         log.warning("CPU decode kernels unavailable, using PyTorch's instead: %s", message[:300])
         return False
     # Output shapes for torch.compile, which traces the ops without running them.
-    for op in ("int8_matvec", "int8_matmul"):
+    for op in ("int8_matvec", "int8_matvec_i16", "int8_matmul"):
         torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
             lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
     for op in ("int4_matvec", "int4_matmul"):

@@ -66,7 +66,7 @@ def kernels_to_test(layer) -> list[str]:
     portable build included, which the choice skips where a SIMD one runs)."""
     names = layer.kernel_candidates()
     if any(name.startswith("cpp-") for name in names):
-        ours = [f"cpp-{isa}" for isa in torch.ops.codegen_lsp_cpu.isas().split()]
+        ours = [f"cpp-{isa}{variant}" for isa in torch.ops.codegen_lsp_cpu.isas().split() for variant in layer.OURS_VARIANTS]
         names = ours + [name for name in names if not name.startswith("cpp-")]
     return names
 
@@ -374,7 +374,9 @@ def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdp
         DECODE_ATTENTION[(1, 4, 32)] = torch.ops.codegen_lsp_cpu.isas().split()[0]
         ours, our_logits = greedy_with_logits(lm, prompt, 24)
         assert ours == tokens
-        assert (logits - our_logits).abs().max() < 1e-4
+        # 1e-4 with float activations; a kernel rounding them to int16 ("-i16") can turn the attention's
+        # last-bit differences into one step of that rounding (measured 5e-4 over 24 tokens).
+        assert (logits - our_logits).abs().max() < 2e-3
     finally:
         DECODE_ATTENTION.clear()
         DECODE_ATTENTION.update(saved_before)

@@ -80,6 +80,11 @@ struct Baseline {
     for (int i = 0; i < 16; ++i) v[i] = p[i];
     return v;
   }
+  static i16x16 widen_signed_bytes(const int8_t* p) {
+    i16x16 v;
+    for (int i = 0; i < 16; ++i) v[i] = p[i];
+    return v;
+  }
   static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) {
     for (int i = 0; i < 8; ++i) acc[i] += a[2 * i] * b[2 * i] + a[2 * i + 1] * b[2 * i + 1];
     return acc;
@@ -100,6 +105,7 @@ struct Avx2 {
   static constexpr int W = 8;
   AVX2 static Vec<8>::i32 widen_int8(const int8_t* p) { return (Vec<8>::i32)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
   AVX2 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+  AVX2 static i16x16 widen_signed_bytes(const int8_t* p) { return (i16x16)_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX2 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return acc + (i32x8)_mm256_madd_epi16((__m256i)a, (__m256i)b); }
   AVX2 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
   AVX2 static f32x8 floats(const uint16_t* p) { return halves((const uint8_t*)p); }
@@ -109,6 +115,7 @@ struct Avx512 {
   static constexpr int W = 16;
   AVX512 static Vec<16>::i32 widen_int8(const int8_t* p) { return (Vec<16>::i32)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static i16x16 widen_bytes(const uint8_t* p) { return (i16x16)_mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)p)); }
+  AVX512 static i16x16 widen_signed_bytes(const int8_t* p) { return (i16x16)_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static i32x8 dot_add(i32x8 acc, i16x16 a, i16x16 b) { return (i32x8)_mm256_dpwssd_epi32((__m256i)acc, (__m256i)a, (__m256i)b); }
   AVX512 static f32x8 halves(const uint8_t* p) { return (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
   AVX512 static Vec<16>::f32 floats(const uint16_t* p) { return (Vec<16>::f32)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
@@ -173,6 +180,62 @@ inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blo
       int8_rows<Isa, 2, 2>(a, b, m, 2);
     }
     for (; m < a.M; ++m) int8_rows<Isa, 1, 4>(a, b, m, 0);
+  }
+}
+
+// ---------------------------------------------------------------- int8 x int16, for decode
+// The same blocks with x rounded to int16, one scale per token and group of 256 columns (float32's
+// precision: |x error| <= max |x in the group| / 65534): each 16 weights are widened to int16 once
+// for the call's tokens (above: to int32 and converted to float, every 8, per pair of tokens) and
+// multiplied 16 at a time (vpmaddwd) into exact int32 sums. Integer sums do not depend on their
+// order, and the float part (each group's sum times its scales) is the same per (token, row) for
+// any tokens per call: a speculative verify's rows equal decode steps.
+
+constexpr int64_t GROUP_COLUMNS = 256;  // columns per scale of rounded activations (int8 weights)
+
+struct Int8x16Args {
+  const int16_t* x;       // (M, K): x[m] / x_scales[m, g], rounded
+  const float* x_scales;  // (M, groups)
+  const int8_t* w;        // (N/4, K/16, 4, 16), as for int8_blocks
+  const float* scales;
+  const float* bias;  // or nullptr
+  float* y;           // (M, N)
+  int64_t M, N, K, groups;
+};
+
+template <class Isa, int T>
+inline void int8x16_rows(const Int8x16Args& a, int64_t b, int64_t m0) {  // block b for tokens [m0, m0 + T)
+  const int8_t* w = a.w + b * 4 * a.K;
+  f32x8 totals[T][4] = {};
+  for (int64_t g = 0; g < a.groups; ++g) {
+    i32x8 dot[T][4] = {};  // exact: 256 columns * 127 * 32767 < 2^31
+    for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64) {
+      __builtin_prefetch(w + PREFETCH_BYTES);
+      i16x16 x[T];
+      for (int t = 0; t < T; ++t) x[t] = load<i16x16>(a.x + (m0 + t) * a.K + k);
+      for (int r = 0; r < 4; ++r) {
+        const i16x16 wr = Isa::widen_signed_bytes(w + 16 * r);
+        for (int t = 0; t < T; ++t) dot[t][r] = Isa::dot_add(dot[t][r], wr, x[t]);
+      }
+    }
+    for (int t = 0; t < T; ++t) {
+      const float x_scale = a.x_scales[(m0 + t) * a.groups + g];
+      for (int r = 0; r < 4; ++r) totals[t][r] += __builtin_convertvector(dot[t][r], f32x8) * x_scale;
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
+      const int64_t n = b * 4 + r;
+      a.y[(m0 + t) * a.N + n] = sum(totals[t][r]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+    }
+}
+
+template <class Isa>
+inline void int8x16_blocks(const Int8x16Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  for (int64_t b = begin; b < end; ++b) {
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2) int8x16_rows<Isa, 2>(a, b, m);
+    if (m < a.M) int8x16_rows<Isa, 1>(a, b, m);
   }
 }
 
@@ -277,7 +340,6 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
 // L2 cache, each block (4K bytes, in L1) meets every 4-row tile of the panel.
 // y[m, n] = sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g], times scales[n], + bias[n].
 
-constexpr int64_t GROUP_COLUMNS = 256;
 constexpr float ACTIVATION_LEVELS = 63.f;
 
 struct Int8GemmArgs {
@@ -724,7 +786,8 @@ inline void gelu_tanh_range(const float* x, float* y, int64_t begin, int64_t end
 struct Kernels {
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
-  void (*int16_activations)(const float*, int64_t, int64_t, int16_t*, float*, float*);
+  void (*int8x16)(const Int8x16Args&, int64_t, int64_t);
+  void (*int16_activations)(const float*, int64_t, int64_t, int64_t, int16_t*, float*, float*);
   // Rows of x rounded to bytes for the prefill products (int8: with q_sums; int4: with x_sums).
   void (*byte_activations)(const float*, int64_t, int64_t, int64_t, float, int8_t*, float*, int32_t*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
@@ -737,8 +800,9 @@ struct Kernels {
 #define KERNEL __attribute__((flatten))
 KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
-KERNEL void int16_activations_baseline(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
+KERNEL void int8x16_baseline(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Baseline>(a, b, e); }
+KERNEL void int16_activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
+  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
 }
 KERNEL void byte_activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
                                    int32_t* q_sums, float* x_sums) {
@@ -759,8 +823,9 @@ KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend
 KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, uint16_t>(a, b, e); }
 KERNEL AVX2 void gelu_tanh_avx2(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx2>(x, y, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
-KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
+KERNEL AVX2 void int8x16_avx2(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx2>(a, b, e); }
+KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
+  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
 }
 KERNEL AVX2 void byte_activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
                                    int32_t* q_sums, float* x_sums) {
@@ -771,8 +836,9 @@ KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { at
 KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, uint16_t>(a, b, e); }
 KERNEL AVX512 void gelu_tanh_avx512(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx512>(x, y, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
-KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t n, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, 1, n, g, 32767.f, q, s, nullptr, t);  // all of x as one row: its groups divide it
+KERNEL AVX512 void int8x16_avx512(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx512>(a, b, e); }
+KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
+  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
 }
 KERNEL AVX512 void byte_activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
                                    int32_t* q_sums, float* x_sums) {
@@ -797,10 +863,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int16_activations_avx512, byte_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512, attend_half_avx512, gelu_tanh_avx512};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int16_activations_avx2, byte_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, int16_activations_avx512, byte_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512, attend_half_avx512, gelu_tanh_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, int16_activations_avx2, byte_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int16_activations_baseline, byte_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline};
+  return {int8_baseline, int4_baseline, int8x16_baseline, int16_activations_baseline, byte_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -862,6 +928,22 @@ at::Tensor int8_matvec(const at::Tensor& x_in, const at::Tensor& weight, const a
   return in_dtype_of(y, x_in);
 }
 
+// int8_matvec with x rounded to int16 (int8x16_blocks).
+at::Tensor int8_matvec_i16(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
+                           const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
+  const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
+  const Kernels run = kernels_for(isa);
+  const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
+  std::vector<int16_t> xq(in.M * in.K);
+  std::vector<float> x_scales(in.M * groups);
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, GROUP_COLUMNS, xq.data(), x_scales.data(), nullptr);
+  at::Tensor y = float_output(x_in, in.N);
+  const Int8x16Args a{xq.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in.bias_data(),
+                      y.data_ptr<float>(), in.M, in.N, in.K, groups};
+  at::parallel_for(0, in.blocks, grain(4 * in.K), [&](int64_t b, int64_t e) { run.int8x16(a, b, e); });
+  return in_dtype_of(y, x_in);
+}
+
 at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& scales,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
@@ -911,7 +993,7 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
-  run.int16_activations(in.x.data_ptr<float>(), in.M * in.K, group_size, xq.data(), x_scales.data(), x_sums.data());
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, xq.data(), x_scales.data(), x_sums.data());
   at::Tensor y = float_output(x_in, N);
   const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                    in.M, N, in.K, group_size};
@@ -1016,6 +1098,7 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("isas() -> str", &isas);
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
+  m.def("int8_matvec_i16(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matmul(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
@@ -1025,6 +1108,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int8_matvec", &int8_matvec);
+  m.impl("int8_matvec_i16", &int8_matvec_i16);
   m.impl("int8_matmul", &int8_matmul);
   m.impl("int4_matvec", &int4_matvec);
   m.impl("int4_matmul", &int4_matmul);
