@@ -123,22 +123,24 @@ class Speculator:
         base = len(session.ids)
         all_rows = session.verify([token, *drafts])
         rows = all_rows[:, : self.allowed].float()
+        if self.temperature <= 0:  # every row's two best at once: per row, a few small ops cost ~30 us
+            top = torch.topk(rows, 2, dim=-1)
+            best, margins = top.indices[:, 0].tolist(), (top.values[:, 0] - top.values[:, 1]).tolist()
         decided: list[int] = []
         chosen_from: list[torch.Tensor] = []
-        for i, row in enumerate(rows):
+        for i in range(len(rows)):
             draft = drafts[i] if i < len(drafts) else None
             if self.temperature <= 0:
-                top = torch.topk(row, 2)
-                if float(top.values[0] - top.values[1]) < TIE_MARGIN:
+                if margins[i] < TIE_MARGIN:
                     # Too close to trust a verify row: decide it as plain decoding would.
                     session.truncate(base + i)
                     stepped = session.step(([token, *drafts])[i])
                     decided.append(int(torch.argmax(stepped[: self.allowed].float())))
                     chosen_from.append(stepped)
                     break
-                choice = int(top.indices[0])
+                choice = best[i]
             else:
-                p = probs(row)
+                p = probs(rows[i])
                 if draft is not None and float(torch.rand((), generator=self.rng)) < float(p[draft]):
                     choice = draft
                 else:
