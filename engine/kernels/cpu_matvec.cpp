@@ -10,6 +10,8 @@
 //
 // - int8: blocks of 4 rows, 16 columns of each in turn. 8 (AVX2) or 16 (AVX-512) weights widen
 //   to float32 in two instructions and accumulate in float32; each activation load serves 4 rows.
+//   Or (int8x16, chosen per layer shape where faster) x rounded to int16 as for int4 below, each 16
+//   weights widened once to int16 and multiplied in one 16-bit multiply-add per token.
 // - int4 needs nibble unpacking and one scale per small group, which cost too much in float32:
 //   blocks of 8 rows where 16 bytes hold 4 columns of all 8, each group followed by its scales,
 //   and x as 16-bit integers (one scale per group: |error| <= max |x in the group| / 65534, far
