@@ -52,7 +52,8 @@ class GPTBigCodeAttention(nn.Module):
         qkv = self.c_attn(x)
         if self.n_kv_heads == 1:
             # Multi-query: [q (all heads) | k | v], one K/V head shared by every query head.
-            q, k, v = qkv.split((E, self.head_dim, self.head_dim), dim=-1)
+            # (split_with_sizes: Tensor.split's Python wrapper costs ~3 us more a call.)
+            q, k, v = qkv.split_with_sizes((E, self.head_dim, self.head_dim), dim=-1)
             q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
             k, v = k.unsqueeze(1), v.unsqueeze(1)  # (B, 1, T, hs)
         else:
