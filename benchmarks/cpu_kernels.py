@@ -82,7 +82,8 @@ def bench_layers(model: str, mode: str, rounds: int) -> None:
         choice = cpu_kernels.measure(layer, candidates)
         choice_seconds = time.perf_counter() - start
         # What the choice times (all but the last, the fallback), and ours in every instruction set.
-        ours = [f"cpp-{isa}" for isa in torch.ops.codegen_lsp_cpu.isas().split()] if candidates[0].startswith("cpp-") else []
+        ours = ([f"cpp-{isa}{variant}" for isa in torch.ops.codegen_lsp_cpu.isas().split() for variant in layer.OURS_VARIANTS]
+                if candidates[0].startswith("cpp-") else [])
         kernels = ours + [kernel for kernel in candidates[:-1] if not kernel.startswith("cpp-")]
         copies = {kernel: cold_copies(layer, kernel) for kernel in kernels}
         calls = {kernel: (lambda turn=itertools.cycle(twins): next(turn)(x)) for kernel, twins in copies.items()}
@@ -97,10 +98,10 @@ def bench_layers(model: str, mode: str, rounds: int) -> None:
         same_size_bandwidth = same_size / seconds.pop("same-size read") / 1e9
         print(f"\n{model} {mode} {name} {k}->{n}: read bandwidth {bandwidth:.1f} GB/s ({same_size / 2**20:.1f} MB reads: "
               f"{same_size_bandwidth:.1f} GB/s), {load_average()}; chosen at load: {choice} ({choice_seconds * 1000:.0f} ms to choose)")
-        print(f"  {'kernel':<14}{'us/call':>10}{'GB/s':>8}{'of bw':>8}{'of same-size read':>20}")
+        print(f"  {'kernel':<18}{'us/call':>10}{'GB/s':>8}{'of bw':>8}{'of same-size read':>20}")
         for kernel, s in seconds.items():
             gb = weight_bytes_per_token(copies[kernel][0]) / s / 1e9
-            print(f"  {kernel:<14}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%{100 * gb / same_size_bandwidth:>19.0f}%")
+            print(f"  {kernel:<18}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%{100 * gb / same_size_bandwidth:>19.0f}%")
         del layer, copies, calls, tensors
         gc.collect()
 
