@@ -294,6 +294,8 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
 // Rows of x (K a multiple of 8) to integers in [-levels, levels] with one scale per group of
 // `group` columns (the last may be shorter), each group's sum of x (if wanted) and of q (if
 // wanted): int16 for int4's decode kernel, bytes for the prefill products below.
+constexpr float INT16_LEVELS = 32767.f;  // activations rounded to int16 (decode kernels)
+
 template <class Q>
 inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t group, float levels, Q* q, float* x_scales,
                               int32_t* q_sums, float* x_sums) {
@@ -789,8 +791,9 @@ struct Kernels {
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
   void (*int8x16)(const Int8x16Args&, int64_t, int64_t);
-  void (*int16_activations)(const float*, int64_t, int64_t, int64_t, int16_t*, float*, float*);
-  // Rows of x rounded to bytes for the prefill products (int8: with q_sums; int4: with x_sums).
+  // round_activations in this instruction set's build: to int16 for the decode kernels, to bytes
+  // for the prefill products (inlined into an op, built for any x86-64, it ran as scalar SSE).
+  void (*int16_activations)(const float*, int64_t, int64_t, int64_t, float, int16_t*, float*, int32_t*, float*);
   void (*byte_activations)(const float*, int64_t, int64_t, int64_t, float, int8_t*, float*, int32_t*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
   void (*int4_gemm)(const Int4GemmArgs&, int64_t, int64_t);
@@ -803,11 +806,9 @@ struct Kernels {
 KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
 KERNEL void int8x16_baseline(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Baseline>(a, b, e); }
-KERNEL void int16_activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
-}
-KERNEL void byte_activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
-                                   int32_t* q_sums, float* x_sums) {
+template <class Q>
+KERNEL void activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
+                               int32_t* q_sums, float* x_sums) {
   round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
@@ -826,11 +827,9 @@ KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { a
 KERNEL AVX2 void gelu_tanh_avx2(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx2>(x, y, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int8x16_avx2(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx2>(a, b, e); }
-KERNEL AVX2 void int16_activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
-}
-KERNEL AVX2 void byte_activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
-                                   int32_t* q_sums, float* x_sums) {
+template <class Q>
+KERNEL AVX2 void activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
+                               int32_t* q_sums, float* x_sums) {
   round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
 }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
@@ -839,11 +838,9 @@ KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e)
 KERNEL AVX512 void gelu_tanh_avx512(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx512>(x, y, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int8x16_avx512(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx512>(a, b, e); }
-KERNEL AVX512 void int16_activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, int16_t* q, float* s, float* t) {
-  round_activations(x, rows, K, g, 32767.f, q, s, nullptr, t);
-}
-KERNEL AVX512 void byte_activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, int8_t* q, float* s,
-                                   int32_t* q_sums, float* x_sums) {
+template <class Q>
+KERNEL AVX512 void activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
+                               int32_t* q_sums, float* x_sums) {
   round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
 }
 #endif
@@ -865,10 +862,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, int16_activations_avx512, byte_activations_avx512, int8_gemm_avx2, int4_gemm_avx2, attend_avx512, attend_half_avx512, gelu_tanh_avx512};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, int16_activations_avx2, byte_activations_avx2, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx512, attend_half_avx512, gelu_tanh_avx512};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2};
 #endif
-  return {int8_baseline, int4_baseline, int8x16_baseline, int16_activations_baseline, byte_activations_baseline, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline};
+  return {int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -938,7 +935,7 @@ at::Tensor int8_matvec_i16(const at::Tensor& x_in, const at::Tensor& weight, con
   const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * groups);
-  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, GROUP_COLUMNS, xq.data(), x_scales.data(), nullptr);
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, GROUP_COLUMNS, INT16_LEVELS, xq.data(), x_scales.data(), nullptr, nullptr);
   at::Tensor y = float_output(x_in, in.N);
   const Int8x16Args a{xq.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in.bias_data(),
                       y.data_ptr<float>(), in.M, in.N, in.K, groups};
@@ -952,8 +949,8 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   const Kernels run = kernels_for(isa);
   const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
   // Each row rounded in one pass (7 tensor ops took 7 parallel regions, each a wait for the other
-  // thread on a busy machine), by the instruction set's own build: inlined here, in code built for
-  // any x86-64, it was SSE with a compare and branch per number, 13 % of a 8192 -> 2048 product.
+  // thread on a busy machine), in the instruction set's own build (inlined here it was scalar SSE,
+  // 13 % of a 8192 -> 2048 product).
   std::vector<int8_t> q(in.M * in.K);
   std::vector<float> x_scales(in.M * groups);
   std::vector<int32_t> q_sums(in.M * groups);
@@ -995,7 +992,7 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
-  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, xq.data(), x_scales.data(), x_sums.data());
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, INT16_LEVELS, xq.data(), x_scales.data(), nullptr, x_sums.data());
   at::Tensor y = float_output(x_in, N);
   const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                    in.M, N, in.K, group_size};
