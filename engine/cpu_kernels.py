@@ -161,6 +161,13 @@ def compiled_kernels(folder: Path) -> list[str]:
     return [f"cpp-{isa}" for isa in (isas[:-1] or isas)]
 
 
+def product_isa(folder: Path) -> str:
+    """The instruction set of our prefill products: the best this CPU runs. Not timed, unlike the
+    decode kernels: those read weights at the memory's speed in any of them (AVX-512 and AVX2 tie,
+    so either may be chosen), while products are bound by arithmetic, and VNNI's do twice AVX2's."""
+    return compiled_kernels(folder)[0].removeprefix("cpp-")
+
+
 
 def machine_key() -> dict:
     """What the speed of a kernel depends on, besides the layer's shape."""

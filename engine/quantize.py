@@ -174,6 +174,10 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
+        # Ours: the decode kernel's instruction set, whether it rounds x to int16 ("-i16"), and the
+        # instruction set of the prefill product (the best here: where AVX-512 and AVX2 decode tie,
+        # reading weights at the same speed, VNNI products are twice as fast).
+        self.isa, self.rounded, self.product_isa = "", False, ""
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
@@ -185,6 +189,10 @@ class Int8Linear(QuantizedLinear):
         self.kernel = kernel
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
+        self.isa, self.rounded, self.product_isa = "", False, ""
+        if kernel.startswith("cpp-"):
+            self.isa, _, variant = kernel.removeprefix("cpp-").partition("-")
+            self.rounded, self.product_isa = variant == "i16", cpu_kernels.product_isa(cache_dir() / "kernels")
 
     def shape_key(self) -> str:
         return f"int8 {self.in_features}->{self.out_features}"
@@ -197,15 +205,13 @@ class Int8Linear(QuantizedLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.numel() // self.in_features
         if self.kernel.startswith("cpp-"):
-            isa, _, rounded = self.kernel.removeprefix("cpp-").partition("-")
-            if tokens > DECODE_KERNEL_MAX_TOKENS:
-                op = torch.ops.codegen_lsp_cpu.int8_matmul
-            else:
-                op = torch.ops.codegen_lsp_cpu.int8_matvec_i16 if rounded else torch.ops.codegen_lsp_cpu.int8_matvec
             # Buffers from the module's dict: nn.Module.__getattr__ costs ~1.5 us each on the AVX2 EPYC,
             # a tenth of a small layer's call (parameters are faster: engine/decoder.py mirrors them).
             buffers = self._buffers
-            return op(x, buffers["packed"], buffers["scales"], self.bias, isa)
+            if tokens > DECODE_KERNEL_MAX_TOKENS:
+                return torch.ops.codegen_lsp_cpu.int8_matmul(x, buffers["packed"], buffers["scales"], self.bias, self.product_isa)
+            op = torch.ops.codegen_lsp_cpu.int8_matvec_i16 if self.rounded else torch.ops.codegen_lsp_cpu.int8_matvec
+            return op(x, buffers["packed"], buffers["scales"], self.bias, self.isa)
         if self.kernel == "int8pack" and tokens <= DECODE_KERNEL_MAX_TOKENS:
             # Row by row the same results as one token (a speculative verify's rows equal decode steps).
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scales_bf16)
@@ -297,6 +303,7 @@ class Int4Linear(QuantizedLinear):
         )
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
+        self.isa = self.product_isa = ""  # ours: the decode kernel's instruction set, the prefill product's (as Int8Linear)
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
@@ -311,8 +318,10 @@ class Int4Linear(QuantizedLinear):
                 kernel = "dequantize"
         weight = self.checkpoint_weight()
         self.kernel, self.weight, self.packed, self.kernel_scales_and_zeros = kernel, weight, None, None
+        self.isa = self.product_isa = ""
         if kernel.startswith("cpp-"):
             self.packed, self.weight = pack_int4_for_cpu(weight, self.scales_and_zeros, self.group_size), None
+            self.isa, self.product_isa = kernel.removeprefix("cpp-"), cpu_kernels.product_isa(cache_dir() / "kernels")
         elif kernel == "int4pack":
             # It takes a multiple of 16 rows (an LM head of 50,257 has not): zero rows pad the
             # weight, and forward() cuts their outputs off.
@@ -338,10 +347,10 @@ class Int4Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel.startswith("cpp-"):
-            tokens = x.numel() // self.in_features
-            op = torch.ops.codegen_lsp_cpu.int4_matvec if tokens <= DECODE_KERNEL_MAX_TOKENS else torch.ops.codegen_lsp_cpu.int4_matmul
             packed = self._buffers["packed"]  # as in Int8Linear.forward
-            return op(x, packed, self.out_features, self.group_size, self.bias, self.kernel.removeprefix("cpp-"))
+            if x.numel() // self.in_features <= DECODE_KERNEL_MAX_TOKENS:
+                return torch.ops.codegen_lsp_cpu.int4_matvec(x, packed, self.out_features, self.group_size, self.bias, self.isa)
+            return torch.ops.codegen_lsp_cpu.int4_matmul(x, packed, self.out_features, self.group_size, self.bias, self.product_isa)
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":
             # The CPU kernel also takes float32 activations, but is 2-15x slower with them.
