@@ -19,8 +19,9 @@
 //   activations into 8 exact int32 sums, one per row: no per-weight conversion.
 //
 // Each kernel is compiled three times: for AVX-512 (with VNNI, which also adds int4's products in
-// the same instruction), for AVX2 + FMA, and for the baseline of the build target (plain C++). The
-// caller names the one to run, among those `isas()` says this CPU has, so a benchmark can choose.
+// the same instruction, and whose prefill products have tiles of their own), for AVX2 + FMA, and
+// for the baseline of the build target (plain C++). The caller names the one to run, among those
+// `isas()` says this CPU has, so a benchmark can choose.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -424,9 +425,16 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
 // adds 128 * sum(w) to each row's group sum, taken off at the start, exactly, in integers.
 constexpr int64_t TILE_TOKENS = 16;
 
-// Tokens [m0, m1) of q as tiles of 16 (the last padded with zeros): tile t, columns 4c..4c+3 of
-// its token i at t * 16K + 64c + 4i, plus 128; their scales at (t * groups + g) * 16 + i.
-AVX512 inline void vnni_tiles(const Int8GemmArgs& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales) {
+// Tokens [m0, m1) of q (M, K) as tiles of 16 (the last padded with zeros): tile t, columns
+// 4c..4c+3 of its token i at t * 16K + 64c + 4i, plus 128; per group g, its tokens' scales at
+// (t * groups + g) * 16 + i, and the same for x_sums where given (int4's).
+struct VnniTiles {
+  const int8_t* q;
+  const float *x_scales, *x_sums;  // (M, groups); x_sums may be nullptr
+  int64_t K, groups;
+};
+
+AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales, float* tile_sums) {
   const int64_t count = (m1 - m0 + TILE_TOKENS - 1) / TILE_TOKENS;
   const __m512i flip = _mm512_set1_epi8(-128);
   for (int64_t t = 0; t < count; ++t) {
@@ -440,8 +448,33 @@ AVX512 inline void vnni_tiles(const Int8GemmArgs& a, int64_t m0, int64_t m1, uin
       _mm512_storeu_si512(out + c * TILE_TOKENS, _mm512_xor_si512(v, flip));
     }
     for (int64_t g = 0; g < a.groups; ++g)
-      for (int64_t i = 0; i < TILE_TOKENS; ++i)
-        tile_scales[(t * a.groups + g) * TILE_TOKENS + i] = i < tokens ? a.x_scales[(m0 + t * TILE_TOKENS + i) * a.groups + g] : 0.f;
+      for (int64_t i = 0; i < TILE_TOKENS; ++i) {
+        const int64_t at = (m0 + t * TILE_TOKENS + i) * a.groups + g, to = (t * a.groups + g) * TILE_TOKENS + i;
+        tile_scales[to] = i < tokens ? a.x_scales[at] : 0.f;
+        if (tile_sums) tile_sums[to] = i < tokens ? a.x_sums[at] : 0.f;
+      }
+  }
+}
+
+// y[m, n0 + r] = v[r][i] for tokens m = m0 + i below m_end and rows n0 + r below N (r < 4): each
+// token's 4 outputs are adjacent in y, so the 4 x 16 results are transposed and stored 4 at a time.
+AVX512 inline void store_token_rows(const __m512 v[4], float* y, int64_t N, int64_t n0, int64_t m0, int64_t m_end) {
+  // 128-bit lane j of quad[i] holds token 4j + i's 4 rows.
+  const __m512 lo01 = _mm512_unpacklo_ps(v[0], v[1]), hi01 = _mm512_unpackhi_ps(v[0], v[1]);
+  const __m512 lo23 = _mm512_unpacklo_ps(v[2], v[3]), hi23 = _mm512_unpackhi_ps(v[2], v[3]);
+  const __m512 quad[4] = {_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23))),
+                          _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23))),
+                          _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23))),
+                          _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)))};
+  const __mmask8 keep = __mmask8((1u << std::min<int64_t>(4, N - n0)) - 1);
+  for (int i = 0; i < TILE_TOKENS && m0 + i < m_end; ++i) {
+    float* out = y + (m0 + i) * N + n0;
+    switch (i / 4) {  // the lane's index must be a constant
+      case 0: _mm_mask_storeu_ps(out, keep, _mm512_extractf32x4_ps(quad[i % 4], 0)); break;
+      case 1: _mm_mask_storeu_ps(out, keep, _mm512_extractf32x4_ps(quad[i % 4], 1)); break;
+      case 2: _mm_mask_storeu_ps(out, keep, _mm512_extractf32x4_ps(quad[i % 4], 2)); break;
+      default: _mm_mask_storeu_ps(out, keep, _mm512_extractf32x4_ps(quad[i % 4], 3));
+    }
   }
 }
 
@@ -489,28 +522,7 @@ AVX512 inline void int8_gemm_tile_vnni(const Int8GemmArgs& a, const int8_t* w, c
       const int64_t n = std::min(n0 + r, a.N - 1);  // rows past N (padding) are computed, not stored
       v[r] = _mm512_fmadd_ps(totals[t][r], _mm512_set1_ps(a.scales[n]), _mm512_set1_ps(a.bias ? a.bias[n] : 0.f));
     }
-    // 4 rows x 16 tokens -> per token its 4 rows: 128-bit lane j of quad[i] holds token 4j + i.
-    const __m512 lo01 = _mm512_unpacklo_ps(v[0], v[1]), hi01 = _mm512_unpackhi_ps(v[0], v[1]);
-    const __m512 lo23 = _mm512_unpacklo_ps(v[2], v[3]), hi23 = _mm512_unpackhi_ps(v[2], v[3]);
-    const __m512 quad[4] = {
-        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23))),
-        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23))),
-        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23))),
-        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)))};
-    const int rows = int(std::min<int64_t>(4, a.N - n0));
-    const __mmask16 keep = __mmask16((1u << rows) - 1);
-    for (int i = 0; i < TILE_TOKENS; ++i) {
-      const int64_t m = m0 + t * TILE_TOKENS + i;
-      if (m >= m_end) break;
-      const __m512 token = quad[i % 4];
-      float* y = a.y + m * a.N + n0;
-      switch (i / 4) {  // the lane index must be a constant
-        case 0: _mm_mask_storeu_ps(y, keep, _mm512_extractf32x4_ps(token, 0)); break;
-        case 1: _mm_mask_storeu_ps(y, keep, _mm512_extractf32x4_ps(token, 1)); break;
-        case 2: _mm_mask_storeu_ps(y, keep, _mm512_extractf32x4_ps(token, 2)); break;
-        default: _mm_mask_storeu_ps(y, keep, _mm512_extractf32x4_ps(token, 3));
-      }
-    }
+    store_token_rows(v, a.y, a.N, n0, m0 + t * TILE_TOKENS, m_end);
   }
 }
 
@@ -522,7 +534,7 @@ AVX512 inline void int8_gemm_vnni_blocks(const Int8GemmArgs& a, int64_t begin, i
   for (int64_t b = begin; b < end; ++b) vnni_weight_sums(a, a.w + b * 4 * a.K, w_sums.data() + (b - begin) * 4 * a.groups);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
-    vnni_tiles(a, p, panel_end, tiles.data(), tile_scales.data());
+    vnni_tiles({a.q, a.x_scales, nullptr, a.K, a.groups}, p, panel_end, tiles.data(), tile_scales.data(), nullptr);
     for (int64_t b = begin; b < end; ++b) {
       const int8_t* w = a.w + b * 4 * a.K;
       const int32_t* sums = w_sums.data() + (b - begin) * 4 * a.groups;
@@ -658,6 +670,88 @@ AVX2 inline void int4_gemm_tile_avx2(const Int4GemmArgs& a, const uint8_t* w, in
     }
   }
   for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out[m], acc[m]);
+}
+
+// With AVX-512 VNNI, as int8's product: tokens in the lanes, x + 128 unsigned, each row's 4 weights
+// broadcast inside the vpdpbusd. The nibbles (0-15) are the signed operand, so each 8-row block is
+// first unpacked to bytes, once per panel of tokens: column chunk c, row r's 4 columns at 32c + 4r.
+// Nibble sums per row and group take x + 128's extra 128 * sum(w) off. A group of 32 columns is 8
+// vpdpbusd per row and tile, then four instructions scale it into the float totals.
+struct Int4VnniBlock {  // one 8-row block, unpacked
+  std::vector<int8_t> w;              // (K/4, 8, 4)
+  std::vector<int32_t> sums;          // (groups, 8): sum of the nibbles
+  std::vector<float> scales, offsets;  // (groups, 8)
+};
+
+AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed, Int4VnniBlock& out) {
+  const int64_t groups = a.K / a.group_size;
+  const __m512i nibbles = _mm512_set1_epi32(0x0F0F), ones = _mm512_set1_epi8(1);
+  int8_t* w = out.w.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i sums = _mm512_setzero_si512();  // lanes r and 8 + r: row r
+    for (int64_t c = 0; c < a.group_size / 4; c += 2, packed += 32, w += 64) {
+      // Row r's 16 bits of a chunk: columns 4c, 4c + 1 in the low nibbles, 4c + 2, 4c + 3 in the high.
+      const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)packed));
+      const __m512i bytes = _mm512_or_si512(_mm512_and_si512(v, nibbles), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(v, 4), nibbles), 16));
+      _mm512_storeu_si512(w, bytes);
+      sums = _mm512_dpbusd_epi32(sums, ones, bytes);
+    }
+    int32_t lanes[16];
+    _mm512_storeu_si512(lanes, sums);
+    for (int r = 0; r < 8; ++r) out.sums[g * 8 + r] = lanes[r] + lanes[8 + r];
+    _mm256_storeu_ps(&out.scales[g * 8], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)packed)));
+    _mm256_storeu_ps(&out.offsets[g * 8], _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(packed + 16))));
+    packed += 32;
+  }
+}
+
+// One tile of 16 tokens against an unpacked block's 8 rows: y for rows n0..n0+7 of tokens m0...
+AVX512 inline void int4_gemm_tile_vnni(const Int4GemmArgs& a, const Int4VnniBlock& block, const uint8_t* tile, const float* tile_scales,
+                                       const float* tile_sums, int64_t m0, int64_t m_end, int64_t n0) {
+  const int64_t groups = a.K / a.group_size;
+  __m512 totals[8];
+  for (int r = 0; r < 8; ++r) totals[r] = _mm512_setzero_ps();
+  const int8_t* w = block.w.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512i acc[8];
+    for (int r = 0; r < 8; ++r) acc[r] = _mm512_set1_epi32(-128 * block.sums[g * 8 + r]);
+    for (int64_t c = g * a.group_size / 4; c < (g + 1) * a.group_size / 4; ++c, w += 32) {
+      const __m512i x = _mm512_loadu_si512((const void*)(tile + c * 4 * TILE_TOKENS));
+      for (int r = 0; r < 8; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], x, _mm512_set1_epi32(load<int32_t>(w + 4 * r)));
+    }
+    const __m512 x_scales = _mm512_loadu_ps(tile_scales + g * TILE_TOKENS), x_sums = _mm512_loadu_ps(tile_sums + g * TILE_TOKENS);
+    for (int r = 0; r < 8; ++r) {
+      totals[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(x_scales, _mm512_set1_ps(block.scales[g * 8 + r])), totals[r]);
+      totals[r] = _mm512_fmadd_ps(x_sums, _mm512_set1_ps(block.offsets[g * 8 + r]), totals[r]);
+    }
+  }
+  for (int half = 0; half < 2 && n0 + 4 * half < a.N; ++half) {
+    __m512 v[4];
+    for (int r = 0; r < 4; ++r) {
+      const int64_t n = std::min(n0 + 4 * half + r, a.N - 1);  // rows past N (padding) are computed, not stored
+      v[r] = _mm512_add_ps(totals[4 * half + r], _mm512_set1_ps(a.bias ? a.bias[n] : 0.f));
+    }
+    store_token_rows(v, a.y, a.N, n0 + 4 * half, m0, m_end);
+  }
+}
+
+AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t groups = a.K / a.group_size;
+  const int64_t panel = std::max<int64_t>(TILE_TOKENS, ((256 << 10) / a.K) / TILE_TOKENS * TILE_TOKENS);
+  const int64_t padded = std::min(panel, a.M) + TILE_TOKENS;
+  std::vector<uint8_t> tiles(padded * a.K);
+  std::vector<float> tile_scales(padded * groups), tile_sums(padded * groups);
+  Int4VnniBlock block{std::vector<int8_t>(8 * a.K), std::vector<int32_t>(8 * groups), std::vector<float>(8 * groups), std::vector<float>(8 * groups)};
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
+    vnni_tiles({a.q, a.x_scales, a.x_sums, a.K, groups}, p, panel_end, tiles.data(), tile_scales.data(), tile_sums.data());
+    for (int64_t b = begin; b < end; ++b) {
+      int4_vnni_unpack(a, a.w + b * groups * (4 * a.group_size + 32), block);
+      for (int64_t t = 0; t < count; ++t)
+        int4_gemm_tile_vnni(a, block, tiles.data() + t * TILE_TOKENS * a.K, tile_scales.data() + t * groups * TILE_TOKENS,
+                            tile_sums.data() + t * groups * TILE_TOKENS, p + t * TILE_TOKENS, panel_end, b * 8);
+    }
+  }
 }
 #endif
 
@@ -942,7 +1036,6 @@ KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_
 KERNEL void attend_half_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, uint16_t>(a, b, e); }
 KERNEL void gelu_tanh_baseline(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Baseline>(x, y, b, e); }
 #if defined(__x86_64__)
-// The AVX-512 build runs the AVX2 int4 product (a VNNI one is not written).
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
@@ -963,6 +1056,7 @@ KERNEL AVX512 void gelu_tanh_avx512(const float* x, float* y, int64_t b, int64_t
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int8x16_avx512(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int8_gemm_avx512(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_vnni_blocks(a, b, e); }
+KERNEL AVX512 void int4_gemm_avx512(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_vnni_blocks(a, b, e); }
 template <class Q>
 KERNEL AVX512 void activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
                                int32_t* q_sums, float* x_sums) {
@@ -987,7 +1081,7 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx2, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS};
   if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS};
 #endif
   return {int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS};
