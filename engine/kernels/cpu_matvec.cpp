@@ -273,16 +273,20 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
       const int16_t* x = a.x + m * a.K;
       f32x8 acc = {};
       for (int64_t g = 0; g < groups; ++g) {
-        i32x8 dot = {};  // exact: 256 columns * 15 * 32767 < 2^31
+        // Four sums, one per 4-column chunk, each exact (256 columns * 15 * 32767 < 2^31): with one,
+        // every multiply-add waited for the last (vpdpwssd adds into its accumulator), and the
+        // AVX-512 kernel ran at half the speed on a Zen 4 EPYC.
+        i32x8 dots[4] = {};
         for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 16, w += 64) {
           __builtin_prefetch(w + PREFETCH_BYTES);
           for (int i = 0; i < 4; ++i) {
             const i16x16 q = Isa::widen_bytes(w + 16 * i);
-            dot = Isa::dot_add(dot, q & low_nibble, broadcast_pair(x + k + 4 * i));
-            dot = Isa::dot_add(dot, q >> 4, broadcast_pair(x + k + 4 * i + 2));
+            dots[i] = Isa::dot_add(dots[i], q & low_nibble, broadcast_pair(x + k + 4 * i));
+            dots[i] = Isa::dot_add(dots[i], q >> 4, broadcast_pair(x + k + 4 * i + 2));
           }
         }
         __builtin_prefetch(w + PREFETCH_BYTES);
+        const i32x8 dot = (dots[0] + dots[1]) + (dots[2] + dots[3]);
         acc += __builtin_convertvector(dot, f32x8) * (Isa::halves(w) * a.x_scales[m * groups + g]);
         acc += Isa::halves(w + 16) * a.x_sums[m * groups + g];
         w += 32;
