@@ -137,10 +137,10 @@ def test_a_long_prefill_matches_too(mode, shape):
 def rounded_product(layer, x: torch.Tensor, isa: str) -> torch.Tensor:
     """What our prefill products compute, in float64: x rounded with one scale per row and group
     of columns (int8: to [-63, 63] per 256 columns, the last group maybe shorter, or [-127, 127]
-    with AVX-512 VNNI; int4: to [-127, 127] per weight group), times the integer weights exactly,
-    then scaled."""
+    per 128 with AVX-512 VNNI; int4: to [-127, 127] per weight group), times the integer weights
+    exactly, then scaled."""
     int4 = isinstance(layer, Int4Linear)
-    size, levels = (layer.group_size, 127) if int4 else (256, 127 if isa == "avx512" else 63)
+    size, levels = (layer.group_size, 127) if int4 else (128, 127) if isa == "avx512" else (256, 63)
     if int4:
         weights = unpack_int4(layer.checkpoint_weight()).double()  # q in [0, 15]: w = q * scale + offset
         scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 in the kernel's layout
@@ -152,7 +152,10 @@ def rounded_product(layer, x: torch.Tensor, isa: str) -> torch.Tensor:
         group = x[:, start : start + size]
         largest = group.abs().amax(1, keepdim=True)
         scale = torch.where(largest > 0, largest / levels, torch.ones_like(largest))
-        products = (torch.round(group * (1 / scale)).double() @ weights[:, start : start + size].T) * scale.double()
+        # SIMD builds round x * (1 / scale) in one fused multiply-add (exact product, one rounding),
+        # the portable one rounds the float32 product first: they differ where it sits on a half.
+        scaled = group.double() * (1 / scale).double() if isa != "baseline" else (group * (1 / scale)).double()
+        products = (torch.round(scaled) @ weights[:, start : start + size].T) * scale.double()
         y += products * scales[g] + group.double().sum(1, keepdim=True) * offsets[g] if int4 else products
     return y + layer.bias.double() if int4 else y * layer.scales.double() + layer.bias.double()
 

@@ -350,6 +350,9 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
 // y[m, n] = sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g], times scales[n], + bias[n].
 
 constexpr float ACTIVATION_LEVELS = 63.f, VNNI_ACTIVATION_LEVELS = 127.f;
+// VNNI's 8-bit x takes one scale per 128 columns: smaller groups round closer (the demo model's int8
+// logits: largest error 0.207 with 256 columns, 0.172 with 128) for 3-5 % of a whole prefill.
+constexpr int64_t VNNI_GROUP_COLUMNS = 128;
 
 struct Int8GemmArgs {
   const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
@@ -359,7 +362,7 @@ struct Int8GemmArgs {
   const float* scales;
   const float* bias;  // or nullptr
   float* y;           // (M, N)
-  int64_t M, N, K, groups;
+  int64_t M, N, K, groups, group;  // group: columns per scale of x (the last group may be shorter)
 };
 
 // sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g] for rows m of the tile and the block's
@@ -371,7 +374,7 @@ inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int6
       float total = 0.f;
       for (int64_t g = 0; g < a.groups; ++g) {
         int32_t dot = 0;
-        for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); ++k)
+        for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); ++k)
           dot += int32_t(a.q[(m0 + m) * a.K + k]) * w[k / 16 * 64 + r * 16 + k % 16];
         total += float(dot) * a.x_scales[(m0 + m) * a.groups + g];
       }
@@ -395,7 +398,7 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
     // their last bits to rounding: the demo model's logits moved by 1e-2).
     __m256i acc[MT][2];
     for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_set1_epi32(-32 * a.q_sums[(m0 + m) * a.groups + g]);
-    for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64) {
+    for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += 16, w += 64) {
       const __m256i rows01 = _mm256_loadu_si256((const __m256i*)w);
       const __m256i rows23 = _mm256_loadu_si256((const __m256i*)(w + 32));
       for (int m = 0; m < MT; ++m) {
@@ -425,7 +428,7 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
 // i's products. (The block's 4 rows x 16 columns in one register against 16 bytes of x broadcast
 // to its four lanes cost a shuffle per instruction beside the load: 1.37 cycles per vpdpbusd on
 // Zen 4 against 1.0, and the product ran 1.5x slower.) The sums are int32 from the start, so x
-// takes 8 bits here (VNNI_ACTIVATION_LEVELS), not 7, and the weights stay signed, as packed: x + 128
+// takes 8 bits here (VNNI_ACTIVATION_LEVELS) per 128 columns (VNNI_GROUP_COLUMNS), not 7 per 256, and the weights stay signed, as packed: x + 128
 // adds 128 * sum(w) to each row's group sum, taken off at the start, exactly, in integers.
 constexpr int64_t TILE_TOKENS = 16;
 
@@ -487,7 +490,7 @@ AVX512 inline void vnni_weight_sums(const Int8GemmArgs& a, const int8_t* w, int3
   const __m512i ones = _mm512_set1_epi8(1);
   for (int64_t g = 0; g < a.groups; ++g) {
     __m512i acc = _mm512_setzero_si512();  // lanes 4r..4r+3: row r
-    for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64)
+    for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += 16, w += 64)
       acc = _mm512_dpbusd_epi32(acc, ones, _mm512_loadu_si512((const void*)w));
     int32_t lanes[16];
     _mm512_storeu_si512(lanes, acc);
@@ -507,7 +510,7 @@ AVX512 inline void int8_gemm_tile_vnni(const Int8GemmArgs& a, const int8_t* w, c
     __m512i acc[TT][4];
     for (int t = 0; t < TT; ++t)
       for (int r = 0; r < 4; ++r) acc[t][r] = _mm512_set1_epi32(-128 * w_sums[r * a.groups + g]);
-    for (int64_t k = g * GROUP_COLUMNS; k < std::min(a.K, (g + 1) * GROUP_COLUMNS); k += 16, w += 64)
+    for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += 16, w += 64)
       for (int c = 0; c < 4; ++c) {
         __m512i x[TT];
         for (int t = 0; t < TT; ++t) x[t] = _mm512_loadu_si512((const void*)(tiles + t * TILE_TOKENS * a.K + (k + 4 * c) * TILE_TOKENS));
@@ -1026,7 +1029,8 @@ struct Kernels {
   void (*attend)(const AttendArgs&, int64_t, int64_t);
   void (*attend_half)(const AttendArgs&, int64_t, int64_t);  // over a float16 cache
   void (*gelu_tanh)(const float*, float*, int64_t, int64_t);
-  float int8_gemm_levels;  // the bytes' range [-levels, levels] of x for int8_gemm
+  float int8_gemm_levels;      // int8_gemm's x: bytes in [-levels, levels],
+  int64_t int8_gemm_columns;   // one scale per this many columns
 };
 
 #define KERNEL __attribute__((flatten))
@@ -1089,10 +1093,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS};
+  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
+  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
 #endif
-  return {int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS};
+  return {int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -1174,7 +1178,7 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int8Inputs in = int8_inputs(x_in, weight, scales, bias_in, 16);
   const Kernels run = kernels_for(isa);
-  const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
+  const int64_t group = run.int8_gemm_columns, groups = (in.K + group - 1) / group;
   // Each row rounded in one pass (7 tensor ops took 7 parallel regions, each a wait for the other
   // thread on a busy machine), in the instruction set's own build (inlined here it was scalar SSE,
   // 13 % of a 8192 -> 2048 product).
@@ -1183,12 +1187,12 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    run.byte_activations(x + b * in.K, e - b, in.K, GROUP_COLUMNS, run.int8_gemm_levels, q.data() + b * in.K,
+    run.byte_activations(x + b * in.K, e - b, in.K, group, run.int8_gemm_levels, q.data() + b * in.K,
                          x_scales.data() + b * groups, q_sums.data() + b * groups, nullptr);
   });
   at::Tensor y = float_output(x_in, in.N);
   const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
-                       in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups};
+                       in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups, group};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
 }
