@@ -178,6 +178,17 @@ def test_the_prefill_products_are_their_documented_rounding(mode, shape):
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_prefill_products_run_in_the_best_instruction_set_whichever_decode_kernel_won(mode):
+    """Decode kernels of every instruction set read weights at the memory's speed, so the load-time
+    choice may pick AVX2 on an AVX-512 CPU; the products are bound by arithmetic and must not follow."""
+    layer = random_layer(mode, 256, 37)
+    best = torch.ops.codegen_lsp_cpu.isas().split()[0] if cpu_kernels.compiled_kernels(cache_dir() / "kernels") else None
+    for name in kernels_to_test(layer):
+        twin = layer.with_kernel(name)
+        assert twin.product_isa == (best if name.startswith("cpp-") else ""), name
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_switching_kernels_keeps_one_exact_copy_of_the_weight(mode):
     layer = random_layer(mode, 256, 37)
     original = layer.weight.clone()
