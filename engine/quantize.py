@@ -147,6 +147,18 @@ class QuantizedLinear(nn.Module):
         theirs = [self.PYTORCH_KERNEL] if _has_op(self.PYTORCH_OP) else []
         return ours + theirs + ["dequantize"]
 
+    def set_instruction_sets(self, kernel: str) -> str:
+        """For one of our kernels ("cpp-<isa>[-<variant>]"): self.isa, its decode kernel's instruction
+        set, and self.product_isa, the prefill product's: the best this CPU runs, whichever decode
+        kernel won (where AVX-512 and AVX2 decode tie, reading weights at the same speed, VNNI
+        products are twice as fast). Returns the variant; for any other kernel all are ""."""
+        self.isa = self.product_isa = ""
+        if not kernel.startswith("cpp-"):
+            return ""
+        self.isa, _, variant = kernel.removeprefix("cpp-").partition("-")
+        self.product_isa = cpu_kernels.product_isa(cache_dir() / "kernels")
+        return variant
+
     def with_kernel(self, kernel: str) -> "QuantizedLinear":
         """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
         twin = copy.copy(self)
@@ -176,9 +188,7 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
-        # Ours: the decode kernel's instruction set, whether it rounds x to int16 ("-i16"), and the
-        # instruction set of the prefill product (the best here: where AVX-512 and AVX2 decode tie,
-        # reading weights at the same speed, VNNI products are twice as fast).
+        # Ours: instruction sets (set_instruction_sets) and whether x is rounded to int16 ("-i16").
         self.isa, self.rounded, self.product_isa = "", False, ""
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
@@ -191,10 +201,7 @@ class Int8Linear(QuantizedLinear):
         self.kernel = kernel
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
-        self.isa, self.rounded, self.product_isa = "", False, ""
-        if kernel.startswith("cpp-"):
-            self.isa, _, variant = kernel.removeprefix("cpp-").partition("-")
-            self.rounded, self.product_isa = variant == "i16", cpu_kernels.product_isa(cache_dir() / "kernels")
+        self.rounded = self.set_instruction_sets(kernel) == "i16"
 
     def shape_key(self) -> str:
         return f"int8 {self.in_features}->{self.out_features}"
@@ -305,7 +312,7 @@ class Int4Linear(QuantizedLinear):
         )
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
-        self.isa = self.product_isa = ""  # ours: the decode kernel's instruction set, the prefill product's (as Int8Linear)
+        self.isa = self.product_isa = ""  # ours: set_instruction_sets
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
@@ -320,10 +327,9 @@ class Int4Linear(QuantizedLinear):
                 kernel = "dequantize"
         weight = self.checkpoint_weight()
         self.kernel, self.weight, self.packed, self.kernel_scales_and_zeros = kernel, weight, None, None
-        self.isa = self.product_isa = ""
+        self.set_instruction_sets(kernel)
         if kernel.startswith("cpp-"):
             self.packed, self.weight = pack_int4_for_cpu(weight, self.scales_and_zeros, self.group_size), None
-            self.isa, self.product_isa = kernel.removeprefix("cpp-"), cpu_kernels.product_isa(cache_dir() / "kernels")
         elif kernel == "int4pack":
             # It takes a multiple of 16 rows (an LM head of 50,257 has not): zero rows pad the
             # weight, and forward() cuts their outputs off.
