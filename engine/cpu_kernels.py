@@ -1,12 +1,12 @@
-"""CPU decode kernels for quantized layers: building ours, and choosing the fastest per layer shape.
+"""CPU decode kernels for quantized and float32 layers: building ours, and choosing the fastest per layer shape.
 
-engine/kernels/cpu_matvec.cpp holds int8 and int4 matrix-vector kernels for decode (its header
+engine/kernels/cpu_matvec.cpp holds int8, int4 and float32 matrix-vector kernels for decode (its header
 says how they work). It is compiled at first use with torch.utils.cpp_extension, once per machine,
 torch version and source, and the library is kept in the cache folder. Where it cannot be built
 (no compiler, no ninja) one log line says so and PyTorch's kernels run instead.
 
 The fastest kernel depends on the CPU (AVX2 or AVX-512, memory, threads), so the first load of a
-quantized model on a CPU times the kernels available for each distinct layer shape on one layer
+quantized or float32 model on a CPU times the kernels available for each distinct layer shape on one layer
 of that shape, and the fastest whose output matches a float32 reference serves every layer of
 that shape. Choices are saved in cpu-kernels.json beside the quantized weights, keyed by CPU model
 and flags, torch version, kernel source and thread count: a change in any means measuring again.
@@ -14,9 +14,10 @@ and flags, torch version, kernel source and thread count: a change in any means 
 Decode attention (one token over a float32 cache) is chosen the same way, per (kv heads, query
 heads per kv head, head dim): ours or PyTorch's SDPA (choose_attention).
 
-A quantized module takes part through its methods kernel_candidates() (names, fallback last),
-with_kernel(name) (a twin sharing its weights, set up for that kernel), prepare(name), shape_key()
-and reference(x, rows) (the float32 result of those output rows).
+A quantized module (engine/quantize.py) or a FloatLinear (engine/float_linear.py) takes part
+through its methods kernel_candidates() (names, fallback last), with_kernel(name) (a twin sharing
+its weights, set up for that kernel), prepare(name), shape_key() and reference(x, rows) (the
+float32 result of those output rows).
 """
 
 from __future__ import annotations
@@ -217,8 +218,9 @@ def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
 @torch.no_grad()
 def measure(module: nn.Module, candidates: list[str]) -> str:
     """The fastest of candidates on this layer whose output matches its float32 reference. The
-    last candidate is the fallback (dequantize and matmul): chosen, untimed, when no other passes."""
-    *timed, fallback = candidates
+    last candidate is the fallback: chosen when no other passes, and timed beside the others only
+    where the module says TIMED_FALLBACK (dequantizing a large layer for every call takes long)."""
+    timed, fallback = (candidates if getattr(module, "TIMED_FALLBACK", False) else candidates[:-1]), candidates[-1]
     x = torch.randn(1, module.in_features, generator=torch.Generator().manual_seed(0))
     # Every output row would cost a float copy of the layer: 256 spread rows and the last 16 (the
     # edge of the kernels' row blocks) catch a wrong layout, scale or tail.

@@ -22,6 +22,7 @@ from engine.config import ModelConfig
 from engine.decoder import speed_up_attribute_lookups
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
+from engine.float_linear import use_float_kernels
 from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
 from engine.loaded_model import LoadedModel
 from engine.paths import DEMO_MODEL_DIR, cache_dir
@@ -64,6 +65,7 @@ def load_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     if settings.mode == "none":
         model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
+        use_float_kernels(model)
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
     progress(70)  # the weights read (and quantized); timing the threads and compiling is left
@@ -74,8 +76,8 @@ def load_model(
     if torch_device.type == "cpu":
         threads = cpu_kernels.choose_threads(lambda: decode_calls_for_timing(model, config, cache_dtype(config, torch_dtype, "cpu"))[0], name,
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
-        if settings.mode != "none" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
-            choose_decode_attention(config)  # quantized: our kernels are built already
+        if (config.architecture.cache_dtype or torch_dtype) == torch.float32:
+            choose_decode_attention(config)  # float32 and quantized layers have built our kernels already
     kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")  # after the attention choice
     decode_step = None
     if want_compile(compile, torch_device):

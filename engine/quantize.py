@@ -401,7 +401,7 @@ def _make_module(linear: nn.Linear, settings: QuantSettings, device=None) -> nn.
     return Int4Linear(linear.in_features, linear.out_features, has_bias, settings.group_size, dtype=dtype, device=device)
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
@@ -419,14 +419,14 @@ def quantize_model(model: nn.Module, settings: QuantSettings) -> nn.Module:
             module.weight, module.scales_and_zeros = quantize_int4(linear.weight, settings.group_size)
         if linear.bias is not None:
             module.bias.copy_(linear.bias)
-        _set_module(model, name, module)
+        set_module(model, name, module)
     return model
 
 
 def empty_quantized_model(model: nn.Module, settings: QuantSettings) -> nn.Module:
     """The same swap on a model built on the meta device, ready for load_state_dict(assign=True)."""
     for name, linear in quantizable_linears(model, settings).items():
-        _set_module(model, name, _make_module(linear, settings, device="meta"))
+        set_module(model, name, _make_module(linear, settings, device="meta"))
     return model
 
 

@@ -20,6 +20,7 @@ import torch
 import checkpoints
 from engine import cpu_kernels
 from engine.generate import SamplingParams, generate
+from engine.float_linear import FloatLinear
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import DECODE_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
@@ -227,6 +228,59 @@ def test_a_bfloat16_model_gets_bfloat16_outputs(mode):
     for name in kernels_to_test(layer):
         y = layer.with_kernel(name)(x)
         assert y.shape == (1, 1, 64) and y.dtype == torch.bfloat16, name
+
+
+FLOAT_SHAPES = [(2048, 2304), (8192, 2048), (1024, 4096), (256, 4096), (100, 37), (64, 13), (7, 5)]
+
+
+def float_layer(in_features: int, out_features: int, bias: bool = True) -> FloatLinear:
+    linear = torch.nn.Linear(in_features, out_features, bias=bias)
+    return FloatLinear.of(linear.requires_grad_(False))
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=[f"{k}->{n}" for k, n in FLOAT_SHAPES])
+def test_float32_kernels_match_float64_and_give_each_row_its_one_token_result(shape, bias):
+    """Ours in every instruction set here (column counts that end mid-vector: 100, 7), against the
+    product in float64; up to DECODE_KERNEL_MAX_TOKENS tokens each row is bit for bit its token's
+    alone (tokens go two at a time); beyond, PyTorch's matrix product runs."""
+    needs_our_kernels()
+    layer = float_layer(*shape, bias=bias)
+    x = torch.randn(DECODE_KERNEL_MAX_TOKENS + 3, shape[0], generator=torch.Generator().manual_seed(3))
+    reference = torch.nn.functional.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
+    for isa in torch.ops.codegen_lsp_cpu.isas().split():
+        twin = layer.with_kernel(f"cpp-{isa}")
+        for tokens in (1, 2, 5, DECODE_KERNEL_MAX_TOKENS, DECODE_KERNEL_MAX_TOKENS + 3):
+            y = twin(x[None, :tokens])
+            assert y.shape == (1, tokens, shape[1]) and y.dtype == torch.float32
+            error = (y[0].double() - reference[:tokens]).abs().max() / reference.abs().max()
+            assert error <= 1e-5, (isa, tokens, float(error))
+            if tokens <= DECODE_KERNEL_MAX_TOKENS:
+                for t in {0, tokens // 2, tokens - 1}:
+                    assert torch.equal(y[0, t], twin(x[t : t + 1])[0]), (isa, tokens, t)
+
+
+def test_a_float32_model_runs_the_kernels_chosen_per_shape_with_its_lm_head_still_tied(stdlib_code):
+    """Every linear layer of a float32 CPU model is a FloatLinear with the kernel measured for its
+    shape (saved beside the quantized ones); the tied LM head is still the embedding's tensor, and
+    greedy decoding gives PyTorch's tokens (where the reference's best two logits are not a tie)."""
+    lm = load_model(str(DEMO_MODEL_DIR), device="cpu")
+    linears = {name: m for name, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears and all(isinstance(m, FloatLinear) for m in linears.values())
+    assert lm.model.lm_head.weight is lm.model.embedding.weight
+    saved = json.loads((cache_dir() / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+    assert {m.kernel for m in linears.values()} <= set(saved.values())
+    assert {m.shape_key() for m in linears.values()} <= set(saved)
+    if cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        assert any(m.isa for m in linears.values()), saved
+    prompt = lm.tokenizer.encode(stdlib_code)[:200]
+    tokens, logits = greedy_with_logits(lm, prompt, 24)
+    for module in linears.values():
+        module.prepare("torch")
+    reference_tokens, reference = greedy_with_logits(lm, prompt, 24, follow=tokens)
+    assert max((a - b).abs().max() for a, b in zip(logits, reference)) <= 1e-3
+    below_best = [float(reference[i].max() - reference[i, token]) for i, token in enumerate(tokens)]
+    assert max(below_best) <= 1e-3, below_best
 
 
 def chosen_kernels(lm) -> dict[str, str]:
@@ -486,7 +540,8 @@ def test_int4_lm_head_whose_rows_are_no_multiple_of_16(make, tmp_path, stdlib_co
 
 
 def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
-    """A fresh cache and no compiler on PATH: the build fails, one warning says so, PyTorch's kernels run."""
+    """A fresh cache and no compiler on PATH: the build fails, one warning says so, PyTorch's kernels
+    run (for int8 and for float32 layers)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if shutil.which("ninja"):  # keep ninja, so that it is the compiler that is missing
@@ -502,12 +557,15 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
         "for _ in range(4): tokens.append(int(logits.argmax())); logits = session.step(tokens[-1])\n"
         "print(tokens)\n"
         "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
+        "lm = load_model(None, device='cpu')\n"  # float32: the same fallback, no second warning
+        "logits, _ = Session(lm).prefill(lm.tokenizer.encode('def add(a, b):'))\n"
+        "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
     )
     env = {**os.environ, "CXX": "/nonexistent", "CC": "/nonexistent", "PATH": str(bin_dir), "CODEGEN_LSP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    tokens, kernels = done.stdout.strip().splitlines()
-    assert len(json.loads(tokens)) == 4 and "cpp" not in kernels
+    tokens, kernels, float_kernels = done.stdout.strip().splitlines()
+    assert len(json.loads(tokens)) == 4 and "cpp" not in kernels and json.loads(float_kernels.replace("'", '"')) == ["torch"]
     warnings = [line for line in done.stderr.splitlines() if "cpu_kernels" in line and line.startswith("WARNING")]
     assert len(warnings) == 1 and "CPU decode kernels unavailable" in warnings[0], done.stderr
     assert "Traceback" not in done.stderr and "!! WARNING !!" not in done.stderr, done.stderr

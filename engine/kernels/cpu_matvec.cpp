@@ -1,6 +1,7 @@
 // Matrix-vector products for weight-only int8 and int4 linear layers on the CPU, for decode (one
 // token, or a few): y[m] = x[m] W^T + bias, computed in float32; products with activations rounded
-// to bytes for prefill; and one token's attention over a float32 cache (its section says why).
+// to bytes for prefill; the same for float32 layers (their section says why); and one token's
+// attention over a float32 cache (its section says why).
 //
 // Decode reads every weight once per token, so these kernels must stream weights at memory speed
 // while spending few instructions per weight. Both take the weights repacked by engine/quantize.py
@@ -183,6 +184,51 @@ inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blo
       int8_rows<Isa, 2, 2>(a, b, m, 2);
     }
     for (; m < a.M; ++m) int8_rows<Isa, 1, 4>(a, b, m, 0);
+  }
+}
+
+// ---------------------------------------------------------------- float32, for decode
+// The checkpoint's own (N, K) rows, not repacked (a tied LM head shares them with the embedding):
+// each thread reads its rows in order, one stream. PyTorch's float32 matrix-vector product is
+// MKL's, which on AMD CPUs reads weights at half the memory's speed or less (its own path for
+// other vendors' CPUs). Each (token, row) sums in the same four accumulators in the same order
+// for any number of tokens, so a speculative verify's rows equal decode steps bit for bit.
+
+struct FloatArgs {
+  const float* x;     // (M, K)
+  const float* w;     // (N, K)
+  const float* bias;  // or nullptr
+  float* y;           // (M, N)
+  int64_t M, N, K;
+};
+
+template <class Isa, int T>
+inline void float_row(const FloatArgs& a, int64_t n, int64_t m0) {  // row n for tokens [m0, m0 + T)
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  const float* w = a.w + n * a.K;
+  F acc[T][4] = {};
+  int64_t k = 0;
+  for (; k + 4 * W <= a.K; k += 4 * W) {
+    for (int byte = 0; byte < 16 * W; byte += 64) __builtin_prefetch((const char*)(w + k) + PREFETCH_BYTES + byte);
+    for (int i = 0; i < 4; ++i) {
+      const F wi = load<F>(w + k + i * W);
+      for (int t = 0; t < T; ++t) acc[t][i] += wi * load<F>(a.x + (m0 + t) * a.K + k + i * W);
+    }
+  }
+  for (int t = 0; t < T; ++t) {
+    float s = sum((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3]));
+    for (int64_t j = k; j < a.K; ++j) s += w[j] * a.x[(m0 + t) * a.K + j];
+    a.y[(m0 + t) * a.N + n] = s + (a.bias ? a.bias[n] : 0.f);
+  }
+}
+
+template <class Isa>
+inline void float_rows_of(const FloatArgs& a, int64_t begin, int64_t end) {  // rows [begin, end)
+  for (int64_t n = begin; n < end; ++n) {  // the row stays in L1 from one token to the next
+    int64_t m = 0;
+    for (; m + 2 <= a.M; m += 2) float_row<Isa, 2>(a, n, m);
+    for (; m < a.M; ++m) float_row<Isa, 1>(a, n, m);
   }
 }
 
@@ -1017,6 +1063,7 @@ inline void gelu_tanh_range(const float* x, float* y, int64_t begin, int64_t end
 }
 
 struct Kernels {
+  void (*float32)(const FloatArgs&, int64_t, int64_t);
   void (*int8)(const Int8Args&, int64_t, int64_t);
   void (*int4)(const Int4Args&, int64_t, int64_t);
   void (*int8x16)(const Int8x16Args&, int64_t, int64_t);
@@ -1034,6 +1081,7 @@ struct Kernels {
 };
 
 #define KERNEL __attribute__((flatten))
+KERNEL void float_baseline(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Baseline>(a, b, e); }
 KERNEL void int8_baseline(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Baseline>(a, b, e); }
 KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Baseline>(a, b, e); }
 KERNEL void int8x16_baseline(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Baseline>(a, b, e); }
@@ -1050,6 +1098,7 @@ KERNEL void gelu_tanh_baseline(const float* x, float* y, int64_t b, int64_t e) {
 #if defined(__x86_64__)
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
 KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<true>(a, b, e); }
+KERNEL AVX2 void float_avx2(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Avx2>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, float>(a, b, e); }
 KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, uint16_t>(a, b, e); }
@@ -1061,6 +1110,7 @@ KERNEL AVX2 void activations_avx2(const float* x, int64_t rows, int64_t K, int64
                                int32_t* q_sums, float* x_sums) {
   round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
 }
+KERNEL AVX512 void float_avx512(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Avx512>(a, b, e); }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, float>(a, b, e); }
 KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, uint16_t>(a, b, e); }
@@ -1093,10 +1143,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
-  if (name == "avx2") return {int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
+  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
 #endif
-  return {int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -1126,6 +1176,22 @@ at::Tensor float_output(const at::Tensor& x, int64_t N) {
 }
 
 at::Tensor in_dtype_of(const at::Tensor& y, const at::Tensor& x) { return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type()); }
+
+// y = x W^T + bias for float32 W (N, K) as in the checkpoint, any number of tokens (meant for few).
+at::Tensor float_matvec(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias_in,
+                        c10::string_view isa) {
+  TORCH_CHECK(weight.scalar_type() == at::kFloat && weight.dim() == 2 && weight.is_contiguous() && x_in.size(-1) == weight.size(1),
+              "weight: float32 (N, K), contiguous, K = x's last dim");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const at::Tensor x = float_rows(x_in);
+  const at::Tensor bias = float_bias(bias_in, N);
+  const Kernels run = kernels_for(isa);
+  at::Tensor y = float_output(x_in, N);
+  const FloatArgs a{x.data_ptr<float>(), weight.data_ptr<float>(), bias.defined() ? bias.data_ptr<float>() : nullptr,
+                    y.data_ptr<float>(), K ? x.numel() / K : 0, N, K};
+  at::parallel_for(0, N, grain(4 * K), [&](int64_t b, int64_t e) { run.float32(a, b, e); });
+  return in_dtype_of(y, x_in);
+}
 
 // An int8 op's inputs, checked: x as float32 rows, the bias as float32 (or undefined).
 struct Int8Inputs {
@@ -1327,6 +1393,7 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
 
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("isas() -> str", &isas);
+  m.def("float_matvec(Tensor x, Tensor weight, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matvec_i16(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matmul(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
@@ -1337,6 +1404,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
+  m.impl("float_matvec", &float_matvec);
   m.impl("int8_matvec", &int8_matvec);
   m.impl("int8_matvec_i16", &int8_matvec_i16);
   m.impl("int8_matmul", &int8_matmul);
