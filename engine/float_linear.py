@@ -6,7 +6,7 @@ on a Zen 4 EPYC it read a 2048 -> 8192 layer at 19 GB/s where our kernel
 which sit in the CPU's caches, 2-3x faster still. FloatLinear keeps the checkpoint's weight as it
 is (a tied LM head still shares the embedding's) and runs the kernel chosen for its shape at
 load, ours or PyTorch's, timed side by side (engine/cpu_kernels.py), for up to
-DECODE_KERNEL_MAX_TOKENS tokens; longer inputs (prefill) run PyTorch's matrix product.
+FLOAT_KERNEL_MAX_TOKENS tokens; longer inputs run PyTorch's matrix product.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import torch.nn.functional as F
 
 from engine import cpu_kernels
 from engine.paths import cache_dir
-from engine.quantize import DECODE_KERNEL_MAX_TOKENS, set_module
+from engine.quantize import set_module
+
+# Up to this many tokens a call runs the chosen kernel; beyond, PyTorch's matrix product. Ours
+# re-reads every token's activations for each row, and on a Zen 4 EPYC PyTorch's overtook it
+# between 9 and 17 tokens (layers of the demo, codegen-350M and santacoder shapes, 2 threads).
+FLOAT_KERNEL_MAX_TOKENS = 8
 
 
 class FloatLinear(nn.Linear):
@@ -52,7 +57,7 @@ class FloatLinear(nn.Linear):
         return F.linear(x.double(), self.weight[rows].double(), None if self.bias is None else self.bias[rows].double()).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.isa and x.numel() <= DECODE_KERNEL_MAX_TOKENS * self.in_features:
+        if self.isa and x.numel() <= FLOAT_KERNEL_MAX_TOKENS * self.in_features:
             return torch.ops.codegen_lsp_cpu.float_matvec(x, self.weight, self.bias, self.isa)
         return F.linear(x, self.weight, self.bias)
 

@@ -20,7 +20,7 @@ import torch
 import checkpoints
 from engine import cpu_kernels
 from engine.generate import SamplingParams, generate
-from engine.float_linear import FloatLinear
+from engine.float_linear import FLOAT_KERNEL_MAX_TOKENS, FloatLinear
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import DECODE_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
@@ -242,22 +242,24 @@ def float_layer(in_features: int, out_features: int, bias: bool = True) -> Float
 @pytest.mark.parametrize("shape", FLOAT_SHAPES, ids=[f"{k}->{n}" for k, n in FLOAT_SHAPES])
 def test_float32_kernels_match_float64_and_give_each_row_its_one_token_result(shape, bias):
     """Ours in every instruction set here (column counts that end mid-vector: 100, 7), against the
-    product in float64; up to DECODE_KERNEL_MAX_TOKENS tokens each row is bit for bit its token's
-    alone (tokens go two at a time); beyond, PyTorch's matrix product runs."""
+    product in float64; each row of a call is bit for bit its token's alone (tokens go two at a
+    time); past FLOAT_KERNEL_MAX_TOKENS the layer runs PyTorch's matrix product."""
     needs_our_kernels()
     layer = float_layer(*shape, bias=bias)
-    x = torch.randn(DECODE_KERNEL_MAX_TOKENS + 3, shape[0], generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2 * FLOAT_KERNEL_MAX_TOKENS + 1, shape[0], generator=torch.Generator().manual_seed(3))
     reference = torch.nn.functional.linear(x.double(), layer.weight.double(), None if layer.bias is None else layer.bias.double())
     for isa in torch.ops.codegen_lsp_cpu.isas().split():
         twin = layer.with_kernel(f"cpp-{isa}")
-        for tokens in (1, 2, 5, DECODE_KERNEL_MAX_TOKENS, DECODE_KERNEL_MAX_TOKENS + 3):
+        for tokens in (1, 2, 5, FLOAT_KERNEL_MAX_TOKENS, 2 * FLOAT_KERNEL_MAX_TOKENS + 1):
             y = twin(x[None, :tokens])
             assert y.shape == (1, tokens, shape[1]) and y.dtype == torch.float32
             error = (y[0].double() - reference[:tokens]).abs().max() / reference.abs().max()
             assert error <= 1e-5, (isa, tokens, float(error))
-            if tokens <= DECODE_KERNEL_MAX_TOKENS:
-                for t in {0, tokens // 2, tokens - 1}:
-                    assert torch.equal(y[0, t], twin(x[t : t + 1])[0]), (isa, tokens, t)
+            ours = torch.ops.codegen_lsp_cpu.float_matvec(x[:tokens], layer.weight, layer.bias, isa)
+            ran = ours if tokens <= FLOAT_KERNEL_MAX_TOKENS else torch.nn.functional.linear(x[:tokens], layer.weight, layer.bias)
+            assert torch.equal(y[0], ran), (isa, tokens)
+            for t in {0, tokens // 2, tokens - 1}:
+                assert torch.equal(ours[t], twin(x[t : t + 1])[0]), (isa, tokens, t)
 
 
 def test_a_float32_model_runs_the_kernels_chosen_per_shape_with_its_lm_head_still_tied(stdlib_code):

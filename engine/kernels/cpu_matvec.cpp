@@ -192,7 +192,9 @@ inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blo
 // each thread reads its rows in order, one stream. PyTorch's float32 matrix-vector product is
 // MKL's, which on AMD CPUs reads weights at half the memory's speed or less (its own path for
 // other vendors' CPUs). Each (token, row) sums in the same four accumulators in the same order
-// for any number of tokens, so a speculative verify's rows equal decode steps bit for bit.
+// for any number of tokens, so a speculative verify's rows equal decode steps bit for bit. Every
+// row reads each token's x again (from L2 once x outgrows L1), so past ~8 tokens PyTorch's matrix
+// product, which blocks over tokens, is faster: FloatLinear stops using this there.
 
 struct FloatArgs {
   const float* x;     // (M, K)
@@ -210,7 +212,8 @@ inline void float_row(const FloatArgs& a, int64_t n, int64_t m0) {  // row n for
   F acc[T][4] = {};
   int64_t k = 0;
   for (; k + 4 * W <= a.K; k += 4 * W) {
-    for (int byte = 0; byte < 16 * W; byte += 64) __builtin_prefetch((const char*)(w + k) + PREFETCH_BYTES + byte);
+    if (m0 == 0)  // the row's first pass reads it from memory; the others find it in L1
+      for (int byte = 0; byte < 16 * W; byte += 64) __builtin_prefetch((const char*)(w + k) + PREFETCH_BYTES + byte);
     for (int i = 0; i < 4; ++i) {
       const F wi = load<F>(w + k + i * W);
       for (int t = 0; t < T; ++t) acc[t][i] += wi * load<F>(a.x + (m0 + t) * a.K + k + i * W);
