@@ -848,7 +848,8 @@ inline void int4_gemm_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) 
 // a stride (a slice of the cache). PyTorch's SDPA gives one query block of one head to a thread, so
 // a multi-query cache is read by one thread alone. Here the keys
 // are cut into chunks across threads (flash-decoding): each chunk keeps its own softmax maximum,
-// sum and weighted sum of values, merged at the end.
+// sum and weighted sum of values, merged at the end. Scores are computed with one head per row
+// (row_scores) or, where G is a multiple of the register's width, one head per lane (lane_scores).
 
 struct AttendArgs {
   const float* q;  // (KVH, G, D)
@@ -923,10 +924,17 @@ inline F cache_floats(const float* p) { return load<F>(p); }
 template <class Isa, class F>
 inline F cache_floats(const uint16_t* p) { return Isa::floats(p); }
 
-// acc[g * D + c] = sum over the chunk's n keys j of weights[g * chunk + j] * values[j * v_row + c],
-// for GG heads g and C columns c (acc and values start at the first of them).
+// A chunk's attention weights: head g's for key j at p[g * head + j * key] (heads in rows, or, where
+// the scores were computed with heads in lanes, in columns).
+struct Weights {
+  const float* p;
+  int64_t head, key;
+};
+
+// acc[g * D + c] = sum over the chunk's n keys j of weight (g, j) * values[j * v_row + c], for GG
+// heads g and C columns c (acc and values start at the first of them).
 template <class Isa, int GG, int C, class T>
-inline void weighted_values(const AttendArgs& a, const float* weights, const T* values, int64_t n, float* acc) {
+inline void weighted_values(const AttendArgs& a, const Weights& weights, const T* values, int64_t n, float* acc) {
   constexpr int W = Isa::W, R = C / W;
   using F = typename Vec<W>::f32;
   F sums[GG][R] = {};
@@ -937,7 +945,7 @@ inline void weighted_values(const AttendArgs& a, const float* weights, const T* 
     F row[R];
     for (int r = 0; r < R; ++r) row[r] = cache_floats<Isa, F>(values + j * a.v_row + r * W);
     for (int g = 0; g < GG; ++g) {
-      const float weight = weights[g * a.chunk + j];
+      const float weight = weights.p[g * weights.head + j * weights.key];
       for (int r = 0; r < R; ++r) sums[g][r] += weight * row[r];
     }
   }
@@ -946,81 +954,164 @@ inline void weighted_values(const AttendArgs& a, const float* weights, const T* 
 
 // The same for heads [g, G): GG at a time, then fewer.
 template <class Isa, int GG, int C, class T>
-inline void weighted_values_by_heads(const AttendArgs& a, const float* weights, const T* values, int64_t n, float* acc, int64_t g) {
+inline void weighted_values_by_heads(const AttendArgs& a, const Weights& weights, const T* values, int64_t n, float* acc, int64_t g) {
   if constexpr (GG > 0) {
-    for (; g + GG <= a.G; g += GG) weighted_values<Isa, GG, C>(a, weights + g * a.chunk, values, n, acc + g * a.D);
+    for (; g + GG <= a.G; g += GG)
+      weighted_values<Isa, GG, C>(a, Weights{weights.p + g * weights.head, weights.head, weights.key}, values, n, acc + g * a.D);
     weighted_values_by_heads<Isa, GG - 1, C>(a, weights, values, n, acc, g);
+  }
+}
+
+// Where every W heads read the same keys (multi-query, or groups of W or more): the n keys' scores
+// with one head per lane, scores[j * G + g], for query q_t (D, G), the group's queries transposed.
+// Each key is widened to float32 once for all heads, and each of its numbers, broadcast, multiplies
+// W heads' queries: no sum across lanes (one head per key at a time took 8 shuffles a score and
+// widened each key G times: half of santacoder's attention time).
+template <class Isa, class T>
+inline void lane_scores(const AttendArgs& a, const float* q_t, const T* keys, int64_t n, float* scores, float* key_floats) {
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  const int64_t G = a.G, D = a.D;
+  for (int64_t j = 0; j < n; j += 8) {
+    const int64_t here = std::min<int64_t>(8, n - j);
+    for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)  // the next eight keys, as in attend_chunks
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
+    for (int64_t r = 0; r < here; ++r)
+      for (int64_t d = 0; d < D; d += W) {
+        const F k = cache_floats<Isa, F>(keys + (j + r) * a.k_row + d);
+        __builtin_memcpy(key_floats + r * D + d, &k, sizeof k);
+      }
+    for (int64_t g = 0; g < G; g += W) {
+      F dot[8] = {};
+      if (here == 8) {
+        for (int64_t d = 0; d < D; ++d) {
+          const F query = load<F>(q_t + d * G + g);
+          for (int r = 0; r < 8; ++r) dot[r] += key_floats[r * D + d] * query;
+        }
+      } else {
+        for (int64_t d = 0; d < D; ++d) {
+          const F query = load<F>(q_t + d * G + g);
+          for (int r = 0; r < here; ++r) dot[r] += key_floats[r * D + d] * query;
+        }
+      }
+      for (int r = 0; r < here; ++r) {
+        const F score = dot[r] * a.scale;
+        __builtin_memcpy(scores + (j + r) * G + g, &score, sizeof score);
+      }
+    }
+  }
+}
+
+// Softmax numerators of lane_scores' layout in place: per head, its maximum and the sum.
+template <class Isa>
+inline void lane_softmax(const AttendArgs& a, float* scores, int64_t n, float* maxima, float* sums) {
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  for (int64_t g = 0; g < a.G; g += W) {
+    F largest = load<F>(scores + g);
+    for (int64_t j = 1; j < n; ++j) {
+      const F next = load<F>(scores + j * a.G + g);
+      largest = next > largest ? next : largest;
+    }
+    F total = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const F e = exp_nonpositive(load<F>(scores + j * a.G + g) - largest);
+      __builtin_memcpy(scores + j * a.G + g, &e, sizeof e);
+      total += e;
+    }
+    __builtin_memcpy(maxima + g, &largest, sizeof largest);
+    __builtin_memcpy(sums + g, &total, sizeof total);
+  }
+}
+
+// The chunk's scores with one head per row, scores[g * chunk + j], turned into softmax numerators
+// in place, and each head's maximum and sum.
+template <class Isa, class T>
+inline void row_scores(const AttendArgs& a, const float* q, const T* keys, int64_t n, float* scores, float* maxima, float* sums) {
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  const int64_t G = a.G, D = a.D;
+  // Eight keys at a time (they stay in L1 for every query of the group): eight independent sums
+  // keep the FMA units busy, and each query vector loaded serves eight keys.
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    // The cache was last read a whole step ago: ask for the next eight keys now, while these
+    // serve every query (the hardware prefetcher alone read the cache at a fifth of the bandwidth).
+    for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)
+      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
+    for (int64_t g = 0; g < G; ++g) {
+      F dot[8] = {};
+      for (int64_t d = 0; d < D; d += W) {
+        const F query = load<F>(q + g * D + d);
+        for (int r = 0; r < 8; ++r) dot[r] += query * cache_floats<Isa, F>(keys + (j + r) * a.k_row + d);
+      }
+      float* row = scores + g * a.chunk + j;
+      sums_of_8(dot, row);
+      for (int r = 0; r < 8; ++r) row[r] *= a.scale;
+    }
+  }
+  for (; j < n; ++j)
+    for (int64_t g = 0; g < G; ++g) {
+      F dot = {};
+      for (int64_t d = 0; d < D; d += W) dot += load<F>(q + g * D + d) * cache_floats<Isa, F>(keys + j * a.k_row + d);
+      scores[g * a.chunk + j] = sum(dot) * a.scale;
+    }
+  for (int64_t g = 0; g < G; ++g) {
+    float* row = scores + g * a.chunk;
+    // The maximum W lanes at a time (a scalar max chains each compare on the last: 10 % of the
+    // kernel with santacoder's shape); the same number in any order.
+    float largest = row[0];
+    int64_t j = 0;
+    if (n >= W) {
+      F widest = load<F>(row);
+      for (j = W; j + W <= n; j += W) {
+        const F next = load<F>(row + j);
+        widest = next > widest ? next : widest;
+      }
+      for (int i = 0; i < W; ++i) largest = std::max(largest, widest[i]);
+    }
+    for (; j < n; ++j) largest = std::max(largest, row[j]);
+    F total = {};
+    for (j = 0; j + W <= n; j += W) {
+      const F e = exp_nonpositive(load<F>(row + j) - largest);
+      __builtin_memcpy(row + j, &e, sizeof e);
+      total += e;
+    }
+    float rest = 0.f;
+    for (; j < n; ++j) {
+      F tail = {};
+      tail[0] = row[j] - largest;
+      row[j] = exp_nonpositive(tail)[0];
+      rest += row[j];
+    }
+    maxima[g] = largest;
+    sums[g] = sum(total) + rest;
   }
 }
 
 template <class Isa, class T>
 inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end); T: the cache's numbers
   constexpr int W = Isa::W;
-  using F = typename Vec<W>::f32;
   const int64_t G = a.G, D = a.D;
-  std::vector<float> scores(G * a.chunk + W);
+  const bool lanes = G % W == 0;  // lane_scores
+  std::vector<float> scores(G * a.chunk + W), key_floats(lanes ? 8 * D : 0), q_t;
   for (int64_t t = begin; t < end; ++t) {
     const int64_t h = t / a.chunks, first = t % a.chunks * a.chunk, n = std::min(a.chunk, a.S - first);
     const float* q = a.q + h * G * D;
     float* maxima = a.partial + t * G * (D + 2);
     float* sums = maxima + G;
     float* acc = sums + G;
-    // Eight keys at a time (they stay in L1 for every query of the group): eight independent sums
-    // keep the FMA units busy, and each query vector loaded serves eight keys.
     const T* keys = (const T*)a.k + h * a.k_head + first * a.k_row;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-      // The cache was last read a whole step ago: ask for the next eight keys now, while these
-      // serve every query (the hardware prefetcher alone read the cache at a fifth of the bandwidth).
-      for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)
-        for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
-      for (int64_t g = 0; g < G; ++g) {
-        F dot[8] = {};
-        for (int64_t d = 0; d < D; d += W) {
-          const F query = load<F>(q + g * D + d);
-          for (int r = 0; r < 8; ++r) dot[r] += query * cache_floats<Isa, F>(keys + (j + r) * a.k_row + d);
-        }
-        float* row = scores.data() + g * a.chunk + j;
-        sums_of_8(dot, row);
-        for (int r = 0; r < 8; ++r) row[r] *= a.scale;
-      }
-    }
-    for (; j < n; ++j)
-      for (int64_t g = 0; g < G; ++g) {
-        F dot = {};
-        for (int64_t d = 0; d < D; d += W) dot += load<F>(q + g * D + d) * cache_floats<Isa, F>(keys + j * a.k_row + d);
-        scores[g * a.chunk + j] = sum(dot) * a.scale;
-      }
-    for (int64_t g = 0; g < G; ++g) {
-      float* row = scores.data() + g * a.chunk;
-      // The maximum W lanes at a time (a scalar max chains each compare on the last: 10 % of the
-      // kernel with santacoder's shape); the same number in any order.
-      float largest = row[0];
-      int64_t j = 0;
-      if (n >= W) {
-        F widest = load<F>(row);
-        for (j = W; j + W <= n; j += W) {
-          const F next = load<F>(row + j);
-          widest = next > widest ? next : widest;
-        }
-        for (int i = 0; i < W; ++i) largest = std::max(largest, widest[i]);
-      }
-      for (; j < n; ++j) largest = std::max(largest, row[j]);
-      F total = {};
-      for (j = 0; j + W <= n; j += W) {
-        const F e = exp_nonpositive(load<F>(row + j) - largest);
-        __builtin_memcpy(row + j, &e, sizeof e);
-        total += e;
-      }
-      float rest = 0.f;
-      for (; j < n; ++j) {
-        F tail = {};
-        tail[0] = row[j] - largest;
-        row[j] = exp_nonpositive(tail)[0];
-        rest += row[j];
-      }
-      maxima[g] = largest;
-      sums[g] = sum(total) + rest;
+    Weights weights{scores.data(), a.chunk, 1};
+    if (lanes) {
+      q_t.resize(D * G);
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t d = 0; d < D; ++d) q_t[d * G + g] = q[g * D + d];
+      lane_scores<Isa>(a, q_t.data(), keys, n, scores.data(), key_floats.data());
+      lane_softmax<Isa>(a, scores.data(), n, maxima, sums);
+      weights = Weights{scores.data(), 1, G};
+    } else {
+      row_scores<Isa>(a, q, keys, n, scores.data(), maxima, sums);
     }
     // The weighted sums of 16 columns of up to 6 heads at a time (32 of 2 heads, 4 registers' of 1:
     // multi-head attention has one), in registers, over all the chunk's values: each value row loaded serves
@@ -1029,11 +1120,11 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     // heads and 1,500 keys.)
     const T* values = (const T*)a.v + h * a.v_head + first * a.v_row;
     if (G >= 3)
-      for (int64_t d = 0; d < D; d += 16) weighted_values_by_heads<Isa, 6, 16>(a, scores.data(), values + d, n, acc + d, 0);
+      for (int64_t d = 0; d < D; d += 16) weighted_values_by_heads<Isa, 6, 16>(a, weights, values + d, n, acc + d, 0);
     else if (G == 1 && D % (4 * W) == 0)  // one head: 4 registers of columns a pass, fewer passes over the values
-      for (int64_t d = 0; d < D; d += 4 * W) weighted_values<Isa, 1, 4 * W>(a, scores.data(), values + d, n, acc + d);
+      for (int64_t d = 0; d < D; d += 4 * W) weighted_values<Isa, 1, 4 * W>(a, weights, values + d, n, acc + d);
     else
-      for (int64_t d = 0; d < D; d += 32) weighted_values_by_heads<Isa, 2, 32>(a, scores.data(), values + d, n, acc + d, 0);
+      for (int64_t d = 0; d < D; d += 32) weighted_values_by_heads<Isa, 2, 32>(a, weights, values + d, n, acc + d, 0);
   }
 }
 
