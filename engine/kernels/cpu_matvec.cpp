@@ -1119,6 +1119,14 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     // per pass read the values, from L2, G times: 60 % of the kernel's time with santacoder's 16
     // heads and 1,500 keys.)
     const T* values = (const T*)a.v + h * a.v_head + first * a.v_row;
+    if constexpr (W == 16) {
+      if (lanes) {  // 16 heads' weights of a key in one line: all 16 at once in AVX-512's registers
+        for (int64_t d = 0; d < D; d += 16)
+          for (int64_t g = 0; g < G; g += 16)
+            weighted_values<Isa, 16, 16>(a, Weights{scores.data() + g, 1, G}, values + d, n, acc + g * D + d);
+        continue;
+      }
+    }
     if (G >= 3)
       for (int64_t d = 0; d < D; d += 16) weighted_values_by_heads<Isa, 6, 16>(a, weights, values + d, n, acc + d, 0);
     else if (G == 1 && D % (4 * W) == 0)  // one head: 4 registers of columns a pass, fewer passes over the values
