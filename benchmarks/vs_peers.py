@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vs_peers.py --setup   # once: the peers' environment (15-20 min on 2 cores)
     .venv/bin/python benchmarks/vs_peers.py [--models santacoder codegen-350M-mono qwen2.5-coder-1.5b starcoder2-3b]
-        [--contexts 512 1500] [--rounds 3] [--new-tokens 32] [--threads 2] [--layers N] [--compiled]
+        [--contexts 512 1500] [--rounds 3] [--new-tokens 32] [--threads 2] [--layers N] [--compiled] [--float32]
 
 The peers live in their own virtual environment (default ~/.cache/codegen-lsp/bench-peers,
 or $CODEGEN_LSP_PEERS): llama-cpp-python built from source by pip, its sdist's
@@ -21,7 +21,8 @@ StarCoder2) and padded by the converters where it has more (Qwen); llama.cpp's c
 is told it is GPT-2's pre-tokenizer (it is). Only speed is measured. --layers N keeps only
 N blocks (StarCoder2-3B's float32 checkpoint, its GGUF and three engines' copies do not
 fit these machines' disk and memory at once). --compiled adds ours with `compile = true`
-(engine/compile.py; 40-80 s more at load).
+(engine/compile.py; 40-80 s more at load); --float32 ours unquantized against llama.cpp's F32
+GGUF (kept beside the quantized ones then).
 """
 
 from __future__ import annotations
@@ -123,15 +124,15 @@ def peer(args: list[str], what: str) -> None:
     subprocess.run([str(PEER_PYTHON), *args], check=True)
 
 
-def gguf_files(name: str, directory: Path) -> dict[str, Path]:
-    """Q8_0 and Q4_0 by llama.cpp's own quantizer, from the F32 of its converter (deleted after:
-    only the quantized files are timed)."""
+def gguf_files(name: str, directory: Path, float32: bool = False) -> dict[str, Path]:
+    """Q8_0 and Q4_0 by llama.cpp's own quantizer, from the F32 of its converter (deleted after
+    unless float32 asks for it too)."""
     out = CACHE / "gguf"
     out.mkdir(parents=True, exist_ok=True)
     files = {kind: out / f"{name}-{kind}.gguf" for kind in ("F32", "Q8_0", "Q4_0")}
-    quantized = {kind: path for kind, path in files.items() if kind != "F32"}
-    if all(path.is_file() for path in quantized.values()):
-        return quantized
+    wanted = {kind: path for kind, path in files.items() if kind != "F32" or float32}
+    if all(path.is_file() for path in wanted.values()):
+        return wanted
     converter = converter_dir()
     if not files["F32"].is_file():
         # The converter knows byte-level GPT-2 BPE only by a hash of one text's token ids, which
@@ -152,8 +153,9 @@ def gguf_files(name: str, directory: Path) -> dict[str, Path]:
                 f"params.ftype = llama_cpp.{ftype}\n"
                 f"assert llama_cpp.llama_model_quantize({str(files['F32']).encode()!r}, {str(files[kind]).encode()!r}, params) == 0\n"
             )], f"GGUF {kind} of {name}")  # fmt: skip
-    files["F32"].unlink()
-    return quantized
+    if not float32:
+        files["F32"].unlink()
+    return wanted
 
 
 def ctranslate2_dir(name: str, directory: Path) -> Path:
@@ -235,11 +237,13 @@ def linear_weights(directory: Path) -> int:
 
 
 def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: int, bandwidth: float, layers: int | None,
-        compiled: bool) -> None:
+        compiled: bool, float32: bool) -> None:
     name, config = keep_layers(name, MODELS[name], layers)
     directory = peers_checkpoint(name, config)
     n_linear = linear_weights(directory)
     runners: dict[str, object] = {"ours int8": Ours(directory, "int8"), "ours int4 (g32)": Ours(directory, "int4")}
+    if float32:
+        runners["ours float32"] = Ours(directory, "none")
     if compiled:
         runners["ours int8 compiled"] = Ours(directory, "int8", compile="true")
         runners["ours int4 (g32) compiled"] = Ours(directory, "int4", compile="true")
@@ -248,7 +252,7 @@ def run(name: str, contexts: list[int], rounds: int, new_tokens: int, threads: i
                                            n_linear * BITS["CTranslate2 int8"] / 8)  # fmt: skip
     if config["model_type"] in LLAMA_CPP_TYPES:
         context = max(contexts) + new_tokens + 8
-        for kind, path in gguf_files(name, directory).items():
+        for kind, path in gguf_files(name, directory, float32).items():
             runners[f"llama.cpp {kind}"] = Peer("llama.cpp", path, threads, str(context), n_linear * BITS[f"llama.cpp {kind}"] / 8)
     tokenizer = runners["ours int8"].lm.tokenizer
     code = tokenizer.encode(real_code(40 * max(contexts)))
@@ -295,6 +299,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", type=int, help="keep only this many blocks (StarCoder2-3B on a 24 GB machine: 10)")
     parser.add_argument("--compiled", action="store_true", help="also ours with compile = true")
+    parser.add_argument("--float32", action="store_true", help="also ours in float32 and llama.cpp's F32 (4 x the memory)")
     args = parser.parse_args()
     if args.setup:
         setup()
@@ -305,7 +310,7 @@ def main() -> None:
     print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, read bandwidth {bandwidth:.1f} GB/s ({args.threads} threads), "
           f"torch {torch.__version__}, load {os.getloadavg()[0]:.2f}")  # fmt: skip
     for name in args.models:
-        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers, args.compiled)
+        run(name, args.contexts, args.rounds, args.new_tokens, args.threads, bandwidth, args.layers, args.compiled, args.float32)
 
 
 if __name__ == "__main__":
