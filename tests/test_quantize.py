@@ -225,16 +225,17 @@ def test_compile_auto_is_off_on_cpu(codegen_dir):
     assert load_model(str(codegen_dir), device="cpu", compile="auto").decode_step is None
 
 
-@pytest.mark.parametrize("checkpoint", ["codegen", "starcoder2", "deepseek", "qwen2"])
-def test_compiled_cpu_decode_equals_eager(checkpoint, codegen_dir, family_checkpoint, stdlib_code, tmp_path, monkeypatch):
-    """Each architecture's tiny model compiled on the CPU (~5-20 s cold on 2 cores); StarCoder2's
-    sliding window (48) is shorter than the prompt, so its step masks it. The step attends over
-    the exact length: the cache grows as in eager decoding, and another length or session does
-    not compile again."""
+@pytest.mark.parametrize("checkpoint, mode", [("codegen", "int8"), ("codegen", "none"), ("starcoder2", "int8"), ("deepseek", "int8"),
+                                              ("qwen2", "int8")])  # fmt: skip
+def test_compiled_cpu_decode_equals_eager(checkpoint, mode, codegen_dir, family_checkpoint, stdlib_code, tmp_path, monkeypatch):
+    """Each architecture's tiny model compiled on the CPU (~5-20 s cold on 2 cores), int8 and (with
+    our float32 kernel's op in the graph) float32; StarCoder2's sliding window (48) is shorter
+    than the prompt, so its step masks it. The step attends over the exact length: the cache
+    grows as in eager decoding, and another length or session does not compile again."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     directory = codegen_dir if checkpoint == "codegen" else family_checkpoint(checkpoint)
-    eager = load_model(str(directory), device="cpu", quantization="int8", compile="false")
-    compiled = load_model(str(directory), device="cpu", quantization="int8", compile="true")
+    eager = load_model(str(directory), device="cpu", quantization=mode, compile="false")
+    compiled = load_model(str(directory), device="cpu", quantization=mode, compile="true")
     assert compiled.decode_step is not None
     prompt_ids = eager.tokenizer.encode(stdlib_code)[:60]
     eager_tokens, eager_logits = greedy(eager, prompt_ids, 8)
