@@ -21,10 +21,13 @@ from engine import cpu_kernels
 from engine.paths import cache_dir
 from engine.quantize import set_module
 
-# Up to this many tokens a call runs the chosen kernel; beyond, PyTorch's matrix product. Ours
-# re-reads every token's activations for each row, and on a Zen 4 EPYC PyTorch's overtook it
-# between 9 and 17 tokens (layers of the demo, codegen-350M and santacoder shapes, 2 threads).
-FLOAT_KERNEL_MAX_TOKENS = 8
+# Up to this many tokens a call (a speculative verify's rows: engine/speculative.py's MAX_DRAFT + 1)
+# runs the chosen kernel; beyond, PyTorch's matrix product. Ours re-reads every token's activations
+# for each row: on a Zen 4 EPYC a layer alone was as fast in either at 9-17 tokens and 1.5-2x
+# slower in ours at 33-64, but whole verifies of 9 and 17 rows cost 2.5x and 3.9x a decode step
+# with ours against 4.2x and 4.8x with PyTorch's (demo model; codegen-350M shape 3.0x and 4.1x
+# against 4.9x and 5.0x).
+FLOAT_KERNEL_MAX_TOKENS = 17
 
 
 class FloatLinear(nn.Linear):

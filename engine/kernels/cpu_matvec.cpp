@@ -193,8 +193,8 @@ inline void int8_blocks(const Int8Args& a, int64_t begin, int64_t end) {  // blo
 // MKL's, which on AMD CPUs reads weights at half the memory's speed or less (its own path for
 // other vendors' CPUs). Each (token, row) sums in the same four accumulators in the same order
 // for any number of tokens, so a speculative verify's rows equal decode steps bit for bit. Every
-// row reads each token's x again (from L2 once x outgrows L1), so past ~8 tokens PyTorch's matrix
-// product, which blocks over tokens, is faster: FloatLinear stops using this there.
+// row reads each token's x again (from L2 once x outgrows L1), so for many tokens PyTorch's matrix
+// product, which blocks over tokens, is faster: FloatLinear stops using this past a verify's rows.
 
 struct FloatArgs {
   const float* x;     // (M, K)
