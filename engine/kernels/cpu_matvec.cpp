@@ -51,6 +51,12 @@ typedef int16_t i16x8 __attribute__((vector_size(16)));
 typedef int32_t i32x8 __attribute__((vector_size(32)));
 typedef float f32x8 __attribute__((vector_size(32)));
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)  // GCC 12 and later, clang
+#define HAVE_SHUFFLEVECTOR 1
+#endif
+#endif
+
 template <class V>
 inline V load(const void* p) {
   V v;
@@ -204,6 +210,19 @@ struct FloatArgs {
   int64_t M, N, K;
 };
 
+// The lanes added in halves, in registers: sum() adds them one by one from memory, which was most of
+// a (row, token)'s time with few columns (4 FMAs for 256), and kept the accumulators on the stack.
+inline float halving_sum(Vec<4>::f32 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+#ifdef HAVE_SHUFFLEVECTOR
+inline float halving_sum(Vec<8>::f32 v) { return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)); }
+inline float halving_sum(Vec<16>::f32 v) {
+  return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+#else
+template <class V>
+inline float halving_sum(V v) { return sum(v); }
+#endif
+
 template <class Isa, int T>
 inline void float_row(const FloatArgs& a, int64_t n, int64_t m0) {  // row n for tokens [m0, m0 + T)
   constexpr int W = Isa::W;
@@ -219,10 +238,11 @@ inline void float_row(const FloatArgs& a, int64_t n, int64_t m0) {  // row n for
       for (int t = 0; t < T; ++t) acc[t][i] += wi * load<F>(a.x + (m0 + t) * a.K + k + i * W);
     }
   }
+  float sums[T];  // first, apart from the columns' tail: with its loop inside, acc lived on the stack
+  for (int t = 0; t < T; ++t) sums[t] = halving_sum((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3]));
   for (int t = 0; t < T; ++t) {
-    float s = sum((acc[t][0] + acc[t][1]) + (acc[t][2] + acc[t][3]));
-    for (int64_t j = k; j < a.K; ++j) s += w[j] * a.x[(m0 + t) * a.K + j];
-    a.y[(m0 + t) * a.N + n] = s + (a.bias ? a.bias[n] : 0.f);
+    for (int64_t j = k; j < a.K; ++j) sums[t] += w[j] * a.x[(m0 + t) * a.K + j];
+    a.y[(m0 + t) * a.N + n] = sums[t] + (a.bias ? a.bias[n] : 0.f);
   }
 }
 
@@ -884,11 +904,6 @@ inline F exp_nonpositive(F x) {
 
 // out[r] = the sum of dots[r]'s lanes, r < 8. With 8 lanes, three rounds of pairwise shuffles and
 // adds give all eight sums in one vector, instead of seven scalar adds for each.
-#if defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)  // GCC 12 and later, clang
-#define HAVE_SHUFFLEVECTOR 1
-#endif
-#endif
 
 template <class F>
 inline void sums_of_8(const F dots[8], float* out) {
