@@ -71,6 +71,20 @@ inline float sum(V v) {
   return s;
 }
 
+// The lanes added in halves, in registers. sum() adds them one by one from memory: in the float32
+// decode kernel that was most of a (row, token)'s time with few columns (4 FMAs for 256), and kept
+// the accumulators on the stack.
+inline float halving_sum(Vec<4>::f32 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
+#ifdef HAVE_SHUFFLEVECTOR
+inline float halving_sum(Vec<8>::f32 v) { return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)); }
+inline float halving_sum(Vec<16>::f32 v) {
+  return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+}
+#else
+template <class V>
+inline float halving_sum(V v) { return sum(v); }
+#endif
+
 inline float half_to_float(uint16_t h) {
   const uint32_t sign = uint32_t(h & 0x8000) << 16, exponent = (h >> 10) & 31, mantissa = h & 1023;
   if (exponent == 0) return (sign ? -1.f : 1.f) * float(mantissa) * (1.f / 16777216.f);  // subnormal: m * 2^-24
@@ -174,10 +188,15 @@ inline void int8_rows(const Int8Args& a, int64_t b, int64_t m0, int r0) {
       }
     }
   }
+  // The sums first, apart from the loop that stops at N (halving_sum); then one rounding for scale
+  // and bias however the compiler vectorizes that loop for T tokens (a verify's rows equal decode steps).
+  float sums[T][R];
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < R; ++r) sums[t][r] = halving_sum(acc[t][r][0] + acc[t][r][1]);
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < R && b * 4 + r0 + r < a.N; ++r) {
       const int64_t n = b * 4 + r0 + r;
-      a.y[(m0 + t) * a.N + n] = sum(acc[t][r][0] + acc[t][r][1]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+      a.y[(m0 + t) * a.N + n] = __builtin_fmaf(sums[t][r], a.scales[n], a.bias ? a.bias[n] : 0.f);
     }
 }
 
@@ -209,19 +228,6 @@ struct FloatArgs {
   float* y;           // (M, N)
   int64_t M, N, K;
 };
-
-// The lanes added in halves, in registers: sum() adds them one by one from memory, which was most of
-// a (row, token)'s time with few columns (4 FMAs for 256), and kept the accumulators on the stack.
-inline float halving_sum(Vec<4>::f32 v) { return (v[0] + v[2]) + (v[1] + v[3]); }
-#ifdef HAVE_SHUFFLEVECTOR
-inline float halving_sum(Vec<8>::f32 v) { return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7)); }
-inline float halving_sum(Vec<16>::f32 v) {
-  return halving_sum(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
-}
-#else
-template <class V>
-inline float halving_sum(V v) { return sum(v); }
-#endif
 
 template <class Isa, int T>
 inline void float_row(const FloatArgs& a, int64_t n, int64_t m0) {  // row n for tokens [m0, m0 + T)
@@ -295,10 +301,13 @@ inline void int8x16_rows(const Int8x16Args& a, int64_t b, int64_t m0) {  // bloc
       for (int r = 0; r < 4; ++r) totals[t][r] += __builtin_convertvector(dot[t][r], f32x8) * x_scale;
     }
   }
+  float sums[T][4];  // as in int8_rows
+  for (int t = 0; t < T; ++t)
+    for (int r = 0; r < 4; ++r) sums[t][r] = halving_sum(totals[t][r]);
   for (int t = 0; t < T; ++t)
     for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
       const int64_t n = b * 4 + r;
-      a.y[(m0 + t) * a.N + n] = sum(totals[t][r]) * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+      a.y[(m0 + t) * a.N + n] = __builtin_fmaf(sums[t][r], a.scales[n], a.bias ? a.bias[n] : 0.f);
     }
 }
 
