@@ -66,9 +66,10 @@ class FloatLinear(nn.Linear):
 
 
 def use_float_kernels(model: nn.Module) -> None:
-    """Swap each float32 nn.Linear of a CPU model for a FloatLinear with the kernel chosen for its shape."""
-    linears = {name: m for name, m in model.named_modules()
-               if type(m) is nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"}
+    """Swap each float32 nn.Linear of a CPU model (contiguous, as loaded) for a FloatLinear with the
+    kernel chosen for its shape; quantized layers are no nn.Linear and stay as they are."""
+    linears = {name: m for name, m in model.named_modules() if type(m) is nn.Linear and m.weight.dtype == torch.float32
+               and m.weight.device.type == "cpu" and m.weight.is_contiguous()}  # fmt: skip
     if not linears:
         return
     modules = []

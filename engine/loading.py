@@ -65,9 +65,9 @@ def load_model(
     torch_dtype = pick_dtype(dtype, torch_device)
     if settings.mode == "none":
         model = build_model(config, read_state_dict(directory)).to(device=torch_device, dtype=torch_dtype)
-        use_float_kernels(model)
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
+    use_float_kernels(model)  # float32 layers on a CPU: all of them, or those left unquantized (an LM head)
     progress(70)  # the weights read (and quantized); timing the threads and compiling is left
     if not want_compile(compile, torch_device):
         speed_up_attribute_lookups(model)

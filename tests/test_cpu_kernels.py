@@ -285,6 +285,17 @@ def test_a_float32_model_runs_the_kernels_chosen_per_shape_with_its_lm_head_stil
     assert max(below_best) <= 1e-3, below_best
 
 
+def test_an_lm_head_left_unquantized_runs_the_float32_kernel_chosen_for_it(stdlib_code):
+    """int8 with a float LM head: the head is a FloatLinear (ours where it won), the rest Int8Linear."""
+    lm = load_model(str(DEMO_MODEL_DIR), device="cpu", quantization="int8", quantize_lm_head=False)
+    assert isinstance(lm.model.lm_head, FloatLinear) and lm.model.lm_head.weight is lm.model.embedding.weight
+    assert all(isinstance(m, Int8Linear) for name, m in lm.model.named_modules() if name.endswith(("c_attn", "c_fc")))
+    saved = json.loads((cache_dir() / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+    assert saved[lm.model.lm_head.shape_key()] == lm.model.lm_head.kernel
+    tokens, _ = greedy_with_logits(lm, lm.tokenizer.encode(stdlib_code)[:100], 4)
+    assert len(tokens) == 4
+
+
 def chosen_kernels(lm) -> dict[str, str]:
     return {name: m.kernel for name, m in lm.model.named_modules() if isinstance(m, (Int8Linear, Int4Linear))}
 
