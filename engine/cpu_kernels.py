@@ -9,7 +9,8 @@ The fastest kernel depends on the CPU (AVX2 or AVX-512, memory, threads), so the
 quantized or float32 model on a CPU times the kernels available for each distinct layer shape on one layer
 of that shape, and the fastest whose output matches a float32 reference serves every layer of
 that shape. Choices are saved in cpu-kernels.json beside the quantized weights, keyed by CPU model
-and flags, torch version, kernel source and thread count: a change in any means measuring again.
+and flags, torch version, kernel source, whether ours could be built, and thread count: a change
+in any means measuring again.
 
 Decode attention (one token over a float32 cache) is chosen the same way, per (kv heads, query
 heads per kv head, head dim): ours or PyTorch's SDPA (choose_attention).
@@ -45,6 +46,7 @@ import torch.nn as nn
 
 from engine import config
 from engine.kv_cache import HALF
+from engine.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,9 @@ def machine_key() -> dict:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "kernel_source": source_digest(),
+        # Whether ours could be built: choices made without them (no compiler) are not kept once
+        # they can run, nor the other way round.
+        "our_kernels": load_kernels(cache_dir() / "kernels"),
         "threads": default_threads(),
     }
 
