@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).resolve().parent / "kernels" / "cpu_matvec.cpp"
 # -fopenmp: at::parallel_for is inline OpenMP code, serial without it; the library then shares
 # torch's own libgomp (same soname, already loaded), so torch.set_num_threads applies.
-COMPILER_FLAGS = ["-O3", "-ffp-contract=fast", "-Wno-psabi"] + (["-fopenmp"] if sys.platform == "linux" else [])
-LINKER_FLAGS = ["-fopenmp"] if sys.platform == "linux" else []
+# Tuples: cpp_extension.load appends to the lists it is given, which changed source_digest() within
+# the process that built, so its choices were saved under a key no later process has.
+COMPILER_FLAGS = ("-O3", "-ffp-contract=fast", "-Wno-psabi") + (("-fopenmp",) if sys.platform == "linux" else ())
+LINKER_FLAGS = ("-fopenmp",) if sys.platform == "linux" else ()
 CHOICES_FILE = "cpu-kernels.json"
 STALE_BUILD_DAYS = 30  # a kernel build no process loaded for this long is deleted (remove_stale_builds)
 # A candidate passes when max |y - reference| <= TOLERANCE * max |reference| on random input:
@@ -144,7 +146,7 @@ def _build(library: Path) -> None:
         with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as scratch, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             built = cpp_extension.load(
-                "codegen_lsp_cpu_matvec", [str(SOURCE)], extra_cflags=COMPILER_FLAGS, extra_ldflags=LINKER_FLAGS,
+                "codegen_lsp_cpu_matvec", [str(SOURCE)], extra_cflags=list(COMPILER_FLAGS), extra_ldflags=list(LINKER_FLAGS),
                 build_directory=scratch, is_python_module=False, verbose=False,
             )
             partial = library.with_name(f"{library.name}.{os.getpid()}.partial")

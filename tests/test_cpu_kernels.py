@@ -585,6 +585,18 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
     assert "Traceback" not in done.stderr and "!! WARNING !!" not in done.stderr, done.stderr
 
 
+def test_the_process_that_builds_the_kernels_saves_its_choices_under_the_key_of_later_ones(tmp_path):
+    """A first load on a machine builds ours (a fresh cache, in a process of its own) and saves the
+    kernel choices; the key they are saved under is the one any later process computes, so a second
+    load measures nothing (the build once changed the kernel-source digest in its own process)."""
+    script = "from engine.loading import load_model\nload_model(None, device='cpu')\n"  # the cache: private_cache's
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((cache_dir() / "quantized" / cpu_kernels.CHOICES_FILE).read_text())
+    assert saved["key"]["kernel_source"] == cpu_kernels.source_digest()
+    assert saved["key"] == cpu_kernels.machine_key()
+
+
 def test_builds_of_other_sources_unused_for_a_month_are_removed(tmp_path):
     """Each change of the kernel source or of torch leaves a library behind: loading one marks it
     used now, and any other build unused for STALE_BUILD_DAYS goes (a recent one stays: another
