@@ -84,10 +84,15 @@ def load_kernels(folder: Path) -> bool:
         return _loaded
 
 
+def library_path(folder: Path) -> Path:
+    """Where folder keeps the build of this source for this machine, Python and torch."""
+    version = f"{platform.machine()}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{source_digest()}"
+    return Path(folder) / f"cpu_matvec-{version}.so"
+
+
 def _load(folder: Path) -> bool:
     try:
-        version = f"{platform.machine()}-py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}-{source_digest()}"
-        library = folder / f"cpu_matvec-{version}.so"
+        library = library_path(folder)
         if library.is_file():
             torch.ops.load_library(str(library))
         else:
@@ -175,7 +180,6 @@ def product_isa(folder: Path) -> str:
     return compiled_kernels(folder)[0].removeprefix("cpp-")
 
 
-
 def machine_key() -> dict:
     """What the speed of a kernel depends on, besides the layer's shape."""
     fields = {}
@@ -193,9 +197,9 @@ def machine_key() -> dict:
         "machine": platform.machine(),
         "torch": torch.__version__,
         "kernel_source": source_digest(),
-        # Whether ours could be built: choices made without them (no compiler) are not kept once
-        # they can run, nor the other way round.
-        "our_kernels": load_kernels(cache_dir() / "kernels"),
+        # Whether ours are built here (their file: asking builds nothing): choices made without them
+        # (no compiler) are not kept once they can run, nor the other way round.
+        "our_kernels": library_path(cache_dir() / "kernels").is_file(),
         "threads": default_threads(),
     }
 
@@ -205,13 +209,15 @@ def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
     it was measured on this machine, else by measuring now (and saving the choice)."""
     if not modules:
         return
-    path, key, choices = _saved_choices(folder)
     by_shape: dict[str, list[nn.Module]] = {}
     for module in modules:
         by_shape.setdefault(module.shape_key(), []).append(module)
+    # The candidates first: they build ours at a machine's first load, which the key records.
+    candidates_of = {shape: same[0].kernel_candidates() for shape, same in by_shape.items()}
+    path, key, choices = _saved_choices(folder)
     changed = False
     for shape, same in by_shape.items():
-        candidates = same[0].kernel_candidates()
+        candidates = candidates_of[shape]
         choice = choices.get(shape)
         if choice not in candidates:  # not measured here yet, or no longer available
             choice = measure(same[0], candidates)
