@@ -986,6 +986,15 @@ inline void weighted_values_by_heads(const AttendArgs& a, const Weights& weights
   }
 }
 
+// Keys j + 8 .. j + 15 of the chunk's n. The cache was last read a whole step ago: they are asked for
+// while keys j .. j + 7 serve every query (the hardware prefetcher alone read the cache at a fifth
+// of the bandwidth).
+template <class T>
+inline void prefetch_next_keys(const AttendArgs& a, const T* keys, int64_t j, int64_t n) {
+  for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)
+    for (int64_t d = 0; d < a.D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
+}
+
 // Where every W heads read the same keys (multi-query, or groups of W or more): the n keys' scores
 // with one head per lane, scores[j * G + g], for query q_t (D, G), the group's queries transposed.
 // Each key is widened to float32 once for all heads, and each of its numbers, broadcast, multiplies
@@ -998,8 +1007,7 @@ inline void lane_scores(const AttendArgs& a, const float* q_t, const T* keys, in
   const int64_t G = a.G, D = a.D;
   for (int64_t j = 0; j < n; j += 8) {
     const int64_t here = std::min<int64_t>(8, n - j);
-    for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)  // the next eight keys, as in attend_chunks
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
+    prefetch_next_keys(a, keys, j, n);
     for (int64_t r = 0; r < here; ++r)
       for (int64_t d = 0; d < D; d += W) {
         const F k = cache_floats<Isa, F>(keys + (j + r) * a.k_row + d);
@@ -1059,10 +1067,7 @@ inline void row_scores(const AttendArgs& a, const float* q, const T* keys, int64
   // keep the FMA units busy, and each query vector loaded serves eight keys.
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    // The cache was last read a whole step ago: ask for the next eight keys now, while these
-    // serve every query (the hardware prefetcher alone read the cache at a fifth of the bandwidth).
-    for (int64_t i = 0; i < 8 && j + 8 + i < n; ++i)
-      for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
+    prefetch_next_keys(a, keys, j, n);
     for (int64_t g = 0; g < G; ++g) {
       F dot[8] = {};
       for (int64_t d = 0; d < D; d += W) {
@@ -1147,7 +1152,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
       if (lanes) {  // 16 heads' weights of a key in one line: all 16 at once in AVX-512's registers
         for (int64_t d = 0; d < D; d += 16)
           for (int64_t g = 0; g < G; g += 16)
-            weighted_values<Isa, 16, 16>(a, Weights{scores.data() + g, 1, G}, values + d, n, acc + g * D + d);
+            weighted_values<Isa, 16, 16>(a, Weights{weights.p + g, weights.head, weights.key}, values + d, n, acc + g * D + d);
         continue;
       }
     }
