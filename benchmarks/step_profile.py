@@ -11,9 +11,13 @@ of the step (attention, norms, activations, cache writes, dispatch and Python) i
 bounds at 10 %. The matmuls alone run without the other ops between them, so if anything they
 are faster than inside a step, and the share outside is not understated.
 
-Then one torch.profiler pass over the same steps splits the rest: attention (our attend_decode
-or scaled_dot_product_attention) against everything else. The profiler adds its own time to
-every op, so its shares of the small ops are larger than the wall-clock ones above.
+The rest is split the same way: the step's attention calls (our attend_decode, or PyTorch's
+scaled_dot_product_attention), recorded with their arguments and replayed back to back, against
+everything else (norms, activations, cache writes, dispatch and Python), which is the step less
+both replays. It also holds whatever the matmuls lose inside a step against alone, and a cache
+that fits in the CPU's last-level cache is read from there when replayed back to back, so the
+split is a bound on attention from below. (torch.profiler split it before: its own time per op
+inflated the small ops' share.)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,8 +40,8 @@ from engine.quantize import QuantizedLinear  # noqa: E402
 from engine.session import Session  # noqa: E402
 
 SHAPES = {"santacoder": SANTACODER, "codegen-350M-mono": CODEGEN_350M_MONO}
-MATMULS = ("codegen_lsp_cpu::int", "aten::linear", "aten::addmm", "aten::mm", "aten::_weight_int")
-ATTENTION = ("aten::scaled_dot_product_attention", "codegen_lsp_cpu::attend_decode")
+# The ops a step's attention ends in, as a dispatch mode sees them (SDPA reaches one of its kernels).
+ATTENTION = ("codegen_lsp_cpu.attend_decode", "aten._scaled_dot_product")
 
 
 def recorded_matmuls(model: torch.nn.Module, step) -> list[tuple[torch.nn.Module, torch.Tensor]]:
@@ -51,6 +55,19 @@ def recorded_matmuls(model: torch.nn.Module, step) -> list[tuple[torch.nn.Module
         for hook in hooks:
             hook.remove()
     return calls
+
+
+class RecordedAttention(TorchDispatchMode):
+    """Records every attention op of the steps run under it, with its arguments (views of the cache)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(ATTENTION):
+            self.calls.append((func, args, kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -77,6 +94,10 @@ def main() -> None:
         with torch.inference_mode():
             matmuls = recorded_matmuls(lm.model, lambda: session.step(prompt[0]))
         session.truncate(args.context)
+        with torch.inference_mode(), RecordedAttention() as recorded:
+            session.step(prompt[0])
+        attentions = recorded.calls  # read again after the truncate: the positions they read stay written
+        session.truncate(args.context)
         steps()  # warm
 
         @torch.inference_mode()
@@ -85,27 +106,27 @@ def main() -> None:
                 for module, x in matmuls:
                     module(x)
 
+        @torch.inference_mode()
+        def attention_alone() -> None:
+            for _ in range(args.steps):
+                for func, call_args, kwargs in attentions:
+                    func(*call_args, **kwargs)
+
         def ms_per_step(run) -> float:
             start = time.perf_counter()
             run()
             return (time.perf_counter() - start) / args.steps * 1000
 
-        figures, load = interleaved({"step": lambda: ms_per_step(steps), "matmuls": lambda: ms_per_step(matmuls_alone)},
-                                    args.rounds)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            start = time.perf_counter()
-            steps()
-            profiled_us = (time.perf_counter() - start) * 1e6
-        # Top-level ops only: self time of an op counts once, under the first matching family.
-        attention_us = sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith(ATTENTION))
-        matmul_us = sum(e.cpu_time_total for e in prof.key_averages() if e.key.startswith(MATMULS))
+        figures, load = interleaved({"step": lambda: ms_per_step(steps), "matmuls": lambda: ms_per_step(matmuls_alone),
+                                     "attention": lambda: ms_per_step(attention_alone)}, args.rounds)
         outside = 1 - figures["matmuls"] / figures["step"]
+        rest = figures["step"] - figures["matmuls"] - figures["attention"]
         print(f"{name} {args.quantization}, {args.context} tokens of context, {lm.threads or torch.get_num_threads()} threads, "
               f"{len(matmuls)} matmuls a step, median of {args.rounds} interleaved rounds: step {figures['step']:.1f} ms, "
               f"its matmuls alone {figures['matmuls']:.1f} ms; outside the matmuls {outside:.0%} "
               f"({figures['step'] - figures['matmuls']:.1f} ms)  (load {load:.1f})")
-        print(f"    under torch.profiler: matmuls {matmul_us / profiled_us:.0%}, attention {attention_us / profiled_us:.0%}, "
-              f"everything else {1 - (matmul_us + attention_us) / profiled_us:.0%}")
+        print(f"    of which attention ({len(attentions)} calls alone) {figures['attention']:.1f} ms "
+              f"({figures['attention'] / figures['step']:.0%}), everything else {rest:.1f} ms ({rest / figures['step']:.0%})")
 
 
 if __name__ == "__main__":
