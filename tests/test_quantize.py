@@ -96,6 +96,25 @@ def test_cpu_kernels_match_the_dequantized_matmul(mode, tokens):
     torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)
 
 
+def test_pytorchs_int8_kernel_gets_a_weight_it_can_read_for_a_verifys_rows():
+    """torch 2.13's _weight_int8pack_mm reads the weight with aligned 64-byte loads from 4 tokens on,
+    and a weight loaded from a safetensors file is often only 8-byte aligned: the process died (a
+    segfault) on the first verify of a first draft, or on timing one. prepare() gives it an aligned copy."""
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        pytest.skip("this torch has no packed int8 CPU kernel")
+    module = Int8Linear(1024, 256, bias=False)
+    q, scales = quantize_int8(torch.randn(256, 1024, generator=torch.Generator().manual_seed(0)))
+    room = torch.empty(q.numel() + 64, dtype=torch.int8)
+    module.weight = room[8 : 8 + q.numel()].view(q.shape).copy_(q)  # as a file's tensor may lie
+    module.scales.copy_(scales)
+    assert module.weight.data_ptr() % 64
+    module.prepare("int8pack")
+    assert module.weight.data_ptr() % 64 == 0 and torch.equal(module.weight, q)
+    x = torch.randn(5, 1024, generator=torch.Generator().manual_seed(1))
+    reference = x @ dequantize_int8(q, scales).T
+    assert (module(x) - reference).abs().max() <= 2e-2 * reference.abs().max()  # bfloat16 activations
+
+
 @pytest.mark.parametrize("checkpoint", ["codegen", "bigcode_mq", "bigcode_mh", "starcoder2", "deepseek", "qwen2"])
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_every_mode_runs_and_tracks_float32(request, checkpoint, mode, prompt_ids, family_checkpoint):
