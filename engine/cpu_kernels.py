@@ -64,6 +64,11 @@ STALE_BUILD_DAYS = 30  # a kernel build no process loaded for this long is delet
 # near 5e-3, a wrong layout or scale near 1.
 TOLERANCE = 3e-2
 ROUNDS = 5  # timing rounds, candidates interleaved, median taken
+# A layer's kernels are timed on one token (a decode step) plus this many (a speculative verify of a
+# first draft: engine/speculative.py's FIRST_DRAFT + 1). Reading weights from memory, kernels tie on
+# one token whose arithmetic differs by half (our int8 ones with float or int16 activations), and a
+# verify's rows are what tells them apart.
+VERIFY_TOKENS = 5
 ROUND_SECONDS = 2e-3  # calls per round: as many as fill this time, at least one
 
 _build_lock = threading.Lock()
@@ -201,6 +206,7 @@ def machine_key() -> dict:
         # (no compiler) are not kept once they can run, nor the other way round.
         "our_kernels": library_path(cache_dir() / "kernels").is_file(),
         "threads": default_threads(),
+        "timed_tokens": [1, VERIFY_TOKENS],  # what measure() times: choices timed otherwise are not kept
     }
 
 
@@ -232,11 +238,13 @@ def choose_kernels(modules: list[nn.Module], folder: Path) -> None:
 
 @torch.no_grad()
 def measure(module: nn.Module, candidates: list[str]) -> str:
-    """The fastest of candidates on this layer whose output matches its float32 reference. The
-    last candidate is the fallback: chosen when no other passes, and timed beside the others only
-    where the module says TIMED_FALLBACK (dequantizing a large layer for every call takes long)."""
+    """The fastest of candidates on this layer (one token and a verify's VERIFY_TOKENS, together) whose
+    output matches its float32 reference. The last candidate is the fallback: chosen when no other
+    passes, and timed beside the others only where the module says TIMED_FALLBACK (dequantizing a
+    large layer for every call takes long)."""
     timed, fallback = (candidates if getattr(module, "TIMED_FALLBACK", False) else candidates[:-1]), candidates[-1]
     x = torch.randn(1, module.in_features, generator=torch.Generator().manual_seed(0))
+    verify_x = torch.randn(VERIFY_TOKENS, module.in_features, generator=torch.Generator().manual_seed(1))
     # Every output row would cost a float copy of the layer: 256 spread rows and the last 16 (the
     # edge of the kernels' row blocks) catch a wrong layout, scale or tail.
     rows = torch.unique(torch.cat([torch.linspace(0, module.out_features - 1, 256).long(),
@@ -256,7 +264,7 @@ def measure(module: nn.Module, candidates: list[str]) -> str:
             log.warning("CPU kernel %s is wrong on %s (relative error %.2g), not used", name, module.shape_key(), error)
     if len(passed) < 2:
         return next(iter(passed), fallback)
-    seconds = median_seconds_per_call({name: lambda twin=twin: twin(x) for name, twin in passed.items()})
+    seconds = median_seconds_per_call({name: lambda twin=twin: (twin(x), twin(verify_x)) for name, twin in passed.items()})
     return min(seconds, key=seconds.get)
 
 

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -531,6 +532,27 @@ def test_a_wrong_kernel_is_not_chosen(caplog):
         choice = cpu_kernels.measure(layer, layer.kernel_candidates())
     assert choice != "int8pack"
     assert [r.message for r in caplog.records if "int8pack" in r.message][0].startswith("CPU kernel int8pack is wrong")
+
+
+def test_the_choice_times_a_verifys_rows_beside_one_token():
+    """A kernel as fast as the others for one token but slow for a verify's rows is not chosen: read
+    from memory, one token ties kernels whose arithmetic differs, and speculative decoding runs verifies."""
+    from engine.speculative import FIRST_DRAFT
+
+    assert cpu_kernels.VERIFY_TOKENS == FIRST_DRAFT + 1
+    layer = random_layer("int8", 512, 256)
+    candidates = layer.kernel_candidates()
+    slow = cpu_kernels.measure(layer, candidates)  # the fastest, until verifies take it 10 ms longer
+    real_forward = Int8Linear.forward
+
+    def slow_for_several_tokens(self, x):
+        if self.kernel == slow and x.numel() > self.in_features:
+            time.sleep(0.01)
+        return real_forward(self, x)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Int8Linear, "forward", slow_for_several_tokens)
+        assert cpu_kernels.measure(layer, candidates) != slow
 
 
 @pytest.mark.parametrize("make", [checkpoints.make_codegen, checkpoints.make_bigcode], ids=["codegen", "bigcode"])
