@@ -201,7 +201,7 @@ class Int8Linear(QuantizedLinear):
         self.kernel = kernel
         if kernel == "int8pack" and weight.data_ptr() % 64:
             # For 4 tokens or more (a verify) PyTorch's kernel (torch 2.13) reads the weight with aligned
-            # 64-byte loads: one loaded from a safetensors file (8-byte aligned) crashed the process.
+            # loads: one 8 bytes off a 16-byte boundary, as a safetensors file may place it, crashed the process.
             weight = weight.clone()  # PyTorch's CPU allocator aligns to 64 bytes
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None

@@ -576,7 +576,8 @@ def test_int4_lm_head_whose_rows_are_no_multiple_of_16(make, tmp_path, stdlib_co
 
 def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
     """A fresh cache and no compiler on PATH: the build fails, one warning says so, PyTorch's kernels
-    run (for int8 and for float32 layers)."""
+    run (for int8 and for float32 layers), also for a verify's rows with int8 weights read back from
+    the disk cache."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     if shutil.which("ninja"):  # keep ninja, so that it is the compiler that is missing
@@ -595,11 +596,16 @@ def test_without_a_compiler_int8_loads_with_one_log_line(tmp_path):
         "lm = load_model(None, device='cpu')\n"  # float32: the same fallback, no second warning
         "logits, _ = Session(lm).prefill(lm.tokenizer.encode('def add(a, b):'))\n"
         "print(sorted({m.kernel for m in lm.model.modules() if hasattr(m, 'kernel')}))\n"
+        "lm = load_model(None, device='cpu', quantization='int8')\n"  # from the disk cache
+        "session = Session(lm)\n"
+        "session.prefill(lm.tokenizer.encode('def add(a, b):'))\n"
+        "print(list(session.verify(tokens).shape))\n"
     )
     env = {**os.environ, "CXX": "/nonexistent", "CC": "/nonexistent", "PATH": str(bin_dir), "CODEGEN_LSP_CACHE": str(tmp_path / "cache")}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    tokens, kernels, float_kernels = done.stdout.strip().splitlines()
+    tokens, kernels, float_kernels, verified = done.stdout.strip().splitlines()
+    assert json.loads(verified) == [4, json.loads((DEMO_MODEL_DIR / "config.json").read_text())["vocab_size"]]
     assert len(json.loads(tokens)) == 4 and "cpp" not in kernels and json.loads(float_kernels.replace("'", '"')) == ["torch"]
     warnings = [line for line in done.stderr.splitlines() if "cpu_kernels" in line and line.startswith("WARNING")]
     assert len(warnings) == 1 and "CPU decode kernels unavailable" in warnings[0], done.stderr

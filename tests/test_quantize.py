@@ -97,8 +97,8 @@ def test_cpu_kernels_match_the_dequantized_matmul(mode, tokens):
 
 
 def test_pytorchs_int8_kernel_gets_a_weight_it_can_read_for_a_verifys_rows():
-    """torch 2.13's _weight_int8pack_mm reads the weight with aligned 64-byte loads from 4 tokens on,
-    and a weight loaded from a safetensors file is often only 8-byte aligned: the process died (a
+    """torch 2.13's _weight_int8pack_mm reads the weight with aligned loads from 4 tokens on, and a
+    weight loaded from a safetensors file may lie 8 bytes off a 16-byte boundary: the process died (a
     segfault) on the first verify of a first draft, or on timing one. prepare() gives it an aligned copy."""
     if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         pytest.skip("this torch has no packed int8 CPU kernel")
