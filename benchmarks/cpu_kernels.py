@@ -1,7 +1,7 @@
 """CPU decode kernels of quantized layers: each candidate per layer shape, then whole-model decode.
 
     .venv/bin/python -m benchmarks.cpu_kernels [--models santacoder codegen-350M-mono]
-        [--modes int8 int4] [--rounds 7] [--new-tokens 32] [--no-layers] [--no-end-to-end]
+        [--modes int8 int4] [--rounds 7] [--new-tokens 32] [--no-layers] [--no-end-to-end] [--no-others]
 
 Per layer shape of each model (random weights, one token): microseconds per call of the kernels
 the load-time choice compares on this CPU (engine/cpu_kernels.py; ours in every instruction set,
@@ -13,6 +13,12 @@ weights come from memory, as in decode.
 Then decode ms/token of random-weight checkpoints of both shapes (written once under
 /tmp/codegen-lsp-bench; santacoder needs ~4.5 GB of disk and RAM as float32) with the kernels
 chosen at load against PyTorch's packed kernels (int8pack / int4pack, the path before ours).
+
+Beside them, the issue's other candidates, which the load-time choice leaves out (slower on every
+shape measured): PyTorch's packed kernels with float32 activations, FBGEMM's dynamic int8 linear
+(`quantized.linear_dynamic`, x rounded to bytes per token) and inductor's weight-only int8 matmul
+(torch.compile, max-autotune, freezing: one compiled layer, so its weights stay in the CPU's
+caches, "(in cache)"; each shape compiles for ~5-10 s).
 
 The CPU may be shared: candidates are timed in interleaved rounds (A, B, C, A, B, C, ...) and
 the median of each is printed, with the load average beside it.
@@ -71,7 +77,55 @@ def cold_copies(layer, kernel: str) -> list:
     return copies
 
 
-def bench_layers(model: str, mode: str, rounds: int) -> None:
+def other_candidates(layer, x: torch.Tensor) -> dict[str, tuple[list, object]]:
+    """The issue's candidates outside the load-time choice: name -> (copies of the layer's weights as
+    the call takes them, COLD_BYTES in all, or one; the call on one copy)."""
+    count = -(-COLD_BYTES // layer.checkpoint_weight().nbytes)
+    others = {}
+    if isinstance(layer, Int8Linear):
+        weight, scales = layer.checkpoint_weight(), layer.scales
+        if hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+            others["int8pack f32 x"] = ([weight.clone() for _ in range(count)],
+                                        lambda w: torch.ops.aten._weight_int8pack_mm(x, w, scales))
+        if "fbgemm" in torch.backends.quantized.supported_engines:
+            zeros = torch.zeros(len(scales), dtype=torch.long)
+            quantized = torch.quantize_per_channel(weight.float() * scales[:, None], scales.double(), zeros, 0, torch.qint8)
+            others["fbgemm dynamic"] = ([torch.ops.quantized.linear_prepack(quantized, None) for _ in range(count)],
+                                        lambda packed: torch.ops.quantized.linear_dynamic(x, packed, True))
+        others["inductor (in cache)"] = ([inductor_woq(weight, scales, x)], lambda compiled: compiled(x))
+    elif hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+        others["int4pack f32 x"] = (cold_copies(layer, "int4pack"), lambda twin: torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x, twin.packed, twin.group_size, twin.kernel_scales_and_zeros.float()))
+    return others
+
+
+def inductor_woq(weight: torch.Tensor, scales: torch.Tensor, x: torch.Tensor):
+    """y = x (weight as float)^T * scales, compiled by inductor with max-autotune and freezing (its
+    weight-only int8 matmul: a GEMM template chosen by benchmarking)."""
+    import torch._inductor.config as inductor_config
+
+    class WeightOnlyInt8(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+            self.scales = torch.nn.Parameter(scales.clone(), requires_grad=False)
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype)) * self.scales
+
+    inductor_config.freezing = True
+    torch._dynamo.reset()  # each shape compiles the same forward: past the recompile limit dynamo runs it eagerly
+    compiled = torch.compile(WeightOnlyInt8().eval(), mode="max-autotune")
+
+    @torch.no_grad()  # as compiled: freezing takes no-grad calls, and another grad mode compiles again
+    def call(x):
+        return compiled(x)
+
+    call(x)
+    return call
+
+
+def bench_layers(model: str, mode: str, rounds: int, others: bool) -> None:
     config = MODELS[model]
     big = torch.ones(512 * 2**20)  # 2 GB of float32
     for name, k, n in layer_shapes(config):
@@ -87,6 +141,9 @@ def bench_layers(model: str, mode: str, rounds: int) -> None:
         kernels = ours + [kernel for kernel in candidates[:-1] if not kernel.startswith("cpp-")]
         copies = {kernel: cold_copies(layer, kernel) for kernel in kernels}
         calls = {kernel: (lambda turn=itertools.cycle(twins): next(turn)(x)) for kernel, twins in copies.items()}
+        extra = other_candidates(layer, x) if others else {}
+        for kernel, (weights, call) in extra.items():
+            calls[kernel] = lambda turn=itertools.cycle(weights), call=call: call(next(turn))
         calls["read bandwidth"] = big.sum
         # A torch sum over float32 tensors of the size our kernel reads, cold too: what one call of
         # that size can stream at best (each call's start costs, as it does the kernels').
@@ -100,9 +157,9 @@ def bench_layers(model: str, mode: str, rounds: int) -> None:
               f"{same_size_bandwidth:.1f} GB/s), {load_average()}; chosen at load: {choice} ({choice_seconds * 1000:.0f} ms to choose)")
         print(f"  {'kernel':<18}{'us/call':>10}{'GB/s':>8}{'of bw':>8}{'of same-size read':>20}")
         for kernel, s in seconds.items():
-            gb = weight_bytes_per_token(copies[kernel][0]) / s / 1e9
+            gb = weight_bytes_per_token(copies[kernel][0] if kernel in copies else layer) / s / 1e9
             print(f"  {kernel:<18}{s * 1e6:>10.1f}{gb:>8.1f}{100 * gb / bandwidth:>7.0f}%{100 * gb / same_size_bandwidth:>19.0f}%")
-        del layer, copies, calls, tensors
+        del layer, copies, calls, tensors, extra
         gc.collect()
 
 
@@ -154,6 +211,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--no-layers", action="store_true")
     parser.add_argument("--no-end-to-end", action="store_true")
+    parser.add_argument("--no-others", action="store_true", help="leave out the candidates the load-time choice does not time")
     args = parser.parse_args()
     key = cpu_kernels.machine_key()
     ours = cpu_kernels.compiled_kernels(cache_dir() / "kernels")
@@ -162,7 +220,7 @@ def main() -> None:
     if not args.no_layers:
         for model in args.models:
             for mode in args.modes:
-                bench_layers(model, mode, args.rounds)
+                bench_layers(model, mode, args.rounds, not args.no_others)
     if not args.no_end_to_end:
         for model in args.models:
             for mode in args.modes:
