@@ -80,6 +80,18 @@ def test_a_copied_block_is_mostly_drafted(demo_models, stdlib_code):
         assert on.stats.accepted_draft_tokens >= 8
 
 
+def test_drafts_beside_a_compiled_decode_step_change_no_token(stdlib_code, tmp_path, monkeypatch):
+    """compile = true: steps run the compiled graph and a verify runs eagerly (rows closer than
+    TIE_MARGIN are decided by a compiled step); a copy is drafted and the ids are plain decoding's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    lm = load_model(None, device="cpu", dtype="float32", quantization="int8", compile="true")
+    assert lm.decode_step is not None
+    block = lm.tokenizer.encode(stdlib_code)[:120]
+    for prompt in (block + block[:40], block[60:] + block[:90]):
+        off, on = run(lm, prompt, "off", 40), run(lm, prompt, "ngram", 40)
+        assert on.token_ids == off.token_ids and on.stats.accepted_draft_tokens > 0
+
+
 class CopyModel:
     """A stand-in session whose model always predicts `next_of(context)`; counts its forwards."""
 
