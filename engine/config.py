@@ -233,16 +233,16 @@ def _check_memory(config: ModelConfig, path: Path) -> None:
         )
 
 
-# The instruction set our CPU GELU kernel runs with, once engine/cpu_kernels.py has loaded our
-# kernels (None before, or where they cannot be built).
-GELU_ISA: str | None = None
+# The instruction set our CPU element-wise kernels (GELU here, interleaved rotary in engine/layers.py)
+# run with, once engine/cpu_kernels.py has loaded our kernels (None before, or where they cannot be built).
+CPU_OPS_ISA: str | None = None
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation: on the CPU our kernel where it is loaded (engine/kernels/cpu_matvec.cpp,
     3x PyTorch's at 8,192 numbers, within 2e-6 relative), else PyTorch's."""
-    if GELU_ISA is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
-        return torch.ops.codegen_lsp_cpu.gelu_tanh(x, GELU_ISA)
+    if CPU_OPS_ISA is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
+        return torch.ops.codegen_lsp_cpu.gelu_tanh(x, CPU_OPS_ISA)
     return F.gelu(x, approximate="tanh")
 
 

@@ -118,7 +118,7 @@ def _load(folder: Path) -> bool:
     torch.library.register_fake("codegen_lsp_cpu::float_matvec")(
         lambda x, weight, bias, isa: x.new_empty(*x.shape[:-1], weight.shape[0]))
     torch.library.register_fake("codegen_lsp_cpu::attend_decode")(lambda q, k, v, scale, isa: q.new_empty(q.shape))
-    config.GELU_ISA = torch.ops.codegen_lsp_cpu.isas().split()[0]  # the best this CPU runs
+    config.CPU_OPS_ISA = torch.ops.codegen_lsp_cpu.isas().split()[0]  # the best this CPU runs
     return True
 
 

@@ -656,7 +656,28 @@ def test_gelu_matches_the_tanh_formula_in_float64():
             y = torch.ops.codegen_lsp_cpu.gelu_tanh(x[:n], isa).double()
             assert (y - reference[:n]).abs().max() < 1e-6, (isa, n)
             assert ((y - reference[:n]).abs() / reference[:n].abs())[visible[:n]].max() < 2e-6, (isa, n)
-    assert config.GELU_ISA is not None
+    assert config.CPU_OPS_ISA is not None
     h = torch.randn(2, 3, 1024)
-    assert torch.equal(config.ACTIVATIONS["gelu_new"](h), torch.ops.codegen_lsp_cpu.gelu_tanh(h, config.GELU_ISA))
+    assert torch.equal(config.ACTIVATIONS["gelu_new"](h), torch.ops.codegen_lsp_cpu.gelu_tanh(h, config.CPU_OPS_ISA))
     assert torch.ops.codegen_lsp_cpu.gelu_tanh(h.bfloat16(), "baseline").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("rot_dim", [32, 64])
+def test_interleaved_rotary_is_pytorchs_numbers_in_one_op(rot_dim, monkeypatch):
+    """CodeGen's q and k as the model hands them (every second of [q | v | k]: a strided 6-dim view),
+    rotated by our op and by PyTorch's ops: the same numbers, each row its one-position result."""
+    from engine import config
+    from engine.layers import Rope, apply_rotary_interleaved, rotary_sin_cos
+
+    needs_our_kernels()
+    for tokens in (1, 7, 300):
+        qkv = torch.randn(1, tokens, 4, 3, 4, 64, generator=torch.Generator().manual_seed(tokens))
+        qk = qkv[:, :, :, ::2]
+        sin, cos = rotary_sin_cos(torch.arange(40, 40 + tokens), Rope().inverse_frequencies(rot_dim, "cpu"), interleaved=True)
+        ours = apply_rotary_interleaved(qk, sin, cos)
+        with monkeypatch.context() as patch:
+            patch.setattr(config, "CPU_OPS_ISA", None)
+            theirs = apply_rotary_interleaved(qk, sin, cos)
+        assert ours.shape == qk.shape and ours.is_contiguous() and torch.equal(ours, theirs)
+        assert not torch.equal(ours[..., :rot_dim], qk[..., :rot_dim]) and torch.equal(ours[..., rot_dim:], qk[..., rot_dim:])
+        assert torch.equal(apply_rotary_interleaved(qk[:, -1:], sin[-1:], cos[-1:]), ours[:, -1:])
