@@ -82,17 +82,18 @@ def rotary_sin_cos(input_pos: torch.Tensor, inv_freq: torch.Tensor, interleaved:
     return angles.sin(), angles.cos()
 
 
-def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of the first sin.shape[-1] dims of x (B, T, ..., D) (GPT-J,
-    CodeGen) in float32, into a new contiguous tensor: (a, b) -> (a cos - b sin, b cos + a sin), as
-    x * cos + (x with each pair swapped) * signed sin. On the CPU one op of ours (engine/kernels/
-    cpu_matvec.cpp, the same numbers; PyTorch's eight cost a codegen-350M decode step 39 us a layer)."""
+def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, position_dim: int = 1) -> torch.Tensor:
+    """Rotate interleaved pairs (2i, 2i+1) of the first sin.shape[-1] dims of x (..., T, ..., D), its
+    positions along position_dim (GPT-J, CodeGen), in float32, into a new contiguous tensor: (a, b) ->
+    (a cos - b sin, b cos + a sin), as x * cos + (x with each pair swapped) * signed sin. On the CPU
+    one op of ours (engine/kernels/cpu_matvec.cpp, the same numbers; PyTorch's eight cost a
+    codegen-350M decode step 39 us a layer)."""
     if engine_config.CPU_OPS_ISA is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
             and not torch.compiler.is_compiling():  # fmt: skip
-        return torch.ops.codegen_lsp_cpu.rotary_interleaved(x, sin, cos)
+        return torch.ops.codegen_lsp_cpu.rotary_interleaved(x, sin, cos, position_dim)
     x = x.float()
     rot_dim = sin.shape[-1]
-    sin, cos = (t.view(t.shape[0], *[1] * (x.dim() - 3), rot_dim) for t in (sin, cos))  # over the heads
+    sin, cos = (t.view(t.shape[0], *[1] * (x.dim() - position_dim - 2), rot_dim) for t in (sin, cos))  # over the heads
     x_rot = x[..., :rot_dim]
     swapped = x_rot.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
     rotated = x_rot * cos + swapped * sin

@@ -664,20 +664,22 @@ def test_gelu_matches_the_tanh_formula_in_float64():
 
 @pytest.mark.parametrize("rot_dim", [32, 64])
 def test_interleaved_rotary_is_pytorchs_numbers_in_one_op(rot_dim, monkeypatch):
-    """CodeGen's q and k as the model hands them (every second of [q | v | k]: a strided 6-dim view),
-    rotated by our op and by PyTorch's ops: the same numbers, each row its one-position result."""
+    """CodeGen's q and k as the model hands them (every second of [q | v | k]: a strided 6-dim view, its
+    positions in dim 1 or, moved, in dim 2), rotated by our op and by PyTorch's ops: the same numbers,
+    each position's its one-position result."""
     from engine import config
     from engine.layers import Rope, apply_rotary_interleaved, rotary_sin_cos
 
     needs_our_kernels()
     for tokens in (1, 7, 300):
         qkv = torch.randn(1, tokens, 4, 3, 4, 64, generator=torch.Generator().manual_seed(tokens))
-        qk = qkv[:, :, :, ::2]
         sin, cos = rotary_sin_cos(torch.arange(40, 40 + tokens), Rope().inverse_frequencies(rot_dim, "cpu"), interleaved=True)
-        ours = apply_rotary_interleaved(qk, sin, cos)
-        with monkeypatch.context() as patch:
-            patch.setattr(config, "CPU_OPS_ISA", None)
-            theirs = apply_rotary_interleaved(qk, sin, cos)
-        assert ours.shape == qk.shape and ours.is_contiguous() and torch.equal(ours, theirs)
-        assert not torch.equal(ours[..., :rot_dim], qk[..., :rot_dim]) and torch.equal(ours[..., rot_dim:], qk[..., rot_dim:])
-        assert torch.equal(apply_rotary_interleaved(qk[:, -1:], sin[-1:], cos[-1:]), ours[:, -1:])
+        for qk, position_dim in ((qkv[:, :, :, ::2], 1), (qkv[:, :, :, ::2].movedim(3, 0), 2)):
+            ours = apply_rotary_interleaved(qk, sin, cos, position_dim)
+            with monkeypatch.context() as patch:
+                patch.setattr(config, "CPU_OPS_ISA", None)
+                theirs = apply_rotary_interleaved(qk, sin, cos, position_dim)
+            assert ours.shape == qk.shape and ours.is_contiguous() and torch.equal(ours, theirs)
+            assert not torch.equal(ours[..., :rot_dim], qk[..., :rot_dim]) and torch.equal(ours[..., rot_dim:], qk[..., rot_dim:])
+            last = apply_rotary_interleaved(qk.narrow(position_dim, tokens - 1, 1), sin[-1:], cos[-1:], position_dim)
+            assert torch.equal(last, ours.narrow(position_dim, tokens - 1, 1))

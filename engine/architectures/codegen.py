@@ -52,9 +52,10 @@ class CodeGenAttention(nn.Module):
         B, T, E = x.shape
         qkv = self.qkv_proj(x).view(B, T, MP_NUM, 3, self.n_head // MP_NUM, self.head_dim)
         # Queries and keys are rotated and attended in float32, as in the original; both at once (every
-        # second of [q | v | k]), since each small op costs as much as their arithmetic in a decode step.
-        qk = apply_rotary_interleaved(qkv[:, :, :, ::2], *sin_cos)  # (B, T, MP_NUM, 2, n_head / MP_NUM, head_dim)
-        q, k, v = (t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (qk[:, :, :, 0], qk[:, :, :, 1], qkv[:, :, :, 1]))
+        # second of [q | v | k]), since each small op costs as much as their arithmetic in a decode step,
+        # into (2, B, T, MP_NUM, n_head / MP_NUM, head_dim): q and k each contiguous, no copy to come.
+        qk = apply_rotary_interleaved(qkv[:, :, :, ::2].movedim(3, 0), *sin_cos, position_dim=2)
+        q, k, v = (t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (qk[0], qk[1], qkv[:, :, :, 1]))
         if cache is None:  # training: the batch holds whole sequences, no past
             y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True)
         else:

@@ -1457,20 +1457,23 @@ at::Tensor gelu_tanh(const at::Tensor& x_in, c10::string_view isa) {
   return in_dtype_of(y, x_in);
 }
 
-// Interleaved rotary positions (GPT-J, CodeGen): x (B, T, ..., D) float32, any strides; sin, cos (T, R)
-// as engine/layers.py's rotary_sin_cos makes them (sin negated on each pair's first dim). Pairs
+// Interleaved rotary positions (GPT-J, CodeGen): x (..., T, ..., D) float32, any strides, its dim
+// position_dim the T positions; sin, cos (T, R) as engine/layers.py's rotary_sin_cos makes them
+// (sin negated on each pair's first dim). Pairs
 // (2i, 2i + 1) of each head's first R dims become x * cos + (the pair swapped) * sin, the other dims
 // are copied, into a contiguous tensor. One op where PyTorch took eight (a copy of the strided view,
 // flip, two products, a sum, a concatenation): 39 us a layer of codegen-350M's decode step. Each row
 // is computed alone, so a verify's rows are their decode steps'.
-at::Tensor rotary_interleaved(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Tensor& cos_in) {
-  TORCH_CHECK(x_in.dim() >= 3 && x_in.scalar_type() == at::kFloat, "x: (B, T, ..., D) float32");
+at::Tensor rotary_interleaved(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Tensor& cos_in, int64_t position_dim) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && position_dim >= 0 && position_dim + 1 < x_in.dim(),
+              "x: (..., T, ..., D) float32, T at position_dim");
   const at::Tensor x = x_in.contiguous(), sin = sin_in.contiguous(), cos = cos_in.contiguous();
-  const int64_t T = x.size(1), D = x.size(-1), R = sin.size(-1), rows = x.numel() / D;
+  const int64_t T = x.size(position_dim), D = x.size(-1), R = sin.size(-1), rows = x.numel() / D;
   TORCH_CHECK(sin.dim() == 2 && sin.sizes() == cos.sizes() && sin.size(0) == T && R % 2 == 0 && R <= D &&
                   sin.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat,
               "sin, cos: (T, R) float32, R even and at most D");
-  const int64_t rows_per_position = T ? rows / x.size(0) / T : 1;
+  int64_t rows_per_position = 1;  // the rows between consecutive positions
+  for (int64_t d = position_dim + 1; d + 1 < x.dim(); ++d) rows_per_position *= x.size(d);
   at::Tensor y = at::empty(x.sizes(), x.options());
   const float *in = x.data_ptr<float>(), *sines = sin.data_ptr<float>(), *cosines = cos.data_ptr<float>();
   float* out = y.data_ptr<float>();
@@ -1564,7 +1567,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
   m.def("gelu_tanh(Tensor x, str isa) -> Tensor");
-  m.def("rotary_interleaved(Tensor x, Tensor sin, Tensor cos) -> Tensor");
+  m.def("rotary_interleaved(Tensor x, Tensor sin, Tensor cos, int position_dim) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
