@@ -82,15 +82,20 @@ def rotary_sin_cos(input_pos: torch.Tensor, inv_freq: torch.Tensor, interleaved:
     return angles.sin(), angles.cos()
 
 
+def our_rotary(x: torch.Tensor) -> bool:
+    """Whether our CPU rotary op takes x: float32 on the CPU, our kernels loaded, not being compiled."""
+    return engine_config.CPU_OPS_ISA is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
+        and not torch.compiler.is_compiling()  # fmt: skip
+
+
 def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, position_dim: int = 1) -> torch.Tensor:
     """Rotate interleaved pairs (2i, 2i+1) of the first sin.shape[-1] dims of x (..., T, ..., D), its
     positions along position_dim (GPT-J, CodeGen), in float32, into a new contiguous tensor: (a, b) ->
     (a cos - b sin, b cos + a sin), as x * cos + (x with each pair swapped) * signed sin. On the CPU
     one op of ours (engine/kernels/cpu_matvec.cpp, the same numbers; PyTorch's eight cost a
     codegen-350M decode step 39 us a layer)."""
-    if engine_config.CPU_OPS_ISA is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-            and not torch.compiler.is_compiling():  # fmt: skip
-        return torch.ops.codegen_lsp_cpu.rotary_interleaved(x, sin, cos, position_dim)
+    if our_rotary(x):
+        return torch.ops.codegen_lsp_cpu.rotary(x, sin, cos, position_dim, True)
     x = x.float()
     rot_dim = sin.shape[-1]
     sin, cos = (t.view(t.shape[0], *[1] * (x.dim() - position_dim - 2), rot_dim) for t in (sin, cos))  # over the heads
@@ -101,7 +106,10 @@ def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tens
 
 
 def apply_rotary_halves(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of x (B, H, T, D) (Llama and the architectures after it)."""
+    """Rotate pairs (i, i + D/2) of x (B, H, T, D) (Llama and the architectures after it); on the CPU
+    in one op of ours, as apply_rotary_interleaved (PyTorch's six, twice a layer)."""
+    if our_rotary(x) and sin.dtype == torch.float32:
+        return torch.ops.codegen_lsp_cpu.rotary(x, sin, cos, 2, False)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 

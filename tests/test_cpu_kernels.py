@@ -683,3 +683,21 @@ def test_interleaved_rotary_is_pytorchs_numbers_in_one_op(rot_dim, monkeypatch):
             assert not torch.equal(ours[..., :rot_dim], qk[..., :rot_dim]) and torch.equal(ours[..., rot_dim:], qk[..., rot_dim:])
             last = apply_rotary_interleaved(qk.narrow(position_dim, tokens - 1, 1), sin[-1:], cos[-1:], position_dim)
             assert torch.equal(last, ours.narrow(position_dim, tokens - 1, 1))
+
+
+def test_rotary_halves_is_pytorchs_numbers_in_one_op(monkeypatch):
+    """Llama's rotary (StarCoder2, Qwen2, DeepSeek), q as the model hands it (a transposed view), by our op
+    and by PyTorch's ops: the same numbers, each position's its one-position result."""
+    from engine import config
+    from engine.layers import Rope, apply_rotary_halves, rotary_sin_cos
+
+    needs_our_kernels()
+    for tokens in (1, 7, 300):
+        q = torch.randn(1, tokens, 6, 64, generator=torch.Generator().manual_seed(tokens)).transpose(1, 2)
+        sin, cos = rotary_sin_cos(torch.arange(40, 40 + tokens), Rope().inverse_frequencies(64, "cpu"), interleaved=False)
+        ours = apply_rotary_halves(q, sin, cos)
+        with monkeypatch.context() as patch:
+            patch.setattr(config, "CPU_OPS_ISA", None)
+            theirs = apply_rotary_halves(q, sin, cos)
+        assert ours.shape == q.shape and ours.is_contiguous() and torch.equal(ours, theirs) and not torch.equal(ours, q)
+        assert torch.equal(apply_rotary_halves(q[:, :, -1:], sin[-1:], cos[-1:]), ours[:, :, -1:])

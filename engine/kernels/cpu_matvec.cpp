@@ -1457,14 +1457,15 @@ at::Tensor gelu_tanh(const at::Tensor& x_in, c10::string_view isa) {
   return in_dtype_of(y, x_in);
 }
 
-// Interleaved rotary positions (GPT-J, CodeGen): x (..., T, ..., D) float32, any strides, its dim
-// position_dim the T positions; sin, cos (T, R) as engine/layers.py's rotary_sin_cos makes them
-// (sin negated on each pair's first dim). Pairs
-// (2i, 2i + 1) of each head's first R dims become x * cos + (the pair swapped) * sin, the other dims
-// are copied, into a contiguous tensor. One op where PyTorch took eight (a copy of the strided view,
-// flip, two products, a sum, a concatenation): 39 us a layer of codegen-350M's decode step. Each row
-// is computed alone, so a verify's rows are their decode steps'.
-at::Tensor rotary_interleaved(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Tensor& cos_in, int64_t position_dim) {
+// Rotary positions: x (..., T, ..., D) float32, any strides, its dim position_dim the T positions;
+// sin, cos (T, R) as engine/layers.py's rotary_sin_cos makes them. Interleaved (GPT-J, CodeGen): pairs
+// (2i, 2i + 1) of each head's first R dims become x * cos + (the pair swapped) * sin, sin negated on
+// each pair's first; halves (Llama and after): pairs (i, i + R/2), x * cos + (-x2, x1) * sin. Other
+// dims are copied, into a contiguous tensor. One op where PyTorch took six to eight (interleaved: a
+// copy of the strided view, flip, two products, a sum, a concatenation; 39 us a layer of codegen-350M's
+// decode step), in the same order of float operations, so the same numbers. Each row is computed
+// alone, so a verify's rows are their decode steps'.
+at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Tensor& cos_in, int64_t position_dim, bool interleaved) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && position_dim >= 0 && position_dim + 1 < x_in.dim(),
               "x: (..., T, ..., D) float32, T at position_dim");
   const at::Tensor x = x_in.contiguous(), sin = sin_in.contiguous(), cos = cos_in.contiguous();
@@ -1482,10 +1483,16 @@ at::Tensor rotary_interleaved(const at::Tensor& x_in, const at::Tensor& sin_in, 
       const int64_t t = row / rows_per_position % T;
       const float *a = in + row * D, *s = sines + t * R, *c = cosines + t * R;
       float* o = out + row * D;
-      for (int64_t i = 0; i < R; i += 2) {
-        o[i] = a[i] * c[i] + a[i + 1] * s[i];
-        o[i + 1] = a[i + 1] * c[i + 1] + a[i] * s[i + 1];
-      }
+      if (interleaved)
+        for (int64_t i = 0; i < R; i += 2) {
+          o[i] = a[i] * c[i] + a[i + 1] * s[i];
+          o[i + 1] = a[i + 1] * c[i + 1] + a[i] * s[i + 1];
+        }
+      else
+        for (int64_t i = 0, h = R / 2; i < h; ++i) {
+          o[i] = a[i] * c[i] + (-a[i + h]) * s[i];
+          o[i + h] = a[i + h] * c[i + h] + a[i] * s[i + h];
+        }
       for (int64_t i = R; i < D; ++i) o[i] = a[i];
     }
   });
@@ -1567,7 +1574,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
   m.def("gelu_tanh(Tensor x, str isa) -> Tensor");
-  m.def("rotary_interleaved(Tensor x, Tensor sin, Tensor cos, int position_dim) -> Tensor");
+  m.def("rotary(Tensor x, Tensor sin, Tensor cos, int position_dim, bool interleaved) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
@@ -1579,5 +1586,5 @@ TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int4_matmul", &int4_matmul);
   m.impl("attend_decode", &attend_decode);
   m.impl("gelu_tanh", &gelu_tanh);
-  m.impl("rotary_interleaved", &rotary_interleaved);
+  m.impl("rotary", &rotary);
 }
