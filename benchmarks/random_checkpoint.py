@@ -33,13 +33,9 @@ QWEN25_CODER_1_5B = {  # Qwen/Qwen2.5-Coder-1.5B
     "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 21,
     "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
 }
-QWEN25_CODER_0_5B = {  # Qwen/Qwen2.5-Coder-0.5B
-    "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
-    "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "max_position_embeddings": 32768,
-    "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
-    "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 21,
-    "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
-}
+QWEN25_CODER_0_5B = dict(  # Qwen/Qwen2.5-Coder-0.5B: the 1.5B's config but for these
+    QWEN25_CODER_1_5B, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+)
 STARCODER2_3B = {  # bigcode/starcoder2-3b
     "model_type": "starcoder2", "vocab_size": 49152, "hidden_size": 3072, "intermediate_size": 12288,
     "num_hidden_layers": 30, "num_attention_heads": 24, "num_key_value_heads": 2, "max_position_embeddings": 16384,
