@@ -233,7 +233,7 @@ def _check_memory(config: ModelConfig, path: Path) -> None:
         )
 
 
-# The instruction set our CPU element-wise kernels (GELU here, interleaved rotary in engine/layers.py)
+# The instruction set our CPU element-wise kernels (GELU here, rotary positions in engine/layers.py)
 # run with, once engine/cpu_kernels.py has loaded our kernels (None before, or where they cannot be built).
 CPU_OPS_ISA: str | None = None
 
