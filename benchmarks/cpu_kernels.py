@@ -16,7 +16,7 @@ chosen at load against PyTorch's packed kernels (int8pack / int4pack, the path b
 
 Beside them, the issue's other candidates, which the load-time choice leaves out (slower on every
 shape measured): PyTorch's packed kernels with float32 activations, FBGEMM's dynamic int8 linear
-(`quantized.linear_dynamic`, x rounded to bytes per token) and inductor's weight-only int8 matmul
+(`quantized.linear_dynamic`, x rounded to 7-bit bytes with one scale for the whole call) and inductor's weight-only int8 matmul
 (torch.compile, max-autotune, freezing: one compiled layer, so its weights stay in the CPU's
 caches, "(in cache)"; each shape compiles for ~5-10 s).
 
