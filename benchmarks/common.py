@@ -10,7 +10,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from benchmarks.random_checkpoint import write_random_checkpoint
+from benchmarks.random_checkpoint import SHAPES, write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CODEGEN_TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "codegen" / "tokenizer.json"
@@ -23,6 +23,22 @@ def checkpoint(name: str, config: dict, tokenizer_files: Iterable[Path] = (CODEG
     if not (directory / "model.safetensors").is_file():
         write_random_checkpoint(directory, dict(config, torch_dtype="float32"), tokenizer_files)
     return directory
+
+
+def random_model(name: str, quantization: str):
+    """The random-weight checkpoint of SHAPES[name], loaded on the CPU with the threads chosen at load set."""
+    from engine.loading import load_model
+
+    lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=quantization)
+    if lm.threads:
+        torch.set_num_threads(lm.threads)
+    return lm
+
+
+def code_prompt(lm, tokens: int) -> list[int]:
+    """`tokens` ids of real code, folded below lm's vocabulary (the random checkpoints carry CodeGen's
+    tokenizer, whose ids can pass a smaller embedding)."""
+    return [i % lm.config.vocab_size for i in lm.tokenizer.encode(real_code(12 * tokens))[:tokens]]
 
 
 def real_code(min_chars: int, module=None) -> str:

@@ -16,37 +16,31 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import checkpoint, interleaved, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_0_5B, SANTACODER  # noqa: E402
+from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
+from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 from engine import config  # noqa: E402
-from engine.loading import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
-
-SHAPES = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER, "qwen2.5-coder-0.5b": QWEN25_CODER_0_5B}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["codegen-350M-mono", "santacoder", "qwen2.5-coder-0.5b"], choices=list(SHAPES))
     parser.add_argument("--quantization", default="int8")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args()
     for name in args.shapes:
-        lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=args.quantization)
+        lm = random_model(name, args.quantization)
         ours = config.CPU_OPS_ISA
         if ours is None:
             sys.exit("our CPU kernels are not loaded here (no compiler?): nothing to compare")
-        if lm.threads:
-            torch.set_num_threads(lm.threads)
         session = Session(lm)
-        prompt = [i % lm.config.vocab_size for i in lm.tokenizer.encode(real_code(12 * args.context))[: args.context]]
+        prompt = code_prompt(lm, args.context)
         session.prefill(prompt)
 
         def ms_per_step(isa: str | None) -> float:

@@ -23,16 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine.session as session_module  # noqa: E402
-from benchmarks.common import checkpoint, interleaved, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
-from engine.loading import load_model  # noqa: E402
-
-SHAPES = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER}
+from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
+from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["codegen-350M-mono", "santacoder"], choices=list(SHAPES))
     parser.add_argument("--prompt-tokens", nargs="+", type=int, default=[512, 1500])
     parser.add_argument("--quantization", default="int8")
     parser.add_argument("--chunks", nargs="+", type=int, default=[64, 128, 256, 512, 1024])
@@ -42,13 +39,10 @@ def main() -> None:
     print(f"{torch.get_num_threads()} threads, {args.quantization}, median of {args.rounds} interleaved rounds, "
           f"tokens/s by chunk (the default: {default})")
     for name in args.shapes:
-        lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=args.quantization)
-        if lm.threads:
-            torch.set_num_threads(lm.threads)
+        lm = random_model(name, args.quantization)
         session = session_module.Session(lm)
-        ids = lm.tokenizer.encode(real_code(12 * max(args.prompt_tokens)))
         for tokens in args.prompt_tokens:
-            prompt = [i % lm.config.vocab_size for i in ids[:tokens]]
+            prompt = code_prompt(lm, tokens)
 
             def tokens_per_second(chunk: int) -> float:
                 session_module.PREFILL_CHUNK = chunk

@@ -43,6 +43,10 @@ STARCODER2_3B = {  # bigcode/starcoder2-3b
     "use_bias": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "float32",
 }
 
+# The shapes by the names their checkpoints get (benchmarks/common.py random_model).
+SHAPES = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER, "qwen2.5-coder-0.5b": QWEN25_CODER_0_5B,
+          "qwen2.5-coder-1.5b": QWEN25_CODER_1_5B, "starcoder2-3b": STARCODER2_3B}
+
 
 LAYER_KEYS = ("n_layer", "num_hidden_layers")  # the block count, as each family's config.json names it
 

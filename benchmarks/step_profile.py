@@ -33,13 +33,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import checkpoint, interleaved, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
-from engine.loading import load_model  # noqa: E402
+from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
+from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 from engine.quantize import QuantizedLinear  # noqa: E402
 from engine.session import Session  # noqa: E402
 
-SHAPES = {"santacoder": SANTACODER, "codegen-350M-mono": CODEGEN_350M_MONO}
 # The ops a step's attention ends in, as a dispatch mode sees them (SDPA reaches one of its kernels).
 ATTENTION = ("codegen_lsp_cpu.attend_decode", "aten._scaled_dot_product")
 
@@ -72,18 +70,16 @@ class RecordedAttention(TorchDispatchMode):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", default=["santacoder", "codegen-350M-mono"], choices=list(SHAPES))
     parser.add_argument("--context", type=int, default=1500)
     parser.add_argument("--quantization", default="int8")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     for name in args.shapes:
-        lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=args.quantization)
-        if lm.threads:
-            torch.set_num_threads(lm.threads)
+        lm = random_model(name, args.quantization)
         session = Session(lm)
-        prompt = [i % lm.config.vocab_size for i in lm.tokenizer.encode(real_code(12 * args.context))[: args.context]]
+        prompt = code_prompt(lm, args.context)
         session.prefill(prompt)
 
         def steps() -> None:  # --steps decode steps from the same place each time
