@@ -238,10 +238,15 @@ def _check_memory(config: ModelConfig, path: Path) -> None:
 CPU_OPS_ISA: str | None = None
 
 
+def our_cpu_ops_take(x: torch.Tensor) -> bool:
+    """Whether those kernels run on x: on the CPU, ours loaded, not being traced by torch.compile."""
+    return CPU_OPS_ISA is not None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """GELU, tanh approximation: on the CPU our kernel where it is loaded (engine/kernels/cpu_matvec.cpp,
     3x PyTorch's at 8,192 numbers, within 2e-6 relative), else PyTorch's."""
-    if CPU_OPS_ISA is not None and x.device.type == "cpu" and not torch.compiler.is_compiling():
+    if our_cpu_ops_take(x):
         return torch.ops.codegen_lsp_cpu.gelu_tanh(x, CPU_OPS_ISA)
     return F.gelu(x, approximate="tanh")
 

@@ -83,9 +83,8 @@ def rotary_sin_cos(input_pos: torch.Tensor, inv_freq: torch.Tensor, interleaved:
 
 
 def our_rotary(x: torch.Tensor) -> bool:
-    """Whether our CPU rotary op takes x: float32 on the CPU, our kernels loaded, not being compiled."""
-    return engine_config.CPU_OPS_ISA is not None and x.device.type == "cpu" and x.dtype == torch.float32 \
-        and not torch.compiler.is_compiling()  # fmt: skip
+    """Whether our CPU rotary op takes x: float32, where our element-wise ops run (engine/config.py)."""
+    return x.dtype == torch.float32 and engine_config.our_cpu_ops_take(x)
 
 
 def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, position_dim: int = 1) -> torch.Tensor:
@@ -108,7 +107,7 @@ def apply_rotary_interleaved(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tens
 def apply_rotary_halves(x: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
     """Rotate pairs (i, i + D/2) of x (B, H, T, D) (Llama and the architectures after it); on the CPU
     in one op of ours, as apply_rotary_interleaved (PyTorch's six, twice a layer)."""
-    if our_rotary(x) and sin.dtype == torch.float32:
+    if our_rotary(x):
         return torch.ops.codegen_lsp_cpu.rotary(x, sin, cos, 2, False)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
