@@ -995,6 +995,15 @@ inline void prefetch_next_keys(const AttendArgs& a, const T* keys, int64_t j, in
     for (int64_t d = 0; d < a.D; d += 16) __builtin_prefetch(keys + (j + 8 + i) * a.k_row + d);
 }
 
+// dot[r] += key r's numbers (key_floats, D each) times W heads' queries (q_t, D rows G apart), for r < rows.
+template <class F>
+inline void lane_dots(const float* key_floats, const float* q_t, int64_t D, int64_t G, int rows, F dot[8]) {
+  for (int64_t d = 0; d < D; ++d) {
+    const F query = load<F>(q_t + d * G);
+    for (int r = 0; r < rows; ++r) dot[r] += key_floats[r * D + d] * query;
+  }
+}
+
 // Where every W heads read the same keys (multi-query, or groups of W or more): the n keys' scores
 // with one head per lane, scores[j * G + g], for query q_t (D, G), the group's queries transposed.
 // Each key is widened to float32 once for all heads, and each of its numbers, broadcast, multiplies
@@ -1015,17 +1024,10 @@ inline void lane_scores(const AttendArgs& a, const float* q_t, const T* keys, in
       }
     for (int64_t g = 0; g < G; g += W) {
       F dot[8] = {};
-      if (here == 8) {
-        for (int64_t d = 0; d < D; ++d) {
-          const F query = load<F>(q_t + d * G + g);
-          for (int r = 0; r < 8; ++r) dot[r] += key_floats[r * D + d] * query;
-        }
-      } else {
-        for (int64_t d = 0; d < D; ++d) {
-          const F query = load<F>(q_t + d * G + g);
-          for (int r = 0; r < here; ++r) dot[r] += key_floats[r * D + d] * query;
-        }
-      }
+      if (here == 8)  // a constant row count in all but the chunk's last block: the loop unrolls
+        lane_dots(key_floats, q_t + g, D, G, 8, dot);
+      else
+        lane_dots(key_floats, q_t + g, D, G, int(here), dot);
       for (int r = 0; r < here; ++r) {
         const F score = dot[r] * a.scale;
         __builtin_memcpy(scores + (j + r) * G + g, &score, sizeof score);
