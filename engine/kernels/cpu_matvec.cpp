@@ -1125,7 +1125,8 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
   constexpr int W = Isa::W;
   const int64_t G = a.G, D = a.D;
   const bool lanes = G % W == 0;  // lane_scores
-  std::vector<float> scores(G * a.chunk + W), key_floats(lanes ? 8 * D : 0), q_t;
+  std::vector<float> scores(G * a.chunk + W), key_floats(lanes ? 8 * D : 0), q_t(lanes ? D * G : 0);
+  int64_t transposed = -1;  // the head whose queries q_t holds (a thread's tasks run a head's chunks in turn)
   for (int64_t t = begin; t < end; ++t) {
     const int64_t h = t / a.chunks, first = t % a.chunks * a.chunk, n = std::min(a.chunk, a.S - first);
     const float* q = a.q + h * G * D;
@@ -1135,9 +1136,10 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
     const T* keys = (const T*)a.k + h * a.k_head + first * a.k_row;
     Weights weights{scores.data(), a.chunk, 1};
     if (lanes) {
-      q_t.resize(D * G);
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t d = 0; d < D; ++d) q_t[d * G + g] = q[g * D + d];
+      if (h != transposed)
+        for (int64_t g = 0; g < G; ++g)
+          for (int64_t d = 0; d < D; ++d) q_t[d * G + g] = q[g * D + d];
+      transposed = h;
       lane_scores<Isa>(a, q_t.data(), keys, n, scores.data(), key_floats.data());
       lane_softmax<Isa>(a, scores.data(), n, maxima, sums);
       weights = Weights{scores.data(), 1, G};
