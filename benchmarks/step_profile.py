@@ -4,42 +4,41 @@
         [--quantization int8] [--steps 8] [--rounds 5]
 
 Random weights with the real shapes (benchmarks/random_checkpoint.py). A session is filled to
---context tokens. Then, in interleaved rounds, --steps whole decode steps are timed against the
-same steps' weight matmuls alone: every linear layer called, in order and back to back, on the
-input it got in a recorded step. The matmuls' share is the second time over the first; the rest
-of the step (attention, norms, activations, cache writes, dispatch and Python) is what the issue
-bounds at 10 %. The matmuls alone run without the other ops between them, so if anything they
-are faster than inside a step, and the share outside is not understated.
+--context tokens. Then, in interleaved rounds, --steps whole decode steps are timed, and the same
+steps again with every call of a linear layer and of the attention (engine/kv_cache.py's `attend`:
+our attend_decode, or PyTorch's SDPA) wrapped with two clock reads, which add up the time inside
+them. The weight matmuls' share is their time inside steps over a plain step's; the rest of the
+step (attention, norms, activations, cache writes, dispatch and Python) is what the issue bounds
+at 10 %, and everything else is the step less matmuls and attention.
 
-The rest is split the same way: the step's attention calls (our attend_decode, or PyTorch's
-scaled_dot_product_attention), recorded with their arguments and replayed back to back, against
-everything else (norms, activations, cache writes, dispatch and Python), which is the step less
-both replays. It also holds whatever the matmuls lose inside a step against alone, and a cache
-that fits in the CPU's last-level cache is read from there when replayed back to back, so the
-split is a bound on attention from below. (torch.profiler split it before: its own time per op
-inflated the small ops' share.)
+Beside them, the matmuls alone: every linear layer called, in order and back to back, on the
+input it got in a recorded step. Before 2026-12-01 the share came from that replay, and attention
+from its calls replayed alone; but replayed back to back, a cache that fits in the CPU's last-level
+cache is read from there, where in a step the weights streamed through since evict it (santacoder
+at 1,500 tokens: attention 2.2 ms a step alone, 2.8-3.0 inside steps), and the matmuls inside steps
+took 1-5 % less than alone. (A dispatch mode sees the ops too, but its own Python between them
+changed their times: matmuls 7 % faster than in a plain step.)
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
 from benchmarks.random_checkpoint import SHAPES  # noqa: E402
+from engine import kv_cache  # noqa: E402
 from engine.quantize import QuantizedLinear  # noqa: E402
 from engine.session import Session  # noqa: E402
-
-# The ops a step's attention ends in, as a dispatch mode sees them (SDPA reaches one of its kernels).
-ATTENTION = ("codegen_lsp_cpu.attend_decode", "aten._scaled_dot_product")
 
 
 def recorded_matmuls(model: torch.nn.Module, step) -> list[tuple[torch.nn.Module, torch.Tensor]]:
@@ -55,17 +54,38 @@ def recorded_matmuls(model: torch.nn.Module, step) -> list[tuple[torch.nn.Module
     return calls
 
 
-class RecordedAttention(TorchDispatchMode):
-    """Records every attention op of the steps run under it, with its arguments (views of the cache)."""
+def timed(function, kind: str, seconds: dict[str, float]):
+    """function, adding the seconds inside each call to seconds[kind]."""
 
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple] = []
+    def timed_call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[kind] += time.perf_counter() - start
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func).startswith(ATTENTION):
-            self.calls.append((func, args, kwargs or {}))
-        return func(*args, **(kwargs or {}))
+    return timed_call
+
+
+@contextmanager
+def timed_inside_steps(model: torch.nn.Module, seconds: dict[str, float]):
+    """Adds up in seconds["matmuls"] and seconds["attention"] the time inside every linear layer and
+    every attention call of what runs under it (architectures call `attend` by their own name for it)."""
+    attend = kv_cache.attend
+    linears = [module for module in model.modules() if isinstance(module, (torch.nn.Linear, QuantizedLinear))]
+    callers = [module for module in list(sys.modules.values()) if module is not kv_cache
+               and getattr(module, "__name__", "").startswith("engine.") and getattr(module, "attend", None) is attend]
+    for module in linears:
+        module.forward = timed(module.forward, "matmuls", seconds)  # an instance attribute, over the class's
+    for module in callers:
+        module.attend = timed(attend, "attention", seconds)
+    try:
+        yield
+    finally:
+        for module in linears:
+            del module.forward
+        for module in callers:
+            module.attend = attend
 
 
 def main() -> None:
@@ -90,10 +110,6 @@ def main() -> None:
         with torch.inference_mode():
             matmuls = recorded_matmuls(lm.model, lambda: session.step(prompt[0]))
         session.truncate(args.context)
-        with torch.inference_mode(), RecordedAttention() as recorded:
-            session.step(prompt[0])
-        attentions = recorded.calls  # read again after the truncate: the positions they read stay written
-        session.truncate(args.context)
         steps()  # warm
 
         @torch.inference_mode()
@@ -102,28 +118,34 @@ def main() -> None:
                 for module, x in matmuls:
                     module(x)
 
-        @torch.inference_mode()
-        def attention_alone() -> None:
-            for _ in range(args.steps):
-                for func, call_args, kwargs in attentions:
-                    func(*call_args, **kwargs)
-
         def ms_per_step(run) -> float:
             start = time.perf_counter()
             run()
             return (time.perf_counter() - start) / args.steps * 1000
 
-        figures, load = interleaved({"step": lambda: ms_per_step(steps), "matmuls": lambda: ms_per_step(matmuls_alone),
-                                     "attention": lambda: ms_per_step(attention_alone)}, args.rounds)
-        outside = 1 - figures["matmuls"] / figures["step"]
-        rest = figures["step"] - figures["matmuls"] - figures["attention"]
-        print(f"{name} {args.quantization}, {args.context} tokens of context, {lm.threads or torch.get_num_threads()} threads, "
-              f"{len(matmuls)} matmuls a step, median of {args.rounds} interleaved rounds: step {figures['step']:.1f} ms, "
-              f"its matmuls alone {figures['matmuls']:.1f} ms; outside the matmuls {outside:.0%} "
-              f"({figures['step'] - figures['matmuls']:.1f} ms)  (load {load:.1f})")
-        print(f"    of which attention ({len(attentions)} calls alone) {figures['attention']:.1f} ms "
-              f"({figures['attention'] / figures['step']:.0%}), everything else {rest:.1f} ms ({rest / figures['step']:.0%})")
+        timed_rounds: list[dict[str, float]] = []  # each round's steps with their calls timed: ms a step
 
+        def timed_steps() -> float:
+            seconds = {"matmuls": 0.0, "attention": 0.0}
+            with timed_inside_steps(lm.model, seconds):
+                whole = ms_per_step(steps)
+            timed_rounds.append({"step": whole, **{kind: value / args.steps * 1000 for kind, value in seconds.items()}})
+            return whole
+
+        figures, load = interleaved({"step": lambda: ms_per_step(steps), "timed step": timed_steps,
+                                     "matmuls alone": lambda: ms_per_step(matmuls_alone)}, args.rounds)
+        # Shares from the timed steps themselves, round by round: a step moves more between rounds than
+        # what lies outside its matmuls (santacoder's float32 step by 5 ms).
+        median = {kind: statistics.median(r[kind] for r in timed_rounds) for kind in ("step", "matmuls", "attention")}
+        outside = statistics.median(1 - r["matmuls"] / r["step"] for r in timed_rounds)
+        attention = statistics.median(r["attention"] / r["step"] for r in timed_rounds)
+        rest = statistics.median((r["step"] - r["matmuls"] - r["attention"]) / r["step"] for r in timed_rounds)
+        print(f"{name} {args.quantization}, {args.context} tokens of context, {lm.threads or torch.get_num_threads()} threads, "
+              f"{len(matmuls)} matmuls a step, median of {args.rounds} interleaved rounds: step {figures['step']:.1f} ms "
+              f"(timed {median['step']:.1f}), its matmuls {median['matmuls']:.1f} ms (alone {figures['matmuls alone']:.1f}); "
+              f"outside the matmuls {outside:.0%} ({median['step'] - median['matmuls']:.1f} ms)  (load {load:.1f})")
+        print(f"    of which attention {median['attention']:.1f} ms ({attention:.0%}), "
+              f"everything else {median['step'] - median['matmuls'] - median['attention']:.1f} ms ({rest:.0%})")
 
 if __name__ == "__main__":
     main()
