@@ -328,7 +328,7 @@ template <class Isa>
 inline void int8x16_blocks(const Int8x16Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   for (int64_t b = begin; b < end; ++b) {
     // 5 tokens: 20 sums, 5 x and a widened weight vector in AVX-512's 32 registers; 3 in AVX2's 16.
-    token_passes<Isa::W == 16 ? 5 : 3>(a.M, [&](auto tokens, int64_t m) { int8x16_rows<Isa, tokens>(a, b, m); });
+    token_passes<Isa::W == 16 ? 5 : 3>(a.M, [&](auto tokens, int64_t m) { int8x16_rows<Isa, decltype(tokens)::value>(a, b, m); });
   }
 }
 
@@ -396,7 +396,7 @@ template <class Isa>
 inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   for (int64_t b = begin; b < end; ++b) {  // the block stays in L1/L2 from one pass to the next
     // 5 tokens: 20 sums, a weight vector's nibbles and x in AVX-512's 32 registers; 2 in AVX2's 16.
-    token_passes<Isa::W == 16 ? 5 : 2>(a.M, [&](auto tokens, int64_t m) { int4_tokens<Isa, tokens>(a, b, m); });
+    token_passes<Isa::W == 16 ? 5 : 2>(a.M, [&](auto tokens, int64_t m) { int4_tokens<Isa, decltype(tokens)::value>(a, b, m); });
   }
 }
 
