@@ -7,9 +7,11 @@ Random weights with the real shapes (benchmarks/random_checkpoint.py). A session
 --context tokens. Then, in interleaved rounds, --steps whole decode steps are timed, and the same
 steps again with every call of a linear layer and of the attention (engine/kv_cache.py's `attend`:
 our attend_decode, or PyTorch's SDPA) wrapped with two clock reads, which add up the time inside
-them. The weight matmuls' share is their time inside steps over a plain step's; the rest of the
-step (attention, norms, activations, cache writes, dispatch and Python) is what the issue bounds
-at 10 %, and everything else is the step less matmuls and attention.
+them. The weight matmuls' share is their time over those steps' own, round by round (a step moves
+more between rounds than what lies outside its matmuls); the rest of the step (attention, norms,
+activations, cache writes, dispatch and Python) is what the issue bounds at 10 %, and everything
+else is the step less matmuls and attention. The plain steps are printed beside, to show that the
+clock reads cost little.
 
 Beside them, the matmuls alone: every linear layer called, in order and back to back, on the
 input it got in a recorded step. Before 2026-12-01 the share came from that replay, and attention
