@@ -25,11 +25,11 @@ def checkpoint(name: str, config: dict, tokenizer_files: Iterable[Path] = (CODEG
     return directory
 
 
-def random_model(name: str, quantization: str):
+def random_model(name: str, quantization: str, compile: str = "auto"):
     """The random-weight checkpoint of SHAPES[name], loaded on the CPU with the threads chosen at load set."""
     from engine.loading import load_model
 
-    lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=quantization)
+    lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=quantization, compile=compile)
     if lm.threads:
         torch.set_num_threads(lm.threads)
     return lm

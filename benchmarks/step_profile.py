@@ -1,7 +1,7 @@
 """Where one decode step's time goes: weight matmuls vs everything else (attention, norms, Python).
 
     .venv/bin/python benchmarks/step_profile.py [--shapes santacoder codegen-350M-mono] [--context 1500]
-        [--quantization int8] [--steps 8] [--rounds 5]
+        [--quantization int8] [--steps 8] [--rounds 5] [--compile]
 
 Random weights with the real shapes (benchmarks/random_checkpoint.py). A session is filled to
 --context tokens. Then, in interleaved rounds, --steps whole decode steps are timed, and the same
@@ -25,6 +25,7 @@ changed their times: matmuls 7 % faster than in a plain step.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -97,21 +98,24 @@ def main() -> None:
     parser.add_argument("--quantization", default="int8")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="compiled steps (compile = true) against the matmuls alone")
     args = parser.parse_args()
     for name in args.shapes:
-        lm = random_model(name, args.quantization)
-        session = Session(lm)
+        lm = random_model(name, args.quantization, compile="true" if args.compile else "false")
+        eager_lm = dataclasses.replace(lm, decode_step=None)  # the same weights, run eagerly
+        session, eager_session = Session(lm), Session(eager_lm)
         prompt = code_prompt(lm, args.context)
         session.prefill(prompt)
+        eager_session.prefill(prompt)
 
-        def steps() -> None:  # --steps decode steps from the same place each time
+        def steps(session: Session = session) -> None:  # --steps decode steps from the same place each time
             for i in range(args.steps):
                 session.step(prompt[i])
             session.truncate(args.context)
 
         with torch.inference_mode():
-            matmuls = recorded_matmuls(lm.model, lambda: session.step(prompt[0]))
-        session.truncate(args.context)
+            matmuls = recorded_matmuls(lm.model, lambda: eager_session.step(prompt[0]))
+        eager_session.truncate(args.context)
         steps()  # warm
 
         @torch.inference_mode()
@@ -125,6 +129,14 @@ def main() -> None:
             run()
             return (time.perf_counter() - start) / args.steps * 1000
 
+        if args.compile:  # a compiled step runs no module of ours to time: only its whole against the matmuls alone
+            figures, load = interleaved({"step": lambda: ms_per_step(steps), "eager step": lambda: ms_per_step(lambda: steps(eager_session)),
+                                         "matmuls alone": lambda: ms_per_step(matmuls_alone)}, args.rounds)
+            print(f"{name} {args.quantization}, compiled, {args.context} tokens of context, median of {args.rounds} interleaved "
+                  f"rounds: step {figures['step']:.1f} ms (eager {figures['eager step']:.1f}), its matmuls alone "
+                  f"{figures['matmuls alone']:.1f} ms; outside them {1 - figures['matmuls alone'] / figures['step']:.0%} "
+                  f"(eager {1 - figures['matmuls alone'] / figures['eager step']:.0%})  (load {load:.1f})")
+            continue
         timed_rounds: list[dict[str, float]] = []  # each round's steps with their calls timed: ms a step
 
         def timed_steps() -> float:
@@ -148,6 +160,7 @@ def main() -> None:
               f"outside the matmuls {outside:.0%} ({median['step'] - median['matmuls']:.1f} ms)  (load {load:.1f})")
         print(f"    of which attention {median['attention']:.1f} ms ({attention:.0%}), "
               f"everything else {median['step'] - median['matmuls'] - median['attention']:.1f} ms ({rest:.0%})")
+
 
 if __name__ == "__main__":
     main()
