@@ -47,6 +47,7 @@ import torch.nn as nn
 from engine import config
 from engine.kv_cache import HALF
 from engine.paths import cache_dir
+from engine.speculative import FIRST_DRAFT
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,10 @@ STALE_BUILD_DAYS = 30  # a kernel build no process loaded for this long is delet
 TOLERANCE = 3e-2
 ROUNDS = 5  # timing rounds, candidates interleaved, median taken
 # A layer's kernels are timed on one token (a decode step) plus this many (a speculative verify of a
-# first draft: engine/speculative.py's FIRST_DRAFT + 1). Reading weights from memory, kernels tie on
-# one token whose arithmetic differs by half (our int8 ones with float or int16 activations), and a
-# verify's rows are what tells them apart.
-VERIFY_TOKENS = 5
+# first draft: its last token and the drafts). Reading weights from memory, kernels tie on one token
+# whose arithmetic differs by half (our int8 ones with float or int16 activations), and a verify's
+# rows are what tells them apart.
+VERIFY_TOKENS = FIRST_DRAFT + 1
 ROUND_SECONDS = 2e-3  # calls per round: as many as fill this time, at least one
 
 _build_lock = threading.Lock()
