@@ -13,7 +13,8 @@ and flags, torch version, kernel source, whether ours could be built, and thread
 in any means measuring again.
 
 Decode attention (one token over a float32 cache) is chosen the same way, per (kv heads, query
-heads per kv head, head dim): ours or PyTorch's SDPA (choose_attention).
+heads per kv head, head dim): ours or PyTorch's SDPA (choose_attention); and prefill attention
+(a chunk of tokens over the cache) per shape and cache dtype (choose_prefill_attention).
 
 A quantized module (engine/quantize.py) or a FloatLinear (engine/float_linear.py) takes part
 through its methods kernel_candidates() (names, fallback last), with_kernel(name) (a twin sharing
@@ -328,6 +329,56 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
             else:
                 log.warning("CPU decode attention %s is wrong (error %.2g), not used", label, error)
     seconds = median_seconds_per_call(calls, round_seconds=0.02)
+    return min(seconds, key=seconds.get)
+
+
+def choose_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_dtype: torch.dtype, folder: Path) -> str | None:
+    """The instruction set our prefill attention kernel runs with for this shape over a cache of
+    cache_dtype, or None where PyTorch's SDPA is as fast or ours is unavailable: measured once per
+    machine on a prefill chunk after as many cached tokens, saved with the kernel choices."""
+    names = compiled_kernels(folder)
+    if not names or head_dim % 16:
+        return None
+    shape = f"prefill attention {kv_heads}x{group}x{head_dim} {str(cache_dtype).removeprefix('torch.')}"
+    choice = _saved_or_measured(folder, shape, [*names, "sdpa"],
+                                lambda: _measure_prefill_attention(kv_heads, group, head_dim, cache_dtype, names))
+    log.info("CPU prefill attention for %s: %s", shape, choice)
+    return None if choice == "sdpa" else choice.removeprefix("cpp-")
+
+
+PREFILL_TOKENS = 256  # the chunk the prefill choice is measured with (engine/session.py's PREFILL_CHUNK)
+
+
+@torch.no_grad()
+def _measure_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_dtype: torch.dtype, names: list[str]) -> str:
+    """The fastest of SDPA (as engine/kv_cache.attend runs it for a prefill chunk: a boolean mask,
+    the cache cast to float32) and ours, PREFILL_TOKENS new tokens after as many cached, ours only
+    where it matches SDPA."""
+    generator = torch.Generator().manual_seed(0)
+    T, S, H = PREFILL_TOKENS, 2 * PREFILL_TOKENS, kv_heads * group
+    q = torch.randn(1, T, H, head_dim, generator=generator).transpose(1, 2)  # as the architectures give it
+    k, v = (torch.randn(1, kv_heads, S, head_dim, generator=generator).to(cache_dtype) for _ in range(2))
+    mask = torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None]
+    scale = head_dim**-0.5
+
+    def sdpa():
+        return torch.nn.functional.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask, scale=scale,
+                                                                enable_gqa=group > 1)
+
+    reference = sdpa()
+    calls = {"sdpa": sdpa}
+    for name in names:
+        isa = name.removeprefix("cpp-")
+        try:
+            error = (torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, scale, isa) - reference).abs().max().item()
+        except Exception as exc:
+            log.warning("CPU prefill attention %s failed, not used: %s", name, exc)
+            continue
+        if error <= 1e-4 * reference.abs().max().item():
+            calls[name] = lambda isa=isa: torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, scale, isa)
+        else:
+            log.warning("CPU prefill attention %s is wrong (error %.2g), not used", name, error)
+    seconds = median_seconds_per_call(calls)
     return min(seconds, key=seconds.get)
 
 

@@ -14,6 +14,9 @@ from engine.config import ModelConfig
 # models of that shape keep their cache in float16 (cache_dtype).
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 HALF = " float16"
+# The same key -> the instruction set our prefill attention kernel runs with for that shape, where
+# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention).
+PREFILL_ATTENTION: dict[tuple[int, int, int], str] = {}
 
 
 def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
@@ -90,6 +93,15 @@ class KVCache:
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
 
+class CausalMask:
+    """The mask of a forward whose T tokens are the last of the kv_len it attends to, with no window
+    in the way (a prefill chunk): each query sees every key up to its own. Our prefill kernel needs
+    only that; SDPA gets `tensor`."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
 class RowSpans(tuple):
     """The mask of a verify forward (engine/speculative.py): one (kv_len, mask) per query row, what a
     single-token decode step at its position would use, so that each row attends alone exactly as
@@ -115,12 +127,13 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
         return kv_len, None
     if exact_rows and kv_len is not None:
         return kv_len, RowSpans(attention_span(p[None], cache, int(p) + 1, window) for p in input_pos)
+    causal = kv_len is not None and (window is None or kv_len <= window)  # eagerly the tokens are the last kv_len - T
     kv_len = cache.capacity if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
     mask = key_pos[None, :] <= input_pos[:, None]
     if window is not None:
         mask &= key_pos[None, :] > input_pos[:, None] - window
-    return kv_len, mask
+    return kv_len, CausalMask(mask) if causal else mask
 
 
 def our_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
@@ -134,11 +147,24 @@ def our_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     return None if choice is None else choice.removesuffix(HALF)
 
 
+def our_prefill_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
+    """The instruction set our prefill attention kernel runs with for this call's shape, or None (SDPA)."""
+    if not PREFILL_ATTENTION or q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in (torch.float32, torch.float16):
+        return None
+    H, KVH = q.shape[1], k.shape[1]
+    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3]))
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
     """q (1, H, T, D) over k, v (1, KVH, S, D) -> (1, H, T, D); H is a multiple of KVH (grouped-query;
     KVH = 1 is multi-query), query heads [j*H/KVH, (j+1)*H/KVH) reading K/V head j."""
     B, H, T, D = q.shape
     KVH = k.shape[1]
+    if isinstance(mask, CausalMask):
+        prefill_isa = our_prefill_kernel(q, k)
+        if prefill_isa is not None:
+            return torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, scale or D**-0.5, prefill_isa)
+        mask = mask.tensor
     isa = our_decode_kernel(q, k)
     if isinstance(mask, RowSpans):
         last = mask[-1][0]

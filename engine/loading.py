@@ -23,7 +23,7 @@ from engine.decoder import speed_up_attribute_lookups
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.float_linear import use_float_kernels
-from engine.kv_cache import DECODE_ATTENTION, KVCache, attention_shape, cache_dtype
+from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, KVCache, attention_shape, cache_dtype
 from engine.loaded_model import LoadedModel
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
@@ -79,6 +79,8 @@ def load_model(
         if (config.architecture.cache_dtype or torch_dtype) == torch.float32:
             choose_decode_attention(config)  # float32 and quantized layers have built our kernels already
     kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")  # after the attention choice
+    if torch_device.type == "cpu" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
+        choose_prefill_attention(config, kv_dtype)
     decode_step = None
     if want_compile(compile, torch_device):
         compile_start = time.perf_counter()
@@ -103,6 +105,15 @@ def choose_decode_attention(config: ModelConfig) -> None:
         DECODE_ATTENTION.pop(shape, None)
     else:
         DECODE_ATTENTION[shape] = isa
+
+
+def choose_prefill_attention(config: ModelConfig, kv_dtype: torch.dtype) -> None:
+    shape = attention_shape(config)
+    isa = cpu_kernels.choose_prefill_attention(*shape, kv_dtype, cache_dir() / "quantized")
+    if isa is None:
+        PREFILL_ATTENTION.pop(shape, None)
+    else:
+        PREFILL_ATTENTION[shape] = isa
 
 
 def decode_calls_for_timing(model: torch.nn.Module, config: ModelConfig, kv_dtype: torch.dtype, verify_rows: int = 1,

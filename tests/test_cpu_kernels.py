@@ -333,7 +333,7 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
     first = chosen_kernels(load_model(str(codegen_dir), device="cpu", quantization="int8"))
     path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
     saved = json.loads(path.read_text())
-    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith(("threads ", "attention ", "drafting "))}
+    saved["choices"] = {name: choice for name, choice in saved["choices"].items() if not name.startswith(("threads ", "attention ", "prefill attention ", "drafting "))}
     assert saved["key"] == cpu_kernels.machine_key() and set(saved["choices"]) == set(measured)
     assert len(measured) == len(set(measured)) < len(first)  # one layer per shape
     # A valid file is used as it is: "dequantize" everywhere shows it was read, not measured.
@@ -488,6 +488,81 @@ def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdp
     finally:
         DECODE_ATTENTION.clear()
         DECODE_ATTENTION.update(saved_before)
+
+
+PREFILL_SHAPES = [(4, 1, 32), (1, 8, 64), (2, 3, 16)]  # multi-head, multi-query, groups of 3 (rows across tokens)
+
+
+@pytest.mark.parametrize("shape", PREFILL_SHAPES, ids=["x".join(map(str, s)) for s in PREFILL_SHAPES])
+@pytest.mark.parametrize("tokens, keys", [(1, 1), (5, 5), (17, 60), (40, 40), (70, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_prefill_attention_is_sdpa_with_the_causal_mask(shape, tokens, keys, dtype):
+    """A chunk of new tokens, the last of the keys, each seeing the keys up to its own: ours in every
+    instruction set this CPU has equals SDPA given that mask (over the same numbers in float32), read
+    from a slice of a larger cache, with q laid out as the architectures give it, and its output laid
+    out as their output projections read it."""
+    needs_our_kernels()
+    kv_heads, group, head_dim = shape
+    generator = torch.Generator().manual_seed(tokens * keys)
+    cache = torch.randn(2, 1, kv_heads, 512, head_dim, generator=generator).to(dtype)
+    k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
+    q = torch.randn(1, tokens, kv_heads * group, head_dim, generator=generator).transpose(1, 2) * 3
+    mask = torch.arange(keys)[None, :] <= torch.arange(keys - tokens, keys)[:, None]
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k.float(), v.float(), attn_mask=mask, scale=0.2,
+                                                                 enable_gqa=group > 1)
+    for isa in torch.ops.codegen_lsp_cpu.isas().split():
+        out = torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, 0.2, isa)
+        assert out.shape == reference.shape and out.transpose(1, 2).is_contiguous()
+        assert (out - reference).abs().max() <= 1e-5 * reference.abs().max(), isa
+
+
+def test_prefill_attention_refuses_what_it_cannot_run():
+    needs_our_kernels()
+    k = torch.randn(1, 2, 10, 64)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 3, 24), torch.randn(1, 2, 10, 24), torch.randn(1, 2, 10, 24), 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="S >= T"):  # more new tokens than keys
+        torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 11, 64), k, k, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="multiple of KVH"):
+        torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 3, 5, 64), k, k, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="float16"):  # keys and values alike
+        torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 5, 64), k.half(), k, 1.0, "baseline")
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_prefill_attention_is_chosen_once_per_machine_and_gives_the_logits_of_sdpa(tmp_path, stdlib_code, monkeypatch, quantization):
+    """A load on the CPU measures ours against SDPA for the model's shape and cache dtype and saves the
+    choice; prompts prefilled in chunks with ours (forced here, whatever was chosen) give SDPA's logits
+    and greedy tokens, and the session's cache holds the same keys and values for the next request."""
+    needs_our_kernels()
+    from engine import session as session_module
+    from engine.kv_cache import PREFILL_ATTENTION
+
+    directory = checkpoints.make_codegen(tmp_path / "codegen", n_embd=128, n_head=4)  # head dim 32
+    measured = []
+    real_measure = cpu_kernels._measure_prefill_attention
+    monkeypatch.setattr(cpu_kernels, "_measure_prefill_attention", lambda *args: measured.append(args[:4]) or real_measure(*args))
+    monkeypatch.setattr(session_module, "PREFILL_CHUNK", 48)  # chunks after cached tokens, and a short last one
+    saved_before = dict(PREFILL_ATTENTION)
+    try:
+        lm = load_model(str(directory), device="cpu", quantization=quantization)
+        choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+        (name,) = [name for name in choices if name.startswith("prefill attention ")]
+        assert name == f"prefill attention 4x1x32 {str(lm.cache_dtype).removeprefix('torch.')}"
+        assert measured == [(4, 1, 32, lm.cache_dtype)]
+        assert (PREFILL_ATTENTION.get((4, 1, 32)) is None) == (choices[name] == "sdpa")
+        load_model(str(directory), device="cpu", quantization=quantization)
+        assert len(measured) == 1  # read back, not measured again
+        prompt = lm.tokenizer.encode(stdlib_code)[:150]
+        PREFILL_ATTENTION.pop((4, 1, 32), None)
+        tokens, logits = greedy_with_logits(lm, prompt, 8)
+        PREFILL_ATTENTION[(4, 1, 32)] = torch.ops.codegen_lsp_cpu.isas().split()[0]
+        ours, our_logits = greedy_with_logits(lm, prompt, 8)
+        assert ours == tokens
+        assert (logits - our_logits).abs().max() < 1e-4
+    finally:
+        PREFILL_ATTENTION.clear()
+        PREFILL_ATTENTION.update(saved_before)
 
 
 def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code, monkeypatch):

@@ -1196,6 +1196,119 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
   }
 }
 
+// ---------------------------------------------------------------- prefill attention
+// A prefill chunk's T new tokens over the first S keys of the cache, theirs the last T: token i's
+// queries see keys [0, S - T + i]. PyTorch's SDPA takes that as a boolean mask, so it computes
+// every masked score too (a chunk of 256 after 256 cached tokens: a third of its work), and over
+// a float16 cache it needs every layer's keys and values cast to float32 first. Here a block of W
+// query rows (one per lane) of one key/value head goes over the keys its rows see: scores with
+// the rows in lanes (each key number broadcast against W queries, no sums across lanes), then an
+// exact softmax per lane over all its scores at once (W rows' scores over S keys fit in L2), then
+// the weighted values, a few rows by 4 registers of columns at a time. The rows of key/value head
+// h are its G query heads' for each token, token-major: a multi-query block is one token's heads,
+// which all see the same keys.
+
+struct PrefillArgs {
+  const float* q;  // query head h * G + g, token i: q + (h * G + g) * q_head + i * q_row
+  const void* k;   // float32 or float16; key j of head h at h * k_head + j * k_row
+  const void* v;
+  float* y;  // as q
+  int64_t G, T, S, D, q_head, q_row, k_head, k_row, v_head, v_row, y_head, y_row, blocks;  // blocks of W rows per head
+  float scale;
+};
+
+// scores[(j0 + r) * W + lane] = the dots of keys j0 .. j0 + R - 1 (rows of D floats) with the
+// block's W queries (qt: D x W, the queries transposed and scaled).
+template <class F, int R>
+inline void prefill_dots(const float* qt, const float* keys, int64_t D, int64_t j0, F dot[8]) {
+  for (int64_t d = 0; d < D; ++d) {
+    const F query = load<F>(qt + d * (sizeof(F) / 4));
+    for (int r = 0; r < R; ++r) dot[r] += query * keys[(j0 + r) * D + d];
+  }
+}
+
+// out rows (lanes l0 .. l0 + RB - 1) over columns [c0, c0 + C W) of the n values (rows of D floats),
+// each weighted by its lane's softmax numerator.
+template <class Isa, int RB, int C>
+inline void prefill_weighted_values(const PrefillArgs& a, const float* scores, const float* values, int64_t n, int64_t l0,
+                                    int64_t c0, float* out) {
+  constexpr int W = Isa::W;
+  using F = typename Vec<W>::f32;
+  F acc[RB][C] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    F value[C];
+    for (int c = 0; c < C; ++c) value[c] = load<F>(values + j * a.D + c0 + c * W);
+    for (int rb = 0; rb < RB; ++rb) {
+      const float weight = scores[j * W + l0 + rb];
+      for (int c = 0; c < C; ++c) acc[rb][c] += weight * value[c];
+    }
+  }
+  for (int rb = 0; rb < RB; ++rb) __builtin_memcpy(out + rb * a.D + c0, acc[rb], sizeof acc[rb]);
+}
+
+template <class Isa, class T>
+inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
+  constexpr int W = Isa::W, RB = W == 16 ? 4 : 2;  // RB rows x 4 registers of sums and 4 of values fit the registers
+  using F = typename Vec<W>::f32;
+  const int64_t D = a.D, rows = a.G * a.T;
+  std::vector<float> keys(a.S * D), values(a.S * D), qt(D * W), scores(a.S * W), out(W * D);
+  int64_t widened = -1;  // the key/value head whose keys and values are in `keys` and `values`
+  for (int64_t task = begin; task < end; ++task) {
+    // A head's blocks alternately from both ends: the later ones see more keys, and each thread's
+    // share of the tasks gets as many of both.
+    const int64_t h = task / a.blocks, i = task % a.blocks, b = i % 2 == 0 ? i / 2 : a.blocks - 1 - i / 2;
+    if (h != widened) {  // float32 rows of D, read by every block of the head
+      for (int64_t j = 0; j < a.S; ++j)
+        for (int64_t d = 0; d < D; d += W) {
+          const F key = cache_floats<Isa, F>((const T*)a.k + h * a.k_head + j * a.k_row + d);
+          const F value = cache_floats<Isa, F>((const T*)a.v + h * a.v_head + j * a.v_row + d);
+          __builtin_memcpy(keys.data() + j * D + d, &key, sizeof key);
+          __builtin_memcpy(values.data() + j * D + d, &value, sizeof value);
+        }
+      widened = h;
+    }
+    F seen;  // per lane, how many keys its row sees (lanes past the last row repeat it)
+    for (int l = 0; l < W; ++l) {
+      const int64_t r = std::min(b * W + l, rows - 1), token = r / a.G, g = r % a.G;
+      const float* query = a.q + (h * a.G + g) * a.q_head + token * a.q_row;
+      seen[l] = float(a.S - a.T + token + 1);
+      for (int64_t d = 0; d < D; ++d) qt[d * W + l] = query[d] * a.scale;
+    }
+    const int64_t n = int64_t(seen[W - 1]), all_see = int64_t(seen[0]);  // rows are token-major: lane 0 sees fewest
+    F largest = (F){} - INFINITY;
+    for (int64_t j0 = 0; j0 < n; j0 += 8) {
+      F dot[8] = {};
+      const int here = int(std::min<int64_t>(8, n - j0));
+      if (here == 8)
+        prefill_dots<F, 8>(qt.data(), keys.data(), D, j0, dot);
+      else
+        for (int r = 0; r < here; ++r) prefill_dots<F, 1>(qt.data(), keys.data(), D, j0 + r, dot + r);
+      for (int r = 0; r < here; ++r) {
+        F score = dot[r];
+        if (j0 + r >= all_see) score = float(j0 + r) < seen ? score : (F){} - INFINITY;  // past some rows' own token
+        largest = score > largest ? score : largest;
+        __builtin_memcpy(scores.data() + (j0 + r) * W, &score, sizeof score);
+      }
+    }
+    F total = {};
+    for (int64_t j = 0; j < n; ++j) {
+      const F e = exp_nonpositive(load<F>(scores.data() + j * W) - largest);
+      __builtin_memcpy(scores.data() + j * W, &e, sizeof e);
+      total += e;
+    }
+    for (int64_t l0 = 0; l0 < W; l0 += RB) {
+      int64_t c0 = 0;
+      for (; c0 + 4 * W <= D; c0 += 4 * W) prefill_weighted_values<Isa, RB, 4>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
+      for (; c0 < D; c0 += W) prefill_weighted_values<Isa, RB, 1>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
+    }
+    for (int l = 0; l < W && b * W + l < rows; ++l) {
+      const int64_t r = b * W + l, token = r / a.G, g = r % a.G;
+      float* y = a.y + (h * a.G + g) * a.y_head + token * a.y_row;
+      for (int64_t d = 0; d < D; ++d) y[d] = out[l * D + d] / total[l];
+    }
+  }
+}
+
 // ---------------------------------------------------------------- GELU
 // GELU with tanh's approximation (gelu_new, gelu_pytorch_tanh): x (1 + tanh u) / 2 = x sigmoid(2u),
 // u = sqrt(2 / pi) (x + 0.044715 x^3), from exp(-2 |u|) (exp_nonpositive, ~1e-7 relative): PyTorch's
@@ -1237,6 +1350,8 @@ struct Kernels {
   void (*int4_gemm)(const Int4GemmArgs&, int64_t, int64_t);
   void (*attend)(const AttendArgs&, int64_t, int64_t);
   void (*attend_half)(const AttendArgs&, int64_t, int64_t);  // over a float16 cache
+  void (*attend_prefill)(const PrefillArgs&, int64_t, int64_t);
+  void (*attend_prefill_half)(const PrefillArgs&, int64_t, int64_t);
   void (*gelu_tanh)(const float*, float*, int64_t, int64_t);
   float int8_gemm_levels;      // int8_gemm's x: bytes in [-levels, levels],
   int64_t int8_gemm_columns;   // one scale per this many columns
@@ -1256,6 +1371,8 @@ KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { in
 KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<false>(a, b, e); }
 KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, float>(a, b, e); }
 KERNEL void attend_half_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, uint16_t>(a, b, e); }
+KERNEL void attend_prefill_baseline(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Baseline, float>(a, b, e); }
+KERNEL void attend_prefill_half_baseline(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Baseline, uint16_t>(a, b, e); }
 KERNEL void gelu_tanh_baseline(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Baseline>(x, y, b, e); }
 #if defined(__x86_64__)
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
@@ -1264,6 +1381,8 @@ KERNEL AVX2 void float_avx2(const FloatArgs& a, int64_t b, int64_t e) { float_ro
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, float>(a, b, e); }
 KERNEL AVX2 void attend_half_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, uint16_t>(a, b, e); }
+KERNEL AVX2 void attend_prefill_avx2(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Avx2, float>(a, b, e); }
+KERNEL AVX2 void attend_prefill_half_avx2(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Avx2, uint16_t>(a, b, e); }
 KERNEL AVX2 void gelu_tanh_avx2(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx2>(x, y, b, e); }
 KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void int8x16_avx2(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx2>(a, b, e); }
@@ -1276,6 +1395,8 @@ KERNEL AVX512 void float_avx512(const FloatArgs& a, int64_t b, int64_t e) { floa
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void attend_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, float>(a, b, e); }
 KERNEL AVX512 void attend_half_avx512(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx512, uint16_t>(a, b, e); }
+KERNEL AVX512 void attend_prefill_avx512(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Avx512, float>(a, b, e); }
+KERNEL AVX512 void attend_prefill_half_avx512(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Avx512, uint16_t>(a, b, e); }
 KERNEL AVX512 void gelu_tanh_avx512(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Avx512>(x, y, b, e); }
 KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int8x16_avx512(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx512>(a, b, e); }
@@ -1305,10 +1426,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
-  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
+  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
 #endif
-  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -1593,6 +1714,27 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
   return rows ? y : y.squeeze(0);
 }
 
+// A prefill chunk's attention: q (1, H, T, D) float32 over k, v (1, KVH, S, D) float32 or float16
+// (H a multiple of KVH, S >= T, unit stride along D), token i seeing keys [0, S - T + i] -> y
+// (1, H, T, D), laid out (T, H, D) in memory as the attention's output projection reads it.
+at::Tensor attend_prefill(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale, c10::string_view isa) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.sizes() == k.sizes() && q.size(0) == 1 && k.size(0) == 1 &&
+                  q.size(1) % k.size(1) == 0 && k.size(3) == q.size(3) && k.size(2) >= q.size(2) && q.size(2) > 0,
+              "q (1, H, T, D), k and v (1, KVH, S, D) with H a multiple of KVH and S >= T > 0");
+  const bool half = k.scalar_type() == at::kHalf;
+  TORCH_CHECK(q.scalar_type() == at::kFloat && (half || k.scalar_type() == at::kFloat) && v.scalar_type() == k.scalar_type() &&
+                  q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1 && q.size(3) % 16 == 0,
+              "q float32, k and v float32 or float16, unit stride along D, D a multiple of 16");
+  const int64_t H = q.size(1), T = q.size(2), D = q.size(3), KVH = k.size(1), S = k.size(2), G = H / KVH;
+  const Kernels run = kernels_for(isa);
+  const int64_t W = std::string(isa) == "avx512" ? 16 : std::string(isa) == "avx2" ? 8 : 4;
+  at::Tensor y = at::empty({1, T, H, D}, q.options());
+  const PrefillArgs a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), y.data_ptr<float>(), G, T, S, D, q.stride(1), q.stride(2),
+                      k.stride(1), k.stride(2), v.stride(1), v.stride(2), D, H * D, (G * T + W - 1) / W, float(scale)};
+  at::parallel_for(0, KVH * a.blocks, 1, [&](int64_t b, int64_t e) { (half ? run.attend_prefill_half : run.attend_prefill)(a, b, e); });
+  return y.transpose(1, 2);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
@@ -1604,6 +1746,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int4_matvec(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
+  m.def("attend_prefill(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
   m.def("gelu_tanh(Tensor x, str isa) -> Tensor");
   m.def("rotary(Tensor x, Tensor sin, Tensor cos, int position_dim, bool interleaved) -> Tensor");
 }
@@ -1616,6 +1759,7 @@ TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int4_matvec", &int4_matvec);
   m.impl("int4_matmul", &int4_matmul);
   m.impl("attend_decode", &attend_decode);
+  m.impl("attend_prefill", &attend_prefill);
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("rotary", &rotary);
 }
