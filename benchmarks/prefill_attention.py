@@ -1,0 +1,113 @@
+"""Prefill with our attention kernel against PyTorch's SDPA, on the same quantized model, in one run.
+
+    .venv/bin/python benchmarks/prefill_attention.py [--models codegen-350M-mono santacoder]
+        [--contexts 512 1500] [--quantization int8] [--rounds 5] [--layers N] [--calls-only]
+
+First one attention call alone, a prefill chunk (engine/session.py's PREFILL_CHUNK new tokens) after
+0, 256 and 1,280 cached ones, for each model's shape over a float32 and a float16 cache: ours
+(engine/kernels/cpu_matvec.cpp, attend_prefill, in the best instruction set this CPU has) against
+SDPA as engine/kv_cache.attend runs it (a boolean mask; a float16 cache cast to float32 first). Then
+whole prefills of each context: vs_peers.py's checkpoints (random weights in the published shapes),
+prompts of real code, in interleaved rounds (ours, SDPA, SDPA, ours, ...); medians, and the load
+average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import interleaved, real_code  # noqa: E402
+from benchmarks.random_checkpoint import keep_layers  # noqa: E402
+from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
+from engine import cpu_kernels  # noqa: E402
+from engine.config import ModelConfig  # noqa: E402
+from engine.kv_cache import PREFILL_ATTENTION, attention_shape  # noqa: E402
+from engine.loading import load_model  # noqa: E402
+from engine.paths import cache_dir  # noqa: E402
+from engine.session import PREFILL_CHUNK, Session  # noqa: E402
+
+
+def attention_calls(name: str, rounds: int) -> None:
+    kv_heads, group, head_dim = shape = attention_shape(ModelConfig.from_dict(MODELS[name]))
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    T, scale = PREFILL_CHUNK, head_dim**-0.5
+    for cached in (0, 256, 1280):
+        S = cached + T
+        q = torch.randn(1, T, kv_heads * group, head_dim).transpose(1, 2)  # as the architectures give it
+        mask = torch.arange(S)[None, :] <= torch.arange(cached, S)[:, None]
+        for dtype in (torch.float32, torch.float16):
+            k, v = (torch.randn(1, kv_heads, S, head_dim).to(dtype) for _ in range(2))
+            calls = {
+                "sdpa": lambda k=k, v=v: torch.nn.functional.scaled_dot_product_attention(
+                    q, k.float(), v.float(), attn_mask=mask, scale=scale, enable_gqa=group > 1),
+                "ours": lambda k=k, v=v: torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, scale, isa),
+            }
+            ms = {key: seconds * 1e3 for key, seconds in cpu_kernels.median_seconds_per_call(calls, rounds=rounds, round_seconds=0.05).items()}
+            print(f"| {name} | {shape} | {T} after {cached} | {str(dtype).removeprefix('torch.')} | {ms['sdpa']:.2f} | {ms['ours']:.2f} | "
+                  f"{ms['sdpa'] / ms['ours']:.2f} | {os.getloadavg()[0]:.2f} |", flush=True)
+
+
+def prefill_tokens_per_s(lm, prompt: list[int]) -> float:
+    session = Session(lm)
+    start = time.perf_counter()
+    session.prefill(prompt)
+    return len(prompt) / (time.perf_counter() - start)
+
+
+def run(name: str, args) -> None:
+    name, config = keep_layers(name, MODELS[name], args.layers)
+    lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
+    shape = attention_shape(lm.config)
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
+    print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), cache "
+          f"{str(lm.cache_dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n")
+    print("| prompt tokens | SDPA tokens/s | ours tokens/s | ours as fast x | load |")
+    print("|---|---|---|---|---|")
+
+    def with_kernel(kernel: str | None, prompt: list[int]) -> float:
+        if kernel is None:
+            PREFILL_ATTENTION.pop(shape, None)
+        else:
+            PREFILL_ATTENTION[shape] = kernel
+        return prefill_tokens_per_s(lm, prompt)
+
+    for context in args.contexts:
+        prompt = code[:context]
+        speed, load = interleaved({"ours": lambda: with_kernel(isa, prompt), "sdpa": lambda: with_kernel(None, prompt)}, args.rounds)
+        print(f"| {context} | {speed['sdpa']:.0f} | {speed['ours']:.0f} | {speed['ours'] / speed['sdpa']:.2f} | {load:.2f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["codegen-350M-mono", "santacoder"])
+    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 1500])
+    parser.add_argument("--quantization", default="int8", choices=["int8", "int4"])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--layers", type=int, help="keep only this many blocks")
+    parser.add_argument("--calls-only", action="store_true", help="time the attention calls alone, no model")
+    args = parser.parse_args()
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        sys.exit("our CPU kernels could not be built here: nothing to compare")
+    print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
+    print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
+    print("| model | (kv heads, group, head dim) | new tokens after cached | cache | SDPA ms | ours ms | ours as fast x | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        attention_calls(name, 2 * args.rounds + 1)
+    if not args.calls_only:
+        for name in args.models:
+            run(name, args)
+
+
+if __name__ == "__main__":
+    main()
