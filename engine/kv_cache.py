@@ -15,8 +15,13 @@ from engine.config import ModelConfig
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 HALF = " float16"
 # The same key -> the instruction set our prefill attention kernel runs with for that shape, where
-# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention).
+# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention), for chunks of at
+# least PREFILL_KERNEL_MIN_ROWS query rows per key/value head (tokens x query heads per kv head): the
+# kernel fills a register's lanes (16 with AVX-512) with a head's rows, and with fewer rows it
+# computes empty lanes. (codegen-350M's shape, 1,500 cached keys, 2 new tokens: 850 us against
+# SDPA's 525, where 12 were 840 against 1,050; the few tokens a keystroke re-encodes are such chunks.)
 PREFILL_ATTENTION: dict[tuple[int, int, int], str] = {}
+PREFILL_KERNEL_MIN_ROWS = 16
 
 
 def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
@@ -151,8 +156,8 @@ def our_prefill_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     """The instruction set our prefill attention kernel runs with for this call's shape, or None (SDPA)."""
     if not PREFILL_ATTENTION or q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in (torch.float32, torch.float16):
         return None
-    H, KVH = q.shape[1], k.shape[1]
-    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3]))
+    H, T, KVH = q.shape[1], q.shape[2], k.shape[1]
+    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3])) if T * (H // KVH) >= PREFILL_KERNEL_MIN_ROWS else None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:

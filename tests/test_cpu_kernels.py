@@ -529,6 +529,26 @@ def test_prefill_attention_refuses_what_it_cannot_run():
         torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 5, 64), k.half(), k, 1.0, "baseline")
 
 
+def test_prefill_attention_takes_chunks_that_fill_a_register_with_rows():
+    """Ours only where a key/value head has PREFILL_KERNEL_MIN_ROWS query rows (tokens x heads per kv
+    head) or more; fewer (the few tokens a keystroke re-encodes, multi-head) stay with SDPA."""
+    from engine.kv_cache import PREFILL_ATTENTION, PREFILL_KERNEL_MIN_ROWS, our_prefill_kernel
+
+    saved_before = dict(PREFILL_ATTENTION)
+    try:
+        PREFILL_ATTENTION.clear()
+        PREFILL_ATTENTION.update({(4, 1, 32): "avx2", (1, 8, 32): "avx2"})
+        keys = torch.zeros(1, 4, 100, 32)
+        assert our_prefill_kernel(torch.zeros(1, 4, PREFILL_KERNEL_MIN_ROWS, 32), keys) == "avx2"
+        assert our_prefill_kernel(torch.zeros(1, 4, PREFILL_KERNEL_MIN_ROWS - 1, 32), keys) is None
+        assert our_prefill_kernel(torch.zeros(1, 8, 2, 32), keys[:, :1]) == "avx2"  # 8 heads a kv head: 16 rows
+        assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), keys) is None
+        assert our_prefill_kernel(torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 100, 64)) is None  # a shape not chosen
+    finally:
+        PREFILL_ATTENTION.clear()
+        PREFILL_ATTENTION.update(saved_before)
+
+
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 def test_prefill_attention_is_chosen_once_per_machine_and_gives_the_logits_of_sdpa(tmp_path, stdlib_code, monkeypatch, quantization):
     """A load on the CPU measures ours against SDPA for the model's shape and cache dtype and saves the
