@@ -9,7 +9,9 @@ First one attention call alone, a prefill chunk (engine/session.py's PREFILL_CHU
 SDPA as engine/kv_cache.attend runs it (a boolean mask; a float16 cache cast to float32 first). Then
 whole prefills of each context: vs_peers.py's checkpoints (random weights in the published shapes),
 prompts of real code, in interleaved rounds (ours, SDPA, SDPA, ours, ...); medians, and the load
-average.
+average. Last, a keystroke's re-encoding: the last 2 to 12 tokens of a session holding the longest
+context changed and encoded again, with our kernels as attend() picks them (a few rows per key/value
+head through the decode kernel, more through the prefill kernel) against SDPA alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.kv_cache import PREFILL_ATTENTION, attention_shape  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, attention_shape  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.session import PREFILL_CHUNK, Session  # noqa: E402
@@ -84,6 +86,34 @@ def run(name: str, args) -> None:
         prompt = code[:context]
         speed, load = interleaved({"ours": lambda: with_kernel(isa, prompt), "sdpa": lambda: with_kernel(None, prompt)}, args.rounds)
         print(f"| {context} | {speed['sdpa']:.0f} | {speed['ours']:.0f} | {speed['ours'] / speed['sdpa']:.2f} | {load:.2f} |", flush=True)
+
+    context = max(args.contexts)
+    print(f"\nRe-encoding the last tokens of a {context}-token session (decode kernel: {DECODE_ATTENTION.get(shape)}):\n")
+    print("| tokens re-encoded | SDPA ms | ours ms | ours as fast x | load |")
+    print("|---|---|---|---|---|")
+    chosen = {"decode": DECODE_ATTENTION.get(shape), "prefill": PREFILL_ATTENTION.get(shape)}
+    session = Session(lm)
+    session.prefill(code[:context])
+
+    def reencode(tokens: int, ours: bool) -> float:
+        for table, kernel in ((DECODE_ATTENTION, chosen["decode"]), (PREFILL_ATTENTION, chosen["prefill"])):
+            table.pop(shape, None)
+            if ours and kernel is not None:
+                table[shape] = kernel
+        edited = code[: context - tokens] + code[context : context + tokens]  # the reused prefix, then new text
+        start = time.perf_counter()
+        session.prefill(edited)
+        seconds = time.perf_counter() - start
+        session.prefill(code[:context])  # back, for the next round
+        return seconds * 1000
+
+    for tokens in (2, 3, 6, 12):
+        ms, load = interleaved({"ours": lambda: reencode(tokens, True), "sdpa": lambda: reencode(tokens, False)}, 2 * args.rounds + 1)
+        print(f"| {tokens} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['sdpa'] / ms['ours']:.2f} | {load:.2f} |", flush=True)
+    for table, kernel in ((DECODE_ATTENTION, chosen["decode"]), (PREFILL_ATTENTION, chosen["prefill"])):
+        table.pop(shape, None)
+        if kernel is not None:
+            table[shape] = kernel
 
 
 def main() -> None:

@@ -15,13 +15,15 @@ from engine.config import ModelConfig
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 HALF = " float16"
 # The same key -> the instruction set our prefill attention kernel runs with for that shape, where
-# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention), for chunks of at
-# least PREFILL_KERNEL_MIN_ROWS query rows per key/value head (tokens x query heads per kv head): the
-# kernel fills a register's lanes (16 with AVX-512) with a head's rows, and with fewer rows it
-# computes empty lanes. (codegen-350M's shape, 1,500 cached keys, 2 new tokens: 850 us against
-# SDPA's 525, where 12 were 840 against 1,050; the few tokens a keystroke re-encodes are such chunks.)
+# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention), for chunks of more
+# than SMALL_CHUNK_ROWS query rows per key/value head (tokens x query heads per kv head). The kernel
+# fills a register's lanes (16 with AVX-512) with a head's rows: with a few rows it computes mostly
+# empty lanes, and such a chunk (the few tokens a keystroke re-encodes) goes token by token through
+# the decode kernel, as a verify's rows do, or SDPA. (codegen-350M's shape, 1,500 cached keys, 2 / 4
+# / 8 new tokens over float16: decode kernel 262 / 504 / 1,177 us, prefill kernel 678 / 674 / 647,
+# SDPA with the cast 1,497 / 881 / 929.)
 PREFILL_ATTENTION: dict[tuple[int, int, int], str] = {}
-PREFILL_KERNEL_MIN_ROWS = 16
+SMALL_CHUNK_ROWS = 4
 
 
 def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
@@ -157,7 +159,17 @@ def our_prefill_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     if not PREFILL_ATTENTION or q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in (torch.float32, torch.float16):
         return None
     H, T, KVH = q.shape[1], q.shape[2], k.shape[1]
-    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3])) if T * (H // KVH) >= PREFILL_KERNEL_MIN_ROWS else None
+    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3])) if T * (H // KVH) > SMALL_CHUNK_ROWS else None
+
+
+def consecutive_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, isa: str) -> torch.Tensor:
+    """q (1, H, T, D), the last T of the S keys in k, v (1, KVH, S, D), each token over the keys up to
+    its own as its decode step attends (our decode kernel, one call for all) -> (1, H, T, D)."""
+    B, H, T, D = q.shape
+    KVH = k.shape[1]
+    rows = q[0].reshape(KVH, H // KVH, T, D).permute(2, 0, 1, 3)
+    y = torch.ops.codegen_lsp_cpu.attend_decode(rows, k[0], v[0], scale, isa)
+    return y.permute(1, 2, 0, 3).reshape(B, H, T, D)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float | None = None) -> torch.Tensor:
@@ -165,19 +177,19 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     KVH = 1 is multi-query), query heads [j*H/KVH, (j+1)*H/KVH) reading K/V head j."""
     B, H, T, D = q.shape
     KVH = k.shape[1]
+    isa = our_decode_kernel(q, k)
     if isinstance(mask, CausalMask):
+        if isa is not None and T * (H // KVH) <= SMALL_CHUNK_ROWS:
+            return consecutive_rows(q, k, v, scale or D**-0.5, isa)
         prefill_isa = our_prefill_kernel(q, k)
         if prefill_isa is not None:
             return torch.ops.codegen_lsp_cpu.attend_prefill(q, k, v, scale or D**-0.5, prefill_isa)
         mask = mask.tensor
-    isa = our_decode_kernel(q, k)
     if isinstance(mask, RowSpans):
         last = mask[-1][0]
         if isa is not None and all(m is None for _, m in mask) and mask[0][0] == last - T + 1:
             # One call for all rows (consecutive tokens), each over its own keys as its decode step.
-            rows = q[0].reshape(KVH, H // KVH, T, D).permute(2, 0, 1, 3)
-            y = torch.ops.codegen_lsp_cpu.attend_decode(rows, k[0, :, :last], v[0, :, :last], scale or D**-0.5, isa)
-            return y.permute(1, 2, 0, 3).reshape(B, H, T, D)
+            return consecutive_rows(q, k[:, :, :last], v[:, :, :last], scale or D**-0.5, isa)
         return torch.cat([attend(q[:, :, i : i + 1], k[:, :, :n], v[:, :, :n], m, scale) for i, (n, m) in enumerate(mask)], dim=2)
     if T == 1 and mask is None and isa is not None:
         y = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(KVH, H // KVH, D), k[0], v[0], scale or D**-0.5, isa)

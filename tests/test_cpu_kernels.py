@@ -529,24 +529,36 @@ def test_prefill_attention_refuses_what_it_cannot_run():
         torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 5, 64), k.half(), k, 1.0, "baseline")
 
 
-def test_prefill_attention_takes_chunks_that_fill_a_register_with_rows():
-    """Ours only where a key/value head has PREFILL_KERNEL_MIN_ROWS query rows (tokens x heads per kv
-    head) or more; fewer (the few tokens a keystroke re-encodes, multi-head) stay with SDPA."""
-    from engine.kv_cache import PREFILL_ATTENTION, PREFILL_KERNEL_MIN_ROWS, our_prefill_kernel
+def test_small_prefill_chunks_attend_token_by_token_as_decode_steps():
+    """A chunk of at most SMALL_CHUNK_ROWS query rows per key/value head (the few tokens a keystroke
+    re-encodes) goes through the decode kernel, each token bit for bit its decode step's attention;
+    a larger one through the prefill kernel (SDPA's numbers to ~1e-6), which would compute mostly
+    empty lanes for the small one."""
+    needs_our_kernels()
+    from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, SMALL_CHUNK_ROWS, CausalMask, attend, our_prefill_kernel
 
-    saved_before = dict(PREFILL_ATTENTION)
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    saved = dict(DECODE_ATTENTION), dict(PREFILL_ATTENTION)
     try:
-        PREFILL_ATTENTION.clear()
-        PREFILL_ATTENTION.update({(4, 1, 32): "avx2", (1, 8, 32): "avx2"})
-        keys = torch.zeros(1, 4, 100, 32)
-        assert our_prefill_kernel(torch.zeros(1, 4, PREFILL_KERNEL_MIN_ROWS, 32), keys) == "avx2"
-        assert our_prefill_kernel(torch.zeros(1, 4, PREFILL_KERNEL_MIN_ROWS - 1, 32), keys) is None
-        assert our_prefill_kernel(torch.zeros(1, 8, 2, 32), keys[:, :1]) == "avx2"  # 8 heads a kv head: 16 rows
-        assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), keys) is None
-        assert our_prefill_kernel(torch.zeros(1, 4, 64, 64), torch.zeros(1, 4, 100, 64)) is None  # a shape not chosen
+        DECODE_ATTENTION[(4, 1, 32)] = PREFILL_ATTENTION[(4, 1, 32)] = PREFILL_ATTENTION[(1, 8, 32)] = isa
+        generator = torch.Generator().manual_seed(0)
+        cache = torch.randn(2, 1, 4, 300, 32, generator=generator)
+        q = torch.randn(1, 8, 4, 32, generator=generator).transpose(1, 2)
+        S = 200
+        k, v = cache[0, :, :, :S], cache[1, :, :, :S]
+        for T in (2, SMALL_CHUNK_ROWS, SMALL_CHUNK_ROWS + 1, 8):
+            mask = CausalMask(torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None])
+            chunk = attend(q[:, :, :T], k, v, mask)
+            steps = torch.cat([attend(q[:, :, i : i + 1], k[:, :, : S - T + 1 + i], v[:, :, : S - T + 1 + i], None) for i in range(T)], dim=2)
+            small = T <= SMALL_CHUNK_ROWS
+            assert (our_prefill_kernel(q[:, :, :T], k) is None) == small
+            assert torch.equal(chunk, steps) if small else (chunk - steps).abs().max() < 1e-5, T
+        assert our_prefill_kernel(torch.zeros(1, 8, 1, 32), k[:, :1]) == isa  # 8 heads a kv head: 8 rows of one token
+        assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), k) is None
     finally:
-        PREFILL_ATTENTION.clear()
-        PREFILL_ATTENTION.update(saved_before)
+        for chosen, before in zip((DECODE_ATTENTION, PREFILL_ATTENTION), saved):
+            chosen.clear()
+            chosen.update(before)
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])
