@@ -134,7 +134,7 @@ def attention_span(input_pos: torch.Tensor, cache: KVCache | None, kv_len: int |
         return kv_len, None
     if exact_rows and kv_len is not None:
         return kv_len, RowSpans(attention_span(p[None], cache, int(p) + 1, window) for p in input_pos)
-    causal = kv_len is not None and (window is None or kv_len <= window)  # eagerly the tokens are the last kv_len - T
+    causal = kv_len is not None and (window is None or kv_len <= window)  # eagerly, input_pos are the last T of kv_len
     kv_len = cache.capacity if kv_len is None else kv_len
     key_pos = torch.arange(kv_len, device=input_pos.device)
     mask = key_pos[None, :] <= input_pos[:, None]

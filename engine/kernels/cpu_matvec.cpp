@@ -1355,6 +1355,7 @@ struct Kernels {
   void (*gelu_tanh)(const float*, float*, int64_t, int64_t);
   float int8_gemm_levels;      // int8_gemm's x: bytes in [-levels, levels],
   int64_t int8_gemm_columns;   // one scale per this many columns
+  int64_t lanes;               // floats a register holds: attend_prefill's query rows per block
 };
 
 #define KERNEL __attribute__((flatten))
@@ -1426,10 +1427,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS};
-  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS, Avx512::W};
+  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS, Avx2::W};
 #endif
-  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS};
+  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS, Baseline::W};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -1727,10 +1728,9 @@ at::Tensor attend_prefill(const at::Tensor& q, const at::Tensor& k, const at::Te
               "q float32, k and v float32 or float16, unit stride along D, D a multiple of 16");
   const int64_t H = q.size(1), T = q.size(2), D = q.size(3), KVH = k.size(1), S = k.size(2), G = H / KVH;
   const Kernels run = kernels_for(isa);
-  const int64_t W = std::string(isa) == "avx512" ? 16 : std::string(isa) == "avx2" ? 8 : 4;
   at::Tensor y = at::empty({1, T, H, D}, q.options());
   const PrefillArgs a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), y.data_ptr<float>(), G, T, S, D, q.stride(1), q.stride(2),
-                      k.stride(1), k.stride(2), v.stride(1), v.stride(2), D, H * D, (G * T + W - 1) / W, float(scale)};
+                      k.stride(1), k.stride(2), v.stride(1), v.stride(2), D, H * D, (G * T + run.lanes - 1) / run.lanes, float(scale)};
   at::parallel_for(0, KVH * a.blocks, 1, [&](int64_t b, int64_t e) { (half ? run.attend_prefill_half : run.attend_prefill)(a, b, e); });
   return y.transpose(1, 2);
 }
