@@ -74,22 +74,32 @@ def decode_ms(lm, prompt: list[int], new_tokens: int) -> float:
     return (time.perf_counter() - start) / new_tokens * 1000
 
 
-def run(name: str, args) -> None:
+def attention_model(name: str, args) -> tuple:
+    """(vs_peers.py's checkpoint of `name` loaded as args ask, its attention shape, the best instruction
+    set of our kernels here, token ids of enough real code for args.contexts), its heading printed."""
     name, config = keep_layers(name, MODELS[name], args.layers)
     lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
     shape = attention_shape(lm.config)
-    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
-    print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds, {args.new_tokens} tokens\n")
+    print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), cache "
+          f"{str(lm.cache_dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n")
+    return lm, shape, torch.ops.codegen_lsp_cpu.isas().split()[0], lm.tokenizer.encode(real_code(40 * max(args.contexts)))
+
+
+def set_kernel(table: dict, shape: tuple, kernel: str | None) -> None:
+    """table[shape] = kernel (engine/kv_cache.py's choices), or none: SDPA."""
+    table.pop(shape, None)
+    if kernel is not None:
+        table[shape] = kernel
+
+
+def run(name: str, args) -> None:
+    lm, shape, isa, code = attention_model(name, args)
+    print(f"{args.new_tokens} tokens a round\n")
     print("| context | SDPA ms/token | ours ms/token | ours, float16 cache, ms/token | best of ours as fast as SDPA x | load |")
     print("|---|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
-        if kernel is None:
-            DECODE_ATTENTION.pop(shape, None)
-        else:
-            DECODE_ATTENTION[shape] = kernel
+        set_kernel(DECODE_ATTENTION, shape, kernel)
         kv_dtype = torch.float16 if kernel and kernel.endswith(HALF) else torch.float32  # as load_model would choose
         return decode_ms(dataclasses.replace(lm, cache_dtype=kv_dtype), prompt, args.new_tokens)
 
@@ -101,21 +111,32 @@ def run(name: str, args) -> None:
               f"{ms['sdpa'] / min(ms['ours'], ms['ours float16']):.2f} | {load:.2f} |", flush=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["santacoder", "qwen2.5-coder-1.5b"])
+def attention_arguments(description: str, models: list[str]) -> argparse.ArgumentParser:
+    """The options of this benchmark and of prefill_attention.py."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=models)
     parser.add_argument("--contexts", nargs="+", type=int, default=[512, 1500])
     parser.add_argument("--quantization", default="int8", choices=["int8", "int4"])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--layers", type=int, help="keep only this many blocks")
     parser.add_argument("--calls-only", action="store_true", help="time the attention calls alone, no model")
-    args = parser.parse_args()
+    return parser
+
+
+def print_machine(rounds: int) -> None:
+    """The machine's line and the calls' heading; an exit where our kernels could not be built."""
     if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
         sys.exit("our CPU kernels could not be built here: nothing to compare")
     print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
-    print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
+    print(f"\n### One attention call, median of {2 * rounds + 1} interleaved rounds\n")
+
+
+def main() -> None:
+    parser = attention_arguments(__doc__.split("\n\n")[0], ["santacoder", "qwen2.5-coder-1.5b"])
+    parser.add_argument("--new-tokens", type=int, default=16)
+    args = parser.parse_args()
+    print_machine(args.rounds)
     print("| model | (kv heads, group, head dim) | keys | SDPA us | ours us | ours, float16 cache, us | best of ours as fast x | load |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:

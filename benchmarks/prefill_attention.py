@@ -16,7 +16,6 @@ head through the decode kernel, more through the prefill kernel) against SDPA al
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -26,14 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import interleaved, real_code  # noqa: E402
-from benchmarks.random_checkpoint import keep_layers  # noqa: E402
-from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
+from benchmarks.common import interleaved  # noqa: E402
+from benchmarks.decode_attention import attention_arguments, attention_model, print_machine, set_kernel  # noqa: E402
+from benchmarks.vs_peers import MODELS  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, attention_shape  # noqa: E402
-from engine.loading import load_model  # noqa: E402
-from engine.paths import cache_dir  # noqa: E402
 from engine.session import PREFILL_CHUNK, Session  # noqa: E402
 
 
@@ -65,21 +62,12 @@ def prefill_tokens_per_s(lm, prompt: list[int]) -> float:
 
 
 def run(name: str, args) -> None:
-    name, config = keep_layers(name, MODELS[name], args.layers)
-    lm = load_model(str(peers_checkpoint(name, config)), device="cpu", quantization=args.quantization, compile="false")
-    shape = attention_shape(lm.config)
-    isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    code = lm.tokenizer.encode(real_code(40 * max(args.contexts)))
-    print(f"\n### {name} {args.quantization}, attention shape {shape} (kv heads, group, head dim), cache "
-          f"{str(lm.cache_dtype).removeprefix('torch.')}, {torch.get_num_threads()} threads, median of {args.rounds} rounds\n")
+    lm, shape, isa, code = attention_model(name, args)
     print("| prompt tokens | SDPA tokens/s | ours tokens/s | ours as fast x | load |")
     print("|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
-        if kernel is None:
-            PREFILL_ATTENTION.pop(shape, None)
-        else:
-            PREFILL_ATTENTION[shape] = kernel
+        set_kernel(PREFILL_ATTENTION, shape, kernel)
         return prefill_tokens_per_s(lm, prompt)
 
     for context in args.contexts:
@@ -96,10 +84,8 @@ def run(name: str, args) -> None:
     session.prefill(code[:context])
 
     def reencode(tokens: int, ours: bool) -> float:
-        for table, kernel in ((DECODE_ATTENTION, chosen["decode"]), (PREFILL_ATTENTION, chosen["prefill"])):
-            table.pop(shape, None)
-            if ours and kernel is not None:
-                table[shape] = kernel
+        set_kernel(DECODE_ATTENTION, shape, chosen["decode"] if ours else None)
+        set_kernel(PREFILL_ATTENTION, shape, chosen["prefill"] if ours else None)
         edited = code[: context - tokens] + code[context : context + tokens]  # the reused prefix, then new text
         start = time.perf_counter()
         session.prefill(edited)
@@ -110,26 +96,13 @@ def run(name: str, args) -> None:
     for tokens in (2, 3, 6, 12):
         ms, load = interleaved({"ours": lambda: reencode(tokens, True), "sdpa": lambda: reencode(tokens, False)}, 2 * args.rounds + 1)
         print(f"| {tokens} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['sdpa'] / ms['ours']:.2f} | {load:.2f} |", flush=True)
-    for table, kernel in ((DECODE_ATTENTION, chosen["decode"]), (PREFILL_ATTENTION, chosen["prefill"])):
-        table.pop(shape, None)
-        if kernel is not None:
-            table[shape] = kernel
+    set_kernel(DECODE_ATTENTION, shape, chosen["decode"])
+    set_kernel(PREFILL_ATTENTION, shape, chosen["prefill"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["codegen-350M-mono", "santacoder"])
-    parser.add_argument("--contexts", nargs="+", type=int, default=[512, 1500])
-    parser.add_argument("--quantization", default="int8", choices=["int8", "int4"])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--layers", type=int, help="keep only this many blocks")
-    parser.add_argument("--calls-only", action="store_true", help="time the attention calls alone, no model")
-    args = parser.parse_args()
-    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
-        sys.exit("our CPU kernels could not be built here: nothing to compare")
-    print(f"{cpu_kernels.machine_key()['cpu']}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"our kernels: {torch.ops.codegen_lsp_cpu.isas()}")
-    print(f"\n### One attention call, median of {2 * args.rounds + 1} interleaved rounds\n")
+    args = attention_arguments(__doc__.split("\n\n")[0], ["codegen-350M-mono", "santacoder"]).parse_args()
+    print_machine(args.rounds)
     print("| model | (kv heads, group, head dim) | new tokens after cached | cache | SDPA ms | ours ms | ours as fast x | load |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.models:

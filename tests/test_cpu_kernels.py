@@ -457,37 +457,48 @@ def test_decode_attention_refuses_what_it_cannot_run():
         torch.ops.codegen_lsp_cpu.attend_decode(torch.randn(1, 4, 64), torch.randn(1, 10, 64), torch.randn(1, 10, 64), 1.0, "sve")
 
 
-def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdpa(tmp_path, stdlib_code, monkeypatch):
+@pytest.fixture
+def attention_choices():
+    """engine/kv_cache.py's per-shape attention choices, as they were before the test once it ends."""
+    from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION
+
+    saved = dict(DECODE_ATTENTION), dict(PREFILL_ATTENTION)
+    yield DECODE_ATTENTION, PREFILL_ATTENTION
+    for chosen, before in zip((DECODE_ATTENTION, PREFILL_ATTENTION), saved):
+        chosen.clear()
+        chosen.update(before)
+
+
+def greedy_with_sdpa_then_ours(lm, choices: dict, shape: tuple, prompt: list[int], n: int):
+    """((tokens, logits) with SDPA for shape, then with ours forced there), greedy_with_logits' n each."""
+    choices.pop(shape, None)
+    with_sdpa = greedy_with_logits(lm, prompt, n)
+    choices[shape] = torch.ops.codegen_lsp_cpu.isas().split()[0]
+    return with_sdpa, greedy_with_logits(lm, prompt, n)
+
+
+def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdpa(tmp_path, stdlib_code, monkeypatch, attention_choices):
     """A quantized load measures ours against SDPA for the model's shape and saves the choice; a model
     decoding with ours (forced here, whatever was chosen) gives SDPA's tokens and logits."""
     needs_our_kernels()
-    from engine.kv_cache import DECODE_ATTENTION
-
+    decode_attention, _ = attention_choices
     directory = checkpoints.make_bigcode(tmp_path / "mq", multi_query=True, n_embd=128, n_head=4)  # head dim 32
     measured = []
     real_measure = cpu_kernels._measure_attention
     monkeypatch.setattr(cpu_kernels, "_measure_attention", lambda *args: measured.append(args) or real_measure(*args))
-    saved_before = dict(DECODE_ATTENTION)
-    try:
-        lm = load_model(str(directory), device="cpu", quantization="int8")
-        choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
-        choice = choices["attention 1x4x32"]
-        assert measured == [(1, 4, 32, cpu_kernels.compiled_kernels(cache_dir() / "kernels"))]
-        assert (DECODE_ATTENTION.get((1, 4, 32)) is None) == (choice == "sdpa")
-        load_model(str(directory), device="cpu", quantization="int8")
-        assert len(measured) == 1  # read back, not measured again
-        prompt = lm.tokenizer.encode(stdlib_code)[:300]
-        DECODE_ATTENTION.pop((1, 4, 32), None)
-        tokens, logits = greedy_with_logits(lm, prompt, 24)
-        DECODE_ATTENTION[(1, 4, 32)] = torch.ops.codegen_lsp_cpu.isas().split()[0]
-        ours, our_logits = greedy_with_logits(lm, prompt, 24)
-        assert ours == tokens
-        # 1e-4 with float activations; a kernel rounding them to int16 ("-i16") can turn the attention's
-        # last-bit differences into one step of that rounding (measured 5e-4 over 24 tokens).
-        assert (logits - our_logits).abs().max() < 2e-3
-    finally:
-        DECODE_ATTENTION.clear()
-        DECODE_ATTENTION.update(saved_before)
+    lm = load_model(str(directory), device="cpu", quantization="int8")
+    choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+    choice = choices["attention 1x4x32"]
+    assert measured == [(1, 4, 32, cpu_kernels.compiled_kernels(cache_dir() / "kernels"))]
+    assert (decode_attention.get((1, 4, 32)) is None) == (choice == "sdpa")
+    load_model(str(directory), device="cpu", quantization="int8")
+    assert len(measured) == 1  # read back, not measured again
+    prompt = lm.tokenizer.encode(stdlib_code)[:300]
+    (tokens, logits), (ours, our_logits) = greedy_with_sdpa_then_ours(lm, decode_attention, (1, 4, 32), prompt, 24)
+    assert ours == tokens
+    # 1e-4 with float activations; a kernel rounding them to int16 ("-i16") can turn the attention's
+    # last-bit differences into one step of that rounding (measured 5e-4 over 24 tokens).
+    assert (logits - our_logits).abs().max() < 2e-3
 
 
 PREFILL_SHAPES = [(4, 1, 32), (1, 8, 64), (2, 3, 16)]  # multi-head, multi-query, groups of 3 (rows across tokens)
@@ -529,97 +540,81 @@ def test_prefill_attention_refuses_what_it_cannot_run():
         torch.ops.codegen_lsp_cpu.attend_prefill(torch.randn(1, 2, 5, 64), k.half(), k, 1.0, "baseline")
 
 
-def test_small_prefill_chunks_attend_token_by_token_as_decode_steps():
+def test_small_prefill_chunks_attend_token_by_token_as_decode_steps(attention_choices):
     """A chunk of at most SMALL_CHUNK_ROWS query rows per key/value head (the few tokens a keystroke
     re-encodes) goes through the decode kernel, each token bit for bit its decode step's attention;
     a larger one through the prefill kernel (SDPA's numbers to ~1e-6), which would compute mostly
     empty lanes for the small one."""
     needs_our_kernels()
-    from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, SMALL_CHUNK_ROWS, CausalMask, attend, our_prefill_kernel
+    from engine.kv_cache import SMALL_CHUNK_ROWS, CausalMask, attend, our_prefill_kernel
 
+    decode_attention, prefill_attention = attention_choices
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    saved = dict(DECODE_ATTENTION), dict(PREFILL_ATTENTION)
-    try:
-        DECODE_ATTENTION[(4, 1, 32)] = PREFILL_ATTENTION[(4, 1, 32)] = PREFILL_ATTENTION[(1, 8, 32)] = isa
-        generator = torch.Generator().manual_seed(0)
-        cache = torch.randn(2, 1, 4, 300, 32, generator=generator)
-        q = torch.randn(1, 8, 4, 32, generator=generator).transpose(1, 2)
-        S = 200
-        k, v = cache[0, :, :, :S], cache[1, :, :, :S]
-        for T in (2, SMALL_CHUNK_ROWS, SMALL_CHUNK_ROWS + 1, 8):
-            mask = CausalMask(torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None])
-            chunk = attend(q[:, :, :T], k, v, mask)
-            steps = torch.cat([attend(q[:, :, i : i + 1], k[:, :, : S - T + 1 + i], v[:, :, : S - T + 1 + i], None) for i in range(T)], dim=2)
-            small = T <= SMALL_CHUNK_ROWS
-            assert (our_prefill_kernel(q[:, :, :T], k) is None) == small
-            assert torch.equal(chunk, steps) if small else (chunk - steps).abs().max() < 1e-5, T
-        assert our_prefill_kernel(torch.zeros(1, 8, 1, 32), k[:, :1]) == isa  # 8 heads a kv head: 8 rows of one token
-        assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), k) is None
-    finally:
-        for chosen, before in zip((DECODE_ATTENTION, PREFILL_ATTENTION), saved):
-            chosen.clear()
-            chosen.update(before)
+    decode_attention[(4, 1, 32)] = prefill_attention[(4, 1, 32)] = prefill_attention[(1, 8, 32)] = isa
+    generator = torch.Generator().manual_seed(0)
+    cache = torch.randn(2, 1, 4, 300, 32, generator=generator)
+    q = torch.randn(1, 8, 4, 32, generator=generator).transpose(1, 2)
+    S = 200
+    k, v = cache[0, :, :, :S], cache[1, :, :, :S]
+    for T in (2, SMALL_CHUNK_ROWS, SMALL_CHUNK_ROWS + 1, 8):
+        mask = CausalMask(torch.arange(S)[None, :] <= torch.arange(S - T, S)[:, None])
+        chunk = attend(q[:, :, :T], k, v, mask)
+        steps = torch.cat([attend(q[:, :, i : i + 1], k[:, :, : S - T + 1 + i], v[:, :, : S - T + 1 + i], None) for i in range(T)], dim=2)
+        small = T <= SMALL_CHUNK_ROWS
+        assert (our_prefill_kernel(q[:, :, :T], k) is None) == small
+        assert torch.equal(chunk, steps) if small else (chunk - steps).abs().max() < 1e-5, T
+    assert our_prefill_kernel(torch.zeros(1, 8, 1, 32), k[:, :1]) == isa  # 8 heads a kv head: 8 rows of one token
+    assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), k) is None
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])
-def test_prefill_attention_is_chosen_once_per_machine_and_gives_the_logits_of_sdpa(tmp_path, stdlib_code, monkeypatch, quantization):
+def test_prefill_attention_is_chosen_once_per_machine_and_gives_the_logits_of_sdpa(tmp_path, stdlib_code, monkeypatch, quantization,
+                                                                                  attention_choices):
     """A load on the CPU measures ours against SDPA for the model's shape and cache dtype and saves the
     choice; prompts prefilled in chunks with ours (forced here, whatever was chosen) give SDPA's logits
     and greedy tokens, and the session's cache holds the same keys and values for the next request."""
     needs_our_kernels()
     from engine import session as session_module
-    from engine.kv_cache import PREFILL_ATTENTION
 
+    _, prefill_attention = attention_choices
     directory = checkpoints.make_codegen(tmp_path / "codegen", n_embd=128, n_head=4)  # head dim 32
     measured = []
     real_measure = cpu_kernels._measure_prefill_attention
     monkeypatch.setattr(cpu_kernels, "_measure_prefill_attention", lambda *args: measured.append(args[:4]) or real_measure(*args))
     monkeypatch.setattr(session_module, "PREFILL_CHUNK", 48)  # chunks after cached tokens, and a short last one
-    saved_before = dict(PREFILL_ATTENTION)
-    try:
-        lm = load_model(str(directory), device="cpu", quantization=quantization)
-        choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
-        (name,) = [name for name in choices if name.startswith("prefill attention ")]
-        assert name == f"prefill attention 4x1x32 {str(lm.cache_dtype).removeprefix('torch.')}"
-        assert measured == [(4, 1, 32, lm.cache_dtype)]
-        assert (PREFILL_ATTENTION.get((4, 1, 32)) is None) == (choices[name] == "sdpa")
-        load_model(str(directory), device="cpu", quantization=quantization)
-        assert len(measured) == 1  # read back, not measured again
-        prompt = lm.tokenizer.encode(stdlib_code)[:150]
-        PREFILL_ATTENTION.pop((4, 1, 32), None)
-        tokens, logits = greedy_with_logits(lm, prompt, 8)
-        PREFILL_ATTENTION[(4, 1, 32)] = torch.ops.codegen_lsp_cpu.isas().split()[0]
-        ours, our_logits = greedy_with_logits(lm, prompt, 8)
-        assert ours == tokens
-        assert (logits - our_logits).abs().max() < 1e-4
-    finally:
-        PREFILL_ATTENTION.clear()
-        PREFILL_ATTENTION.update(saved_before)
+    lm = load_model(str(directory), device="cpu", quantization=quantization)
+    choices = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())["choices"]
+    (name,) = [name for name in choices if name.startswith("prefill attention ")]
+    assert name == f"prefill attention 4x1x32 {str(lm.cache_dtype).removeprefix('torch.')}"
+    assert measured == [(4, 1, 32, lm.cache_dtype)]
+    assert (prefill_attention.get((4, 1, 32)) is None) == (choices[name] == "sdpa")
+    load_model(str(directory), device="cpu", quantization=quantization)
+    assert len(measured) == 1  # read back, not measured again
+    prompt = lm.tokenizer.encode(stdlib_code)[:150]
+    (tokens, logits), (ours, our_logits) = greedy_with_sdpa_then_ours(lm, prefill_attention, (4, 1, 32), prompt, 8)
+    assert ours == tokens
+    assert (logits - our_logits).abs().max() < 1e-4
 
 
-def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code, monkeypatch):
+def test_where_ours_over_a_float16_cache_is_chosen_sessions_keep_float16(tmp_path, stdlib_code, monkeypatch, attention_choices):
     """Half the bytes, the same tokens: a quantized model whose shape chose ours over float16 keeps
-    its sessions' caches in float16 (prefill reads it through SDPA, cast; decode through ours); a
-    float model of the same shape keeps float32 (its logits are checked against transformers')."""
+    its sessions' caches in float16 (prefill reads it through our prefill kernel or SDPA, cast; decode
+    through ours); a float model of the same shape keeps float32 (its logits are checked against
+    transformers')."""
     needs_our_kernels()
-    from engine.kv_cache import DECODE_ATTENTION, HALF
+    from engine.kv_cache import HALF
 
     directory = checkpoints.make_bigcode(tmp_path / "mq", multi_query=True, n_embd=128, n_head=4)  # head dim 32
     prompt = [i % 1000 for i in range(300)]
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    saved_before = dict(DECODE_ATTENTION)
     results = {}
-    try:
-        for choice in (isa, isa + HALF):
-            monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args, choice=choice: choice)
-            lm = load_model(str(directory), device="cpu", quantization="int8")
-            session = Session(lm)
-            session.prefill(prompt)
-            results[choice] = lm.cache_dtype, session.nbytes, greedy_with_logits(lm, prompt, 24)
-        assert load_model(str(directory), device="cpu").cache_dtype == torch.float32  # float weights, same choice
-    finally:
-        DECODE_ATTENTION.clear()
-        DECODE_ATTENTION.update(saved_before)
+    for choice in (isa, isa + HALF):
+        monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args, choice=choice: choice)
+        lm = load_model(str(directory), device="cpu", quantization="int8")
+        session = Session(lm)
+        session.prefill(prompt)
+        results[choice] = lm.cache_dtype, session.nbytes, greedy_with_logits(lm, prompt, 24)
+    assert load_model(str(directory), device="cpu").cache_dtype == torch.float32  # float weights, same choice
     (dtype, nbytes, (tokens, logits)), (half_dtype, half_nbytes, (half_tokens, half_logits)) = results[isa], results[isa + HALF]
     assert (dtype, half_dtype) == (torch.float32, torch.float16) and half_nbytes * 2 == nbytes
     assert half_tokens == tokens
