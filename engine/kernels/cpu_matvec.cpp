@@ -1248,7 +1248,8 @@ inline void prefill_weighted_values(const PrefillArgs& a, const float* scores, c
 
 template <class Isa, class T>
 inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
-  constexpr int W = Isa::W, RB = W == 16 ? 4 : 2;  // RB rows x 4 registers of sums and 4 of values fit the registers
+  // RB rows x C registers of columns of sums, and C of values, fit the registers (16 below AVX-512).
+  constexpr int W = Isa::W, RB = 4, C = W == 16 ? 4 : 2;
   using F = typename Vec<W>::f32;
   const int64_t D = a.D, rows = a.G * a.T;
   std::vector<float> keys(a.S * D), values(a.S * D), qt(D * W), scores(a.S * W), out(W * D);
@@ -1298,7 +1299,7 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
     }
     for (int64_t l0 = 0; l0 < W; l0 += RB) {
       int64_t c0 = 0;
-      for (; c0 + 4 * W <= D; c0 += 4 * W) prefill_weighted_values<Isa, RB, 4>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
+      for (; c0 + C * W <= D; c0 += C * W) prefill_weighted_values<Isa, RB, C>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
       for (; c0 < D; c0 += W) prefill_weighted_values<Isa, RB, 1>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
     }
     for (int l = 0; l < W && b * W + l < rows; ++l) {
