@@ -30,7 +30,24 @@ def test_logits_equal_transformers_on_full_prompt(models, stdlib_code):
 
 
 def test_logits_equal_transformers_when_fed_in_chunks(models, stdlib_code, monkeypatch):
-    ours, ref = models
+    chunks_equal_transformers(*models, stdlib_code, monkeypatch)
+
+
+def test_logits_equal_transformers_through_our_prefill_attention(models, stdlib_code, monkeypatch):
+    """The same with our prefill attention kernel (engine/kernels/cpu_matvec.cpp) forced for the
+    model's shape: these small models' load-time measurement may keep SDPA."""
+    from engine import cpu_kernels
+    from engine.kv_cache import PREFILL_ATTENTION, attention_shape
+    from engine.paths import cache_dir
+
+    ours, _ = models
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels") or ours.config.head_dim % 16:
+        pytest.skip("our CPU kernels are not built here, or the head dim is no multiple of 16")
+    monkeypatch.setitem(PREFILL_ATTENTION, attention_shape(ours.config), torch.ops.codegen_lsp_cpu.isas().split()[0])
+    chunks_equal_transformers(*models, stdlib_code, monkeypatch)
+
+
+def chunks_equal_transformers(ours, ref, stdlib_code, monkeypatch):
     ids = ours.tokenizer.encode(stdlib_code)[:200]
     expected = ref(torch.tensor([ids])).logits[0]
     monkeypatch.setattr(session_module, "PREFILL_CHUNK", 37)  # uneven chunks over a growing cache
