@@ -1622,20 +1622,25 @@ at::Tensor gelu_tanh(const at::Tensor& x_in, c10::string_view isa) {
 at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Tensor& cos_in, int64_t position_dim, bool interleaved) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat && position_dim >= 0 && position_dim + 1 < x_in.dim(),
               "x: (..., T, ..., D) float32, T at position_dim");
-  const at::Tensor x = x_in.contiguous(), sin = sin_in.contiguous(), cos = cos_in.contiguous();
-  const int64_t T = x.size(position_dim), D = x.size(-1), R = sin.size(-1), rows = x.numel() / D;
+  // x read as it is, strided (CodeGen passes every second of its fused [q | v | k]): copying it first
+  // made a codegen-350M decode step's call 5.0 us against 3.3 (a 256-token chunk's: the same).
+  const at::Tensor x = x_in.stride(-1) == 1 ? x_in : x_in.contiguous(), sin = sin_in.contiguous(), cos = cos_in.contiguous();
+  const int64_t T = x.size(position_dim), D = x.size(-1), R = sin.size(-1), rows = x.numel() / D, dims = x.dim() - 1;
   TORCH_CHECK(sin.dim() == 2 && sin.sizes() == cos.sizes() && sin.size(0) == T && R % 2 == 0 && R <= D &&
                   sin.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat,
               "sin, cos: (T, R) float32, R even and at most D");
   int64_t rows_per_position = 1;  // the rows between consecutive positions
   for (int64_t d = position_dim + 1; d + 1 < x.dim(); ++d) rows_per_position *= x.size(d);
   at::Tensor y = at::empty(x.sizes(), x.options());
+  const std::vector<int64_t> sizes = x.sizes().vec(), strides = x.strides().vec();
   const float *in = x.data_ptr<float>(), *sines = sin.data_ptr<float>(), *cosines = cos.data_ptr<float>();
   float* out = y.data_ptr<float>();
   at::parallel_for(0, rows, std::max<int64_t>(1, (1 << 14) / D), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t t = row / rows_per_position % T;
-      const float *a = in + row * D, *s = sines + t * R, *c = cosines + t * R;
+      int64_t offset = 0;  // of row in x: its index over the dims before the last, in x's strides
+      for (int64_t d = dims - 1, rest = row; d >= 0; rest /= sizes[d], --d) offset += rest % sizes[d] * strides[d];
+      const float *a = in + offset, *s = sines + t * R, *c = cosines + t * R;
       float* o = out + row * D;
       if (interleaved)
         for (int64_t i = 0; i < R; i += 2) {
