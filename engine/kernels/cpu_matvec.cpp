@@ -1204,7 +1204,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
 // query rows (one per lane) of one key/value head goes over the keys its rows see: scores with
 // the rows in lanes (each key number broadcast against W queries, no sums across lanes), then an
 // exact softmax per lane over all its scores at once (W rows' scores over S keys fit in L2), then
-// the weighted values, a few rows by 4 registers of columns at a time. The rows of key/value head
+// the weighted values, 4 rows by 4 registers of columns at a time (by 2 below AVX-512). The rows of key/value head
 // h are its G query heads' for each token, token-major: a multi-query block is one token's heads,
 // which all see the same keys.
 
@@ -1217,8 +1217,8 @@ struct PrefillArgs {
   float scale;
 };
 
-// scores[(j0 + r) * W + lane] = the dots of keys j0 .. j0 + R - 1 (rows of D floats) with the
-// block's W queries (qt: D x W, the queries transposed and scaled).
+// dot[r] += the dots of key j0 + r (rows of D floats) with the block's W queries, one per lane, for
+// r < R (qt: D x W, the queries transposed and scaled).
 template <class F, int R>
 inline void prefill_dots(const float* qt, const float* keys, int64_t D, int64_t j0, F dot[8]) {
   for (int64_t d = 0; d < D; ++d) {
@@ -1252,22 +1252,28 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
   constexpr int W = Isa::W, RB = 4, C = W == 16 ? 4 : 2;
   using F = typename Vec<W>::f32;
   const int64_t D = a.D, rows = a.G * a.T;
-  std::vector<float> keys(a.S * D), values(a.S * D), qt(D * W), scores(a.S * W), out(W * D);
-  int64_t widened = -1;  // the key/value head whose keys and values are in `keys` and `values`
+  // A head's keys and values as float32 rows of D, read by every block of the head: a float32 cache's
+  // own rows where they are D apart (a layer's are), else copies, widened from float16, once per head.
+  const bool widen = !std::is_same_v<T, float> || a.k_row != D || a.v_row != D;
+  std::vector<float> widened_keys(widen ? a.S * D : 0), widened_values(widen ? a.S * D : 0), qt(D * W), scores(a.S * W), out(W * D);
+  const float *keys = widened_keys.data(), *values = widened_values.data();
+  int64_t head = -1;  // whose keys and values those are
   for (int64_t task = begin; task < end; ++task) {
     // A head's blocks alternately from both ends: the later ones see more keys, and each thread's
     // share of the tasks gets as many of both.
     const int64_t h = task / a.blocks, i = task % a.blocks, b = i % 2 == 0 ? i / 2 : a.blocks - 1 - i / 2;
-    if (h != widened) {  // float32 rows of D, read by every block of the head
+    if (h != head && !widen) {
+      keys = (const float*)a.k + h * a.k_head, values = (const float*)a.v + h * a.v_head;
+    } else if (h != head) {
       for (int64_t j = 0; j < a.S; ++j)
         for (int64_t d = 0; d < D; d += W) {
           const F key = cache_floats<Isa, F>((const T*)a.k + h * a.k_head + j * a.k_row + d);
           const F value = cache_floats<Isa, F>((const T*)a.v + h * a.v_head + j * a.v_row + d);
-          __builtin_memcpy(keys.data() + j * D + d, &key, sizeof key);
-          __builtin_memcpy(values.data() + j * D + d, &value, sizeof value);
+          __builtin_memcpy(widened_keys.data() + j * D + d, &key, sizeof key);
+          __builtin_memcpy(widened_values.data() + j * D + d, &value, sizeof value);
         }
-      widened = h;
     }
+    head = h;
     F seen;  // per lane, how many keys its row sees (lanes past the last row repeat it)
     for (int l = 0; l < W; ++l) {
       const int64_t r = std::min(b * W + l, rows - 1), token = r / a.G, g = r % a.G;
@@ -1281,9 +1287,9 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
       F dot[8] = {};
       const int here = int(std::min<int64_t>(8, n - j0));
       if (here == 8)
-        prefill_dots<F, 8>(qt.data(), keys.data(), D, j0, dot);
+        prefill_dots<F, 8>(qt.data(), keys, D, j0, dot);
       else
-        for (int r = 0; r < here; ++r) prefill_dots<F, 1>(qt.data(), keys.data(), D, j0 + r, dot + r);
+        for (int r = 0; r < here; ++r) prefill_dots<F, 1>(qt.data(), keys, D, j0 + r, dot + r);
       for (int r = 0; r < here; ++r) {
         F score = dot[r];
         if (j0 + r >= all_see) score = float(j0 + r) < seen ? score : (F){} - INFINITY;  // past some rows' own token
@@ -1299,8 +1305,8 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
     }
     for (int64_t l0 = 0; l0 < W; l0 += RB) {
       int64_t c0 = 0;
-      for (; c0 + C * W <= D; c0 += C * W) prefill_weighted_values<Isa, RB, C>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
-      for (; c0 < D; c0 += W) prefill_weighted_values<Isa, RB, 1>(a, scores.data(), values.data(), n, l0, c0, out.data() + l0 * D);
+      for (; c0 + C * W <= D; c0 += C * W) prefill_weighted_values<Isa, RB, C>(a, scores.data(), values, n, l0, c0, out.data() + l0 * D);
+      for (; c0 < D; c0 += W) prefill_weighted_values<Isa, RB, 1>(a, scores.data(), values, n, l0, c0, out.data() + l0 * D);
     }
     for (int l = 0; l < W && b * W + l < rows; ++l) {
       const int64_t r = b * W + l, token = r / a.G, g = r % a.G;
