@@ -32,7 +32,7 @@ from benchmarks.random_checkpoint import keep_layers  # noqa: E402
 from benchmarks.vs_peers import MODELS, peers_checkpoint  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.kv_cache import DECODE_ATTENTION, HALF, attention_shape  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION, HALF, attention_shape, set_choice  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.paths import cache_dir  # noqa: E402
 from engine.session import Session  # noqa: E402
@@ -85,13 +85,6 @@ def attention_model(name: str, args) -> tuple:
     return lm, shape, torch.ops.codegen_lsp_cpu.isas().split()[0], lm.tokenizer.encode(real_code(40 * max(args.contexts)))
 
 
-def set_kernel(table: dict, shape: tuple, kernel: str | None) -> None:
-    """table[shape] = kernel (engine/kv_cache.py's choices), or none: SDPA."""
-    table.pop(shape, None)
-    if kernel is not None:
-        table[shape] = kernel
-
-
 def run(name: str, args) -> None:
     lm, shape, isa, code = attention_model(name, args)
     print(f"{args.new_tokens} tokens a round\n")
@@ -99,7 +92,7 @@ def run(name: str, args) -> None:
     print("|---|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
-        set_kernel(DECODE_ATTENTION, shape, kernel)
+        set_choice(DECODE_ATTENTION, shape, kernel)
         kv_dtype = torch.float16 if kernel and kernel.endswith(HALF) else torch.float32  # as load_model would choose
         return decode_ms(dataclasses.replace(lm, cache_dtype=kv_dtype), prompt, args.new_tokens)
 

@@ -26,11 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import interleaved  # noqa: E402
-from benchmarks.decode_attention import attention_arguments, attention_model, print_machine, set_kernel  # noqa: E402
+from benchmarks.decode_attention import attention_arguments, attention_model, print_machine  # noqa: E402
 from benchmarks.vs_peers import MODELS  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
-from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, attention_shape  # noqa: E402
+from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, attention_shape, set_choice  # noqa: E402
 from engine.session import PREFILL_CHUNK, Session  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def run(name: str, args) -> None:
     print("|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
-        set_kernel(PREFILL_ATTENTION, shape, kernel)
+        set_choice(PREFILL_ATTENTION, shape, kernel)
         return prefill_tokens_per_s(lm, prompt)
 
     for context in args.contexts:
@@ -84,8 +84,8 @@ def run(name: str, args) -> None:
     session.prefill(code[:context])
 
     def reencode(tokens: int, ours: bool) -> float:
-        set_kernel(DECODE_ATTENTION, shape, chosen["decode"] if ours else None)
-        set_kernel(PREFILL_ATTENTION, shape, chosen["prefill"] if ours else None)
+        set_choice(DECODE_ATTENTION, shape, chosen["decode"] if ours else None)
+        set_choice(PREFILL_ATTENTION, shape, chosen["prefill"] if ours else None)
         edited = code[: context - tokens] + code[context : context + tokens]  # the reused prefix, then new text
         start = time.perf_counter()
         session.prefill(edited)
@@ -96,8 +96,8 @@ def run(name: str, args) -> None:
     for tokens in (2, 3, 6, 12):
         ms, load = interleaved({"ours": lambda: reencode(tokens, True), "sdpa": lambda: reencode(tokens, False)}, 2 * args.rounds + 1)
         print(f"| {tokens} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['sdpa'] / ms['ours']:.2f} | {load:.2f} |", flush=True)
-    set_kernel(DECODE_ATTENTION, shape, chosen["decode"])
-    set_kernel(PREFILL_ATTENTION, shape, chosen["prefill"])
+    set_choice(DECODE_ATTENTION, shape, chosen["decode"])
+    set_choice(PREFILL_ATTENTION, shape, chosen["prefill"])
 
 
 def main() -> None:

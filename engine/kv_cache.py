@@ -26,6 +26,13 @@ PREFILL_ATTENTION: dict[tuple[int, int, int], str] = {}
 SMALL_CHUNK_ROWS = 4
 
 
+def set_choice(choices: dict[tuple[int, int, int], str], shape: tuple[int, int, int], isa: str | None) -> None:
+    """choices[shape] = isa in DECODE_ATTENTION or PREFILL_ATTENTION, or no entry (SDPA) for None."""
+    choices.pop(shape, None)
+    if isa is not None:
+        choices[shape] = isa
+
+
 def attention_shape(config: ModelConfig) -> tuple[int, int, int]:
     """A model's key in DECODE_ATTENTION: (kv heads, query heads per kv head, head dim)."""
     return config.n_kv_heads, config.n_head // config.n_kv_heads, config.head_dim

@@ -23,7 +23,7 @@ from engine.decoder import speed_up_attribute_lookups
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.float_linear import use_float_kernels
-from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, KVCache, attention_shape, cache_dtype
+from engine.kv_cache import DECODE_ATTENTION, PREFILL_ATTENTION, KVCache, attention_shape, cache_dtype, set_choice
 from engine.loaded_model import LoadedModel
 from engine.paths import DEMO_MODEL_DIR, cache_dir
 from engine.quantize import QuantSettings, weight_bytes_per_token
@@ -76,11 +76,15 @@ def load_model(
     if torch_device.type == "cpu":
         threads = cpu_kernels.choose_threads(lambda: decode_calls_for_timing(model, config, cache_dtype(config, torch_dtype, "cpu"))[0], name,
                                              cache_dir() / "quantized", weight_bytes_per_token(model))
-        if (config.architecture.cache_dtype or torch_dtype) == torch.float32:
-            choose_decode_attention(config)  # float32 and quantized layers have built our kernels already
-    kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")  # after the attention choice
-    if torch_device.type == "cpu" and (config.architecture.cache_dtype or torch_dtype) == torch.float32:
-        choose_prefill_attention(config, kv_dtype)
+    # Our attention kernels, where they were measured faster than SDPA for the shape (float32 and
+    # quantized layers have built our kernels already): decode's first, which the cache dtype follows.
+    attends_in_float32 = torch_device.type == "cpu" and (config.architecture.cache_dtype or torch_dtype) == torch.float32
+    shape = attention_shape(config)
+    if attends_in_float32:
+        set_choice(DECODE_ATTENTION, shape, cpu_kernels.choose_attention(*shape, cache_dir() / "quantized"))
+    kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")
+    if attends_in_float32:
+        set_choice(PREFILL_ATTENTION, shape, cpu_kernels.choose_prefill_attention(*shape, kv_dtype, cache_dir() / "quantized"))
     decode_step = None
     if want_compile(compile, torch_device):
         compile_start = time.perf_counter()
@@ -96,24 +100,6 @@ def load_model(
              torch_device, torch_dtype, settings.mode, decode_step is not None, seconds)
     return LoadedModel(model, tokenizer, config, directory, torch_device, torch_dtype, seconds, settings.mode, decode_step, threads,
                        kv_dtype, drafts_pay)
-
-
-def choose_decode_attention(config: ModelConfig) -> None:
-    shape = attention_shape(config)
-    isa = cpu_kernels.choose_attention(*shape, cache_dir() / "quantized")
-    if isa is None:
-        DECODE_ATTENTION.pop(shape, None)
-    else:
-        DECODE_ATTENTION[shape] = isa
-
-
-def choose_prefill_attention(config: ModelConfig, kv_dtype: torch.dtype) -> None:
-    shape = attention_shape(config)
-    isa = cpu_kernels.choose_prefill_attention(*shape, kv_dtype, cache_dir() / "quantized")
-    if isa is None:
-        PREFILL_ATTENTION.pop(shape, None)
-    else:
-        PREFILL_ATTENTION[shape] = isa
 
 
 def decode_calls_for_timing(model: torch.nn.Module, config: ModelConfig, kv_dtype: torch.dtype, verify_rows: int = 1,
