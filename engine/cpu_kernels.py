@@ -48,6 +48,7 @@ import torch.nn as nn
 from engine import config
 from engine.kv_cache import HALF
 from engine.paths import cache_dir
+from engine.session import PREFILL_CHUNK
 from engine.speculative import FIRST_DRAFT
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,7 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
 def choose_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_dtype: torch.dtype, folder: Path) -> str | None:
     """The instruction set our prefill attention kernel runs with for this shape over a cache of
     cache_dtype, or None where PyTorch's SDPA is as fast or ours is unavailable: measured once per
-    machine on a prefill chunk after as many cached tokens, saved with the kernel choices."""
+    machine on prefill chunks after PREFILL_CACHED tokens, saved with the kernel choices."""
     names = compiled_kernels(folder)
     if not names or head_dim % 16:
         return None
@@ -346,18 +347,17 @@ def choose_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_dty
     return None if choice == "sdpa" else choice.removeprefix("cpp-")
 
 
-PREFILL_TOKENS = 256  # the chunk the prefill choice is measured with (engine/session.py's PREFILL_CHUNK)
 PREFILL_CACHED = (256, 1280)  # after this many cached tokens, both: which is faster can change with the keys
 
 
 @torch.no_grad()
 def _measure_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_dtype: torch.dtype, names: list[str]) -> str:
     """The fastest of SDPA (as engine/kv_cache.attend runs it for a prefill chunk: a boolean mask,
-    the cache cast to float32) and ours over a chunk of PREFILL_TOKENS new tokens after each count of
+    the cache cast to float32) and ours over a chunk of PREFILL_CHUNK new tokens after each count of
     PREFILL_CACHED tokens (their sum: the AVX2 build against AVX2 SDPA, santacoder's shape, was 1.3x
     SDPA's speed after 256 cached tokens and 0.94x after 1,280), ours only where it matches SDPA."""
     generator = torch.Generator().manual_seed(0)
-    T, H, scale = PREFILL_TOKENS, kv_heads * group, head_dim**-0.5
+    T, H, scale = PREFILL_CHUNK, kv_heads * group, head_dim**-0.5
     q = torch.randn(1, T, H, head_dim, generator=generator).transpose(1, 2)  # as the architectures give it
     chunks = []  # (k, v, mask) after each count of cached tokens
     for cached in PREFILL_CACHED:
