@@ -102,11 +102,14 @@ def main() -> None:
     args = parser.parse_args()
     for name in args.shapes:
         lm = random_model(name, args.quantization, compile="true" if args.compile else "false")
-        eager_lm = dataclasses.replace(lm, decode_step=None)  # the same weights, run eagerly
-        session, eager_session = Session(lm), Session(eager_lm)
+        session = Session(lm)
+        # The same weights run eagerly, for recording the matmuls (a compiled step runs none of ours):
+        # a session of its own only beside a compiled one.
+        eager_session = Session(dataclasses.replace(lm, decode_step=None)) if args.compile else session
         prompt = code_prompt(lm, args.context)
         session.prefill(prompt)
-        eager_session.prefill(prompt)
+        if eager_session is not session:
+            eager_session.prefill(prompt)
 
         def steps(session: Session = session) -> None:  # --steps decode steps from the same place each time
             for i in range(args.steps):
