@@ -232,7 +232,7 @@ def test_sampling_with_drafts_runs_and_keeps_the_invariant(demo_models, stdlib_c
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
 @pytest.mark.parametrize("attention", ["sdpa", "ours"])
-def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, quantization, attention):
+def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, quantization, attention, monkeypatch):
     """With row-exact linear kernels, a verify's logits are those of one decode step per token, with
     either attention (ours takes all the rows in one call)."""
     from engine import cpu_kernels
@@ -243,23 +243,17 @@ def test_verify_rows_equal_decode_steps_bit_for_bit(demo_models, stdlib_code, qu
     shape = attention_shape(lm.config)
     if attention == "ours" and not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
         pytest.skip("our CPU kernels could not be built here")
-    saved = DECODE_ATTENTION.get(shape)
-    try:
-        if attention == "ours":
-            DECODE_ATTENTION[shape] = torch.ops.codegen_lsp_cpu.isas().split()[0]
-        else:
-            DECODE_ATTENTION.pop(shape, None)
-        ids = lm.tokenizer.encode(stdlib_code)[:120]
-        session = Session(lm)
-        session.prefill(ids[:100])
-        rows = session.verify(ids[100:117])
-        session.truncate(100)
-        steps = torch.stack([session.step(token) for token in ids[100:117]])
-        assert torch.equal(rows, steps)
-    finally:
-        DECODE_ATTENTION.pop(shape, None)
-        if saved is not None:
-            DECODE_ATTENTION[shape] = saved
+    if attention == "ours":
+        monkeypatch.setitem(DECODE_ATTENTION, shape, torch.ops.codegen_lsp_cpu.isas().split()[0])
+    else:
+        monkeypatch.delitem(DECODE_ATTENTION, shape, raising=False)
+    ids = lm.tokenizer.encode(stdlib_code)[:120]
+    session = Session(lm)
+    session.prefill(ids[:100])
+    rows = session.verify(ids[100:117])
+    session.truncate(100)
+    steps = torch.stack([session.step(token) for token in ids[100:117]])
+    assert torch.equal(rows, steps)
 
 
 def test_expected_tokens_of_a_verify():
