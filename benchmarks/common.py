@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -13,15 +16,63 @@ import torch
 from benchmarks.random_checkpoint import SHAPES, write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-CODEGEN_TOKENIZER = ROOT / "tests" / "data" / "tokenizers" / "codegen" / "tokenizer.json"
+TOKENIZERS = ROOT / "tests" / "data" / "tokenizers"
+CODEGEN_TOKENIZER = TOKENIZERS / "codegen" / "tokenizer.json"  # 50,295 ids
 CACHE = Path("/tmp/codegen-lsp-bench")
+ENDOFTEXT = "<|endoftext|>"
+# Where a shape's embedding has fewer rows than CodeGen's tokenizer has ids, its checkpoint gets GPT-2's
+# BPE cut to fit, then these special tokens, spelled as the family's published tokenizer spells them
+# (santacoder's 49,280 rows: 49,152 BPE ids, <|endoftext|> at 49,152 as its config says, FIM after it).
+SPECIAL_TOKENS = {
+    "gpt_bigcode": [ENDOFTEXT, "<fim-prefix>", "<fim-middle>", "<fim-suffix>", "<fim-pad>"],
+    "starcoder2": [ENDOFTEXT, "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"],
+}
 
 
-def checkpoint(name: str, config: dict, tokenizer_files: Iterable[Path] = (CODEGEN_TOKENIZER,)) -> Path:
-    """A random-weight checkpoint with the given config, written once and reused across runs."""
+def gpt2_tokenizer_of(ids: int, specials: tuple[str, ...] = (ENDOFTEXT,)) -> list[Path]:
+    """GPT-2's BPE cut to its first `ids` ids (ids are in merge order), then `specials` from id `ids`:
+    tokenizer.json and a tokenizer_config.json naming <|endoftext|> as bos and eos."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    tag = hashlib.sha256("\n".join(specials).encode()).hexdigest()[:8]
+    folder = CACHE / "tokenizers" / f"gpt2-{ids}-{tag}"
+    files = [folder / "tokenizer.json", folder / "tokenizer_config.json"]
+    if not all(f.is_file() for f in files):
+        vocab = {t: i for t, i in json.loads((TOKENIZERS / "gpt2" / "vocab.json").read_text()).items() if i < ids}
+        merges = [tuple(m.split()) for m in (TOKENIZERS / "gpt2" / "merges.txt").read_text().splitlines()[1:] if m][: ids - 256]
+        assert all(a + b in vocab for a, b in merges), "GPT-2 ids are no longer merge order"
+        tokenizer = Tokenizer(models.BPE(vocab, merges))
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(files[0]))
+        files[1].write_text(json.dumps(dict.fromkeys(("eos_token", "bos_token", "unk_token"), ENDOFTEXT)))
+    return files
+
+
+def tokenizer_files(config: dict) -> list[Path]:
+    """CodeGen's tokenizer where the embedding has a row for each of its ids, else GPT-2's cut to fit,
+    <|endoftext|> at the config's eos id where that leaves room for the other special tokens."""
+    if config["vocab_size"] >= 50295:
+        return [CODEGEN_TOKENIZER]
+    specials = tuple(SPECIAL_TOKENS.get(config["model_type"], [ENDOFTEXT]))
+    ids = config["eos_token_id"]
+    if not 256 < ids <= config["vocab_size"] - len(specials):
+        ids = config["vocab_size"] - len(specials)
+    return gpt2_tokenizer_of(ids, specials)
+
+
+def checkpoint(name: str, config: dict, tokenizer: Iterable[Path] | None = None) -> Path:
+    """A random-weight checkpoint with the given config, written once and reused across runs; its
+    tokenizer files (tokenizer_files(config) unless given) are copied in every time."""
     directory = CACHE / name
+    files = list(tokenizer) if tokenizer is not None else tokenizer_files(config)
     if not (directory / "model.safetensors").is_file():
-        write_random_checkpoint(directory, dict(config, torch_dtype="float32"), tokenizer_files)
+        write_random_checkpoint(directory, dict(config, torch_dtype="float32"), files)
+    for path in files:
+        if not (directory / path.name).is_file() or (directory / path.name).read_bytes() != path.read_bytes():
+            shutil.copy(path, directory / path.name)
     return directory
 
 
@@ -36,9 +87,8 @@ def random_model(name: str, quantization: str, compile: str = "auto"):
 
 
 def code_prompt(lm, tokens: int) -> list[int]:
-    """`tokens` ids of real code, folded below lm's vocabulary (the random checkpoints carry CodeGen's
-    tokenizer, whose ids can pass a smaller embedding)."""
-    return [i % lm.config.vocab_size for i in lm.tokenizer.encode(real_code(12 * tokens))[:tokens]]
+    """`tokens` ids of real code."""
+    return lm.tokenizer.encode(real_code(12 * tokens))[:tokens]
 
 
 def real_code(min_chars: int, module=None) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.common import checkpoint  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
@@ -135,17 +133,6 @@ def middle_of_function_states(text: str, n: int) -> list[tuple[str, str]]:
     return [(prefix, suffix)] + keystrokes(prefix, line[:n], suffix)
 
 
-def santacoder_checkpoint() -> Path:
-    from checkpoints import SANTACODER_FIM, write_bigcode_tokenizer  # GPT-2's BPE + SantaCoder's FIM tokens
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_bigcode_tokenizer(Path(tmp), SANTACODER_FIM)
-        # The stand-in tokenizer has GPT-2's 50,257 ids + 5 special ones, more than santacoder's
-        # 49,280 rows: widen the embedding (+1 M parameters) so every id has one.
-        config = dict(SANTACODER, vocab_size=50304, bos_token_id=50256, eos_token_id=50256)
-        return checkpoint("santacoder-gpt2-fim", config, [Path(tmp) / "tokenizer.json", Path(tmp) / "tokenizer_config.json"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keystrokes", type=int, default=40, help="typed at the end of the file (codegen)")
@@ -172,7 +159,7 @@ def main() -> None:
 
     if args.skip_fim:
         return
-    directory = santacoder_checkpoint()
+    directory = checkpoint("santacoder", SANTACODER)
     lm = load_model(str(directory), device="cpu", dtype="float32", compile="false")
     states = middle_of_function_states(source, args.fim_keystrokes)
     rows = []

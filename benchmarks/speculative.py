@@ -11,7 +11,7 @@ token) and the median time to the whole suggestion; the suggestions must be iden
 
     .venv/bin/python benchmarks/speculative.py                          # demo model, none
     .venv/bin/python benchmarks/speculative.py --quantization int8
-    .venv/bin/python benchmarks/speculative.py --shape codegen-350M --requests 6   # random weights
+    .venv/bin/python benchmarks/speculative.py --shape codegen-350M-mono --requests 6   # random weights
     .venv/bin/python benchmarks/speculative.py --shape santacoder --quantization int8 --verify-costs
 
 Random weights (--shape) rarely agree with drafts: their figures say what a verify
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import ROOT, checkpoint, interleaved  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # noqa: E402
+from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 from engine.completion import DocumentState, complete  # noqa: E402
 from engine.generate import SamplingParams  # noqa: E402
 from engine.loading import load_model  # noqa: E402
@@ -96,8 +96,7 @@ def report(name: str, result: dict) -> None:
 def verify_costs(lm, rounds: int = 3) -> None:
     """A verify of n rows (the last token and n - 1 drafts) against one decode step, at 512 tokens
     of context (the window's half on the demo model): what a draft must win back."""
-    ids = lm.tokenizer.encode(EDITED.read_text(encoding="utf-8"))[: min(512, lm.config.n_positions // 2)]
-    prompt = [i % lm.config.vocab_size for i in ids]  # the random checkpoints' tokenizer has more ids
+    prompt = lm.tokenizer.encode(EDITED.read_text(encoding="utf-8"))[: min(512, lm.config.n_positions // 2)]
     session = Session(lm)
     session.prefill(prompt)
     base = len(session.ids)
@@ -116,7 +115,7 @@ def verify_costs(lm, rounds: int = 3) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("demo", "codegen-350M", "santacoder"), default="demo")
+    parser.add_argument("--shape", choices=("demo", *SHAPES), default="demo")
     parser.add_argument("--quantization", choices=("none", "int8", "int4"), default="none")
     parser.add_argument("--requests", type=int, default=40, help="requests per part")
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -125,8 +124,7 @@ def main() -> int:
     torch.manual_seed(0)
     spec = None
     if args.shape != "demo":
-        config = CODEGEN_350M_MONO if args.shape == "codegen-350M" else SANTACODER
-        spec = str(checkpoint(args.shape, config))
+        spec = str(checkpoint(args.shape, SHAPES[args.shape]))
     lm = load_model(spec, device="cpu", dtype="float32", quantization=args.quantization, compile="false")
     print(f"{lm.path.name} ({args.shape}), quantization {args.quantization}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} before")

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, CODEGEN_TOKENIZER, ROOT, checkpoint, real_code  # noqa: E402
+from benchmarks.common import CACHE, CODEGEN_TOKENIZER, checkpoint, gpt2_tokenizer_of, real_code  # noqa: E402
 from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B, keep_layers  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.loading import load_model  # noqa: E402
@@ -50,7 +50,6 @@ from engine.quantize import weight_bytes_per_token  # noqa: E402
 
 PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"
-GPT2 = ROOT / "tests" / "data" / "tokenizers" / "gpt2"
 GPT2_ROWS = 50257
 MODELS = {
     "santacoder": dict(SANTACODER, architectures=["GPTBigCodeForCausalLM"], layer_norm_epsilon=1e-5),
@@ -91,30 +90,12 @@ def converter_dir() -> Path:
 # ---------------------------------------------------------------- the same weights for everyone
 
 
-def gpt2_tokenizer_of(rows: int) -> Path:
-    """GPT-2's BPE cut to `rows` ids (the first merges, <|endoftext|> last), as tokenizer.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    path = CACHE / "tokenizers" / f"gpt2-{rows}" / "tokenizer.json"
-    if not path.is_file():
-        vocab = {t: i for t, i in json.loads((GPT2 / "vocab.json").read_text()).items() if i < rows - 1}
-        merges = [tuple(m.split()) for m in (GPT2 / "merges.txt").read_text().splitlines()[1:] if m][: rows - 1 - 256]
-        assert all(a + b in vocab for a, b in merges), "GPT-2 ids are no longer merge order"
-        vocab["<|endoftext|>"] = rows - 1
-        tokenizer = Tokenizer(models.BPE(vocab, merges))
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tokenizer.save(str(path))
-    return path
-
-
 def peers_checkpoint(name: str, config: dict) -> Path:
     if config["model_type"] == "codegen":
-        tokenizer = CODEGEN_TOKENIZER
-    else:
-        tokenizer = gpt2_tokenizer_of(min(config["vocab_size"], GPT2_ROWS))
-    directory = checkpoint(f"{name}-peers", config, [tokenizer])
+        tokenizer = [CODEGEN_TOKENIZER]
+    else:  # <|endoftext|> alone, as the peers' converted files were made from
+        tokenizer = gpt2_tokenizer_of(min(config["vocab_size"], GPT2_ROWS) - 1)
+    directory = checkpoint(f"{name}-peers", config, tokenizer)
     (directory / "tokenizer_config.json").write_text(json.dumps(dict.fromkeys(("eos_token", "bos_token", "unk_token"), "<|endoftext|>")))
     return directory
 

@@ -35,8 +35,8 @@ from engine.loading import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
 
-# No SantaCoder, Qwen or StarCoder2 tokenizer on these machines: their checkpoints carry
-# CodeGen's, and prompt ids are folded below their vocabulary (only speed is measured).
+# No SantaCoder, Qwen or StarCoder2 tokenizer on these machines: their checkpoints carry CodeGen's, or
+# GPT-2's cut to fit the embedding (benchmarks/common.py; only speed is measured).
 MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER,
           "qwen2.5-coder-1.5b": QWEN25_CODER_1_5B, "starcoder2-3b": STARCODER2_3B}
 MODES = {  # name -> (dtype, quantization)
@@ -90,8 +90,7 @@ def compare(name: str, modes: list[str], args) -> None:
     name, config = keep_layers(name, MODELS[name], args.layers)
     directory = checkpoint(name, config)
     ids = load_tokenizer(directory).encode(real_code(40000))
-    limit = config["eos_token_id"] if config["model_type"] == "gpt_bigcode" else config["vocab_size"]
-    prompt = [i % limit for i in ids][: args.prompt_tokens]  # below the vocab and its special tokens
+    prompt = ids[: args.prompt_tokens]
     assert len(prompt) == args.prompt_tokens
 
     # Quantized first: quantizing holds a float copy for a while, best done before the rest is loaded.
