@@ -8,7 +8,7 @@ converter uses. The names and metadata are those of llama.cpp's convert_hf_to_gg
 GPTBigCodeForCausalLM, with two differences: the MLP width is the checkpoint's n_inner (the
 converter writes 4 * n_embd), and a checkpoint without multi-query (multi_query false) gets its
 per-head [q | k | v] rows regrouped as [all q | all k | all v] with n_head K/V heads (the
-converter writes one). The tokenizer must be byte-level BPE in a tokenizer.json (GPT-2's
+converter writes one); and the FIM tokens' ids are written. The tokenizer must be byte-level BPE in a tokenizer.json (GPT-2's
 pre-tokenizer, which llama.cpp calls "gpt-2"); a tied lm_head is left out, as llama.cpp takes
 token_embd for it.
 """
@@ -23,6 +23,7 @@ from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.files import read_text
 from engine.paths import DEMO_MODEL_DIR
+from engine.tokenizer import load_tokenizer
 from engine.weights import read_state_dict
 
 NAMES = {
@@ -79,6 +80,16 @@ def export_gguf(spec: str | None, out: Path, outtype: str = "f32") -> Path:
         if token_id is not None:
             setter(token_id)
     writer.add_add_bos_token(False)
+    # The FIM tokens by id: llama-server's /infill builds its prompt from these where the file has
+    # them, and otherwise guesses them from a list of spellings (which is all its converter leaves it).
+    fim = load_tokenizer(directory).fim
+    if fim is not None:
+        keys = gguf.Keys.Tokenizer
+        for key, token_id in ((keys.FIM_PRE_ID, fim.prefix), (keys.FIM_SUF_ID, fim.suffix), (keys.FIM_MID_ID, fim.middle),
+                              (keys.FIM_PAD_ID, fim.pad), (keys.FIM_SEP_ID, fim.file_separator),
+                              (keys.FIM_REP_ID, fim.repo_name)):  # fmt: skip
+            if token_id is not None:
+                writer.add_uint32(key, token_id)
 
     for name, tensor in read_state_dict(directory).items():
         target = gguf_name(name)

@@ -365,3 +365,27 @@ async def test_changing_the_endpoint_leaves_no_thread_behind(tmp_path):
         assert ends[-1].endswith("; suggestions from http://127.0.0.1:15 (backend openai)"), ends
     finally:
         await stop_server(client)
+
+
+def test_export_gguf_writes_the_demo_model_with_its_fim_token_ids(tmp_path):
+    """`codegen-lsp export-gguf`: llama.cpp's starcoder layout, every embedding row a token, and the
+    FIM tokens by id (llama-server's /infill builds its prompt from them)."""
+    import gguf
+
+    from engine.gguf_export import export_gguf
+    from engine.loading import load_model
+
+    lm = load_model(None, device="cpu", compile="false")
+    reader = gguf.GGUFReader(str(export_gguf(None, tmp_path / "demo.gguf")))
+
+    def number(key):
+        field = reader.fields[key]
+        return int(field.parts[field.data[0]][0])
+
+    keys, fim = gguf.Keys.Tokenizer, lm.tokenizer.fim
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "starcoder"
+    assert len(reader.fields[keys.LIST].data) == lm.config.vocab_size
+    assert (number(keys.FIM_PRE_ID), number(keys.FIM_SUF_ID), number(keys.FIM_MID_ID)) == (fim.prefix, fim.suffix, fim.middle)
+    assert number(keys.EOS_ID) == lm.config.eos_token_id
+    names = {t.name for t in reader.tensors}
+    assert {"token_embd.weight", "blk.0.attn_qkv.weight", f"blk.{lm.config.n_layer - 1}.ffn_down.bias"} <= names
