@@ -5,12 +5,12 @@ so a team can serve on llama.cpp the very weights it tried locally.
 
 Written with the `gguf` package (`pip install 'codegen-lsp[gguf]'`), the writer llama.cpp's own
 converter uses. The names and metadata are those of llama.cpp's convert_hf_to_gguf.py for
-GPTBigCodeForCausalLM, with two differences: the MLP width is the checkpoint's n_inner (the
+GPTBigCodeForCausalLM, with three differences: the MLP width is the checkpoint's n_inner (the
 converter writes 4 * n_embd), and a checkpoint without multi-query (multi_query false) gets its
 per-head [q | k | v] rows regrouped as [all q | all k | all v] with n_head K/V heads (the
-converter writes one); and the FIM tokens' ids are written. The tokenizer must be byte-level BPE in a tokenizer.json (GPT-2's
-pre-tokenizer, which llama.cpp calls "gpt-2"); a tied lm_head is left out, as llama.cpp takes
-token_embd for it.
+converter writes one), and the FIM tokens' ids are written (the converter leaves llama.cpp to
+guess them). The tokenizer must be byte-level BPE in a tokenizer.json (GPT-2's pre-tokenizer,
+which llama.cpp calls "gpt-2"); a tied lm_head is left out, as llama.cpp takes token_embd for it.
 """
 
 from __future__ import annotations
