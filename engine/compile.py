@@ -13,13 +13,16 @@ so the step is compiled with a symbolic length instead: attention reads exactly
 the positions in use, the cache grows as in eager decoding, and the keys and
 values are written in place (kv_cache.write_cache). The earlier CPU step, with
 static shapes, attended over the whole window and copied the whole cache back
-into its input every call: 3-8x slower than eager on long windows.
+into its input every call: 3-8x slower than eager on long windows. The graph
+is run by inductor's C++ wrapper, not its Python one: with the Python wrapper
+the compiled step of a 0.35-1.1B model was 5-6 % slower than eager decoding
+(each of its calls goes through Python and the dispatcher as eager ops do);
+with the C++ one it is as fast or 1-10 % faster (README, "CPU decode kernels").
 
 Compilation happens at load, with warm-up calls, not on the first keystroke.
-`compile = auto` turns it on for CUDA only: on the CPU it cost 40-80 s at the
-first start of a 0.35-1.5B model (20-25 s later, from inductor's cache) for a step
-0-19 % faster (the demo model's: 1.3-1.5x in int8), and speculative decoding stays
-off beside it (README, "CPU decode kernels").
+`compile = auto` turns it on for CUDA only: on the CPU it costs 40-80 s at the
+first start of a 0.35-1.5B model (15-25 s later, from inductor's cache) for that
+little, and speculative decoding stays off beside it.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def compile_decode(model: torch.nn.Module, config: ModelConfig, device: torch.de
     if on_cuda:
         compiled = torch.compile(decode, mode="reduce-overhead", fullgraph=True, dynamic=False)
     else:
-        compiled = torch.compile(decode, fullgraph=True, dynamic=True)
+        compiled = torch.compile(decode, fullgraph=True, dynamic=True, options={"cpp_wrapper": True})
 
     marked: weakref.WeakSet[KVCache] = weakref.WeakSet()  # CPU caches whose fixed dims are marked static
 
