@@ -123,6 +123,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32 and engine_config.our_cpu_ops_take(x):
+            # One op of ours (engine/kernels/cpu_matvec.cpp) for PyTorch's ~9 below, the same roundings.
+            return torch.ops.codegen_lsp_cpu.rms_norm(x, self.weight, self.eps, engine_config.CPU_OPS_ISA)
         h = x.float()  # normalized in float32, scaled in x's dtype, as in the original
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)

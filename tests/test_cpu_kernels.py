@@ -764,6 +764,35 @@ def test_gelu_matches_the_tanh_formula_in_float64():
     assert torch.ops.codegen_lsp_cpu.gelu_tanh(h.bfloat16(), "baseline").dtype == torch.bfloat16
 
 
+def test_rms_norm_matches_the_formula_in_float64_row_by_row():
+    """Our RMSNorm, every instruction set, widths that leave partial vectors, against the formula in
+    float64 (as close as PyTorch's own ops come); each row as it comes alone (a verify's rows are their
+    decode steps'); the Llama-style models' norm uses it where loaded, PyTorch's ops elsewhere."""
+    needs_our_kernels()
+    from engine import config
+    from engine.layers import RMSNorm
+
+    for D in (1, 7, 64, 100, 896, 1536, 2049):
+        x, w = torch.randn(3, 5, D) * 3, torch.randn(D)
+        reference = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-6) * w.double()
+        for isa in torch.ops.codegen_lsp_cpu.isas().split():
+            y = torch.ops.codegen_lsp_cpu.rms_norm(x, w, 1e-6, isa)
+            assert (y.double() - reference).abs().max() < 4e-6 * reference.abs().max(), (isa, D)
+            alone = torch.ops.codegen_lsp_cpu.rms_norm(x[1:2, 3:4], w, 1e-6, isa)
+            assert torch.equal(alone, y[1:2, 3:4]), (isa, D)
+    norm = RMSNorm(1536, 1e-6)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(2, 4, 1536)
+    with torch.no_grad():
+        assert torch.equal(norm(x), torch.ops.codegen_lsp_cpu.rms_norm(x, norm.weight, 1e-6, config.CPU_OPS_ISA))
+        pytorchs = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+        torch.testing.assert_close(norm(x), pytorchs, rtol=2e-6, atol=2e-6)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.codegen_lsp_cpu.rms_norm(x.double(), norm.weight, 1e-6, "baseline")
+    with torch.no_grad():  # a bfloat16 model: PyTorch's ops, in the original's precision
+        assert norm.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("rot_dim", [32, 64])
 def test_interleaved_rotary_is_pytorchs_numbers_in_one_op(rot_dim, monkeypatch):
     """CodeGen's q and k as the model hands them (every second of [q | v | k]: a strided 6-dim view, its
