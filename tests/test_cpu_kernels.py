@@ -378,9 +378,9 @@ def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_d
         real_set(default)
 
 
-# (kv heads, query heads per kv head, head dim): santacoder (multi-query), Qwen2.5-Coder-1.5B
-# (grouped), codegen-350M (multi-head), a small one.
-ATTENTION_SHAPES = [(1, 16, 128), (2, 6, 128), (16, 1, 64), (3, 2, 32)]
+# (kv heads, query heads per kv head, head dim): santacoder (multi-query), Qwen2.5-Coder-1.5B and 0.5B,
+# StarCoder2-3B (grouped), codegen-350M (multi-head), a small one.
+ATTENTION_SHAPES = [(1, 16, 128), (2, 6, 128), (2, 7, 64), (2, 12, 128), (16, 1, 64), (3, 2, 32)]
 
 
 def needs_our_kernels():
