@@ -29,7 +29,7 @@ def measure(shape: str, mode: str, context: int, steps: int) -> None:
     """In the commit's own tree (the current directory): one run, printed as 'decode_ms prefill_tps'."""
     sys.path.insert(0, os.getcwd())
     from benchmarks.common import checkpoint
-    from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER
+    from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER  # what older trees have (not SHAPES)
     from engine.loading import load_model
     from engine.session import Session
 

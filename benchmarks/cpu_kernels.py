@@ -36,7 +36,7 @@ import time
 import torch
 
 from benchmarks.common import checkpoint
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, SANTACODER
+from benchmarks.random_checkpoint import SHAPES
 from engine import cpu_kernels
 from engine.loading import load_model
 from engine.bench import bench_prompt
@@ -45,7 +45,7 @@ from engine.paths import cache_dir
 from engine.quantize import Int4Linear, Int8Linear, QuantSettings, quantize_model
 from engine.session import Session
 
-MODELS = {"santacoder": SANTACODER, "codegen-350M-mono": CODEGEN_350M_MONO}
+MODELS = {name: SHAPES[name] for name in ("santacoder", "codegen-350M-mono")}
 OLD_PATH = {"int8": "int8pack", "int4": "int4pack"}  # PyTorch's packed kernels, bfloat16 activations
 COLD_BYTES = 256 * 2**20  # weights cycled through per kernel: well past any L3 cache
 

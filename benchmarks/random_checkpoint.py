@@ -17,17 +17,18 @@ from engine.config import ModelConfig
 
 # Shapes of published checkpoints, as their config.json files give them.
 CODEGEN_350M_MONO = {
-    "model_type": "codegen", "vocab_size": 51200, "n_positions": 2048, "n_ctx": 2048, "n_embd": 1024,
+    "architectures": ["CodeGenForCausalLM"], "model_type": "codegen", "vocab_size": 51200, "n_positions": 2048, "n_ctx": 2048, "n_embd": 1024,
     "n_layer": 20, "n_head": 16, "rotary_dim": 32, "n_inner": None, "activation_function": "gelu_new",
     "bos_token_id": 1, "eos_token_id": 50256, "tie_word_embeddings": False, "torch_dtype": "float16",
 }
 SANTACODER = {
-    "model_type": "gpt_bigcode", "vocab_size": 49280, "n_positions": 2048, "n_embd": 2048, "n_layer": 24,
-    "n_head": 16, "n_inner": 8192, "multi_query": True, "activation_function": "gelu_pytorch_tanh",
+    "architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "vocab_size": 49280, "n_positions": 2048,
+    "n_embd": 2048, "n_layer": 24, "n_head": 16, "n_inner": 8192, "multi_query": True, "layer_norm_epsilon": 1e-5,
+    "activation_function": "gelu_pytorch_tanh",
     "bos_token_id": 49152, "eos_token_id": 49152, "torch_dtype": "float16",
 }
 QWEN25_CODER_1_5B = {  # Qwen/Qwen2.5-Coder-1.5B
-    "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960,
     "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "max_position_embeddings": 32768,
     "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu", "tie_word_embeddings": True,
     "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 21,
@@ -37,7 +38,7 @@ QWEN25_CODER_0_5B = dict(  # Qwen/Qwen2.5-Coder-0.5B: the 1.5B's config but for 
     QWEN25_CODER_1_5B, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
 )
 STARCODER2_3B = {  # bigcode/starcoder2-3b
-    "model_type": "starcoder2", "vocab_size": 49152, "hidden_size": 3072, "intermediate_size": 12288,
+    "architectures": ["Starcoder2ForCausalLM"], "model_type": "starcoder2", "vocab_size": 49152, "hidden_size": 3072, "intermediate_size": 12288,
     "num_hidden_layers": 30, "num_attention_heads": 24, "num_key_value_heads": 2, "max_position_embeddings": 16384,
     "sliding_window": 4096, "rope_theta": 999999.4420358813, "norm_epsilon": 1e-5, "hidden_act": "gelu_pytorch_tanh",
     "use_bias": True, "bos_token_id": 0, "eos_token_id": 0, "torch_dtype": "float32",

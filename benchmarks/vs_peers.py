@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, CODEGEN_TOKENIZER, checkpoint, gpt2_tokenizer_of, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B, keep_layers  # noqa: E402
+from benchmarks.random_checkpoint import SHAPES, keep_layers  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.session import Session  # noqa: E402
@@ -51,12 +51,7 @@ from engine.quantize import weight_bytes_per_token  # noqa: E402
 PEERS = Path(os.environ.get("CODEGEN_LSP_PEERS", "~/.cache/codegen-lsp/bench-peers")).expanduser()
 PEER_PYTHON = PEERS / "venv" / "bin" / "python"
 GPT2_ROWS = 50257
-MODELS = {
-    "santacoder": dict(SANTACODER, architectures=["GPTBigCodeForCausalLM"], layer_norm_epsilon=1e-5),
-    "codegen-350M-mono": dict(CODEGEN_350M_MONO, architectures=["CodeGenForCausalLM"]),
-    "qwen2.5-coder-1.5b": dict(QWEN25_CODER_1_5B, architectures=["Qwen2ForCausalLM"]),
-    "starcoder2-3b": dict(STARCODER2_3B, architectures=["Starcoder2ForCausalLM"]),
-}
+MODELS = {name: SHAPES[name] for name in ("santacoder", "codegen-350M-mono", "qwen2.5-coder-1.5b", "starcoder2-3b")}
 # Which peer runs which model_type (llama.cpp has no CodeGen, CTranslate2 no StarCoder2).
 LLAMA_CPP_TYPES = {"gpt_bigcode", "qwen2", "starcoder2"}
 CTRANSLATE2_TYPES = {"codegen", "gpt_bigcode", "qwen2"}

@@ -30,15 +30,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import CACHE, checkpoint, real_code  # noqa: E402
-from benchmarks.random_checkpoint import CODEGEN_350M_MONO, QWEN25_CODER_1_5B, SANTACODER, STARCODER2_3B, keep_layers  # noqa: E402
+from benchmarks.random_checkpoint import keep_layers  # noqa: E402
+from benchmarks.vs_peers import MODELS  # noqa: E402
 from engine.loading import load_model  # noqa: E402
 from engine.bench import run_bench  # noqa: E402
 from engine.tokenizer import load_tokenizer  # noqa: E402
 
-# No SantaCoder, Qwen or StarCoder2 tokenizer on these machines: their checkpoints carry CodeGen's, or
-# GPT-2's cut to fit the embedding (benchmarks/common.py; only speed is measured).
-MODELS = {"codegen-350M-mono": CODEGEN_350M_MONO, "santacoder": SANTACODER,
-          "qwen2.5-coder-1.5b": QWEN25_CODER_1_5B, "starcoder2-3b": STARCODER2_3B}
+# The shapes are vs_peers.py's. No SantaCoder, Qwen or StarCoder2 tokenizer on these machines: their
+# checkpoints carry CodeGen's, or GPT-2's cut to fit the embedding (benchmarks/common.py; only speed
+# is measured).
 MODES = {  # name -> (dtype, quantization)
     "float32": ("float32", "none"),
     "bfloat16": ("bfloat16", "none"),
