@@ -17,7 +17,8 @@ from benchmarks.random_checkpoint import SHAPES, write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZERS = ROOT / "tests" / "data" / "tokenizers"
-CODEGEN_TOKENIZER = TOKENIZERS / "codegen" / "tokenizer.json"  # 50,295 ids
+CODEGEN_TOKENIZER = TOKENIZERS / "codegen" / "tokenizer.json"
+CODEGEN_TOKENIZER_IDS = 50295  # GPT-2's 50,257 and CodeGen's 38 runs of blanks
 CACHE = Path("/tmp/codegen-lsp-bench")
 ENDOFTEXT = "<|endoftext|>"
 # Where a shape's embedding has fewer rows than CodeGen's tokenizer has ids, its checkpoint gets GPT-2's
@@ -54,7 +55,7 @@ def gpt2_tokenizer_of(ids: int, specials: tuple[str, ...] = (ENDOFTEXT,)) -> lis
 def tokenizer_files(config: dict) -> list[Path]:
     """CodeGen's tokenizer where the embedding has a row for each of its ids, else GPT-2's cut to fit,
     <|endoftext|> at the config's eos id where that leaves room for the other special tokens."""
-    if config["vocab_size"] >= 50295:
+    if config["vocab_size"] >= CODEGEN_TOKENIZER_IDS:
         return [CODEGEN_TOKENIZER]
     specials = tuple(SPECIAL_TOKENS.get(config["model_type"], [ENDOFTEXT]))
     ids = config["eos_token_id"]
