@@ -86,11 +86,9 @@ def converter_dir() -> Path:
 
 
 def peers_checkpoint(name: str, config: dict) -> Path:
-    if config["model_type"] == "codegen":
-        tokenizer = [CODEGEN_TOKENIZER]
-    else:  # <|endoftext|> alone, as the peers' converted files were made from
-        tokenizer = gpt2_tokenizer_of(min(config["vocab_size"], GPT2_ROWS) - 1)
-    directory = checkpoint(f"{name}-peers", config, tokenizer)
+    if config["model_type"] != "codegen":  # GPT-2's BPE with <|endoftext|> alone, as the peers' files were made from
+        return checkpoint(f"{name}-peers", config, gpt2_tokenizer_of(min(config["vocab_size"], GPT2_ROWS) - 1))
+    directory = checkpoint(f"{name}-peers", config, [CODEGEN_TOKENIZER])
     (directory / "tokenizer_config.json").write_text(json.dumps(dict.fromkeys(("eos_token", "bos_token", "unk_token"), "<|endoftext|>")))
     return directory
 
