@@ -290,6 +290,19 @@ ATTENTION_KEYS = 1024  # the cache length the choice is measured at
 ATTENTION_CACHE_BYTES = 64 << 20  # cycled through, as the layers of a model are: read from memory
 
 
+def _matches(what: str, outputs: Callable[[], list[torch.Tensor]], references: list[torch.Tensor]) -> bool:
+    """Whether a candidate attention kernel's outputs are within 1e-4 of the references (relative to
+    each reference's largest number); if not, or if it fails, one log line says so."""
+    try:
+        error = max(((out - reference).abs().max() / reference.abs().max()).item() for out, reference in zip(outputs(), references))
+    except Exception as exc:
+        log.warning("%s failed, not used: %s", what, exc)
+        return False
+    if error > 1e-4:
+        log.warning("%s is wrong (relative error %.2g), not used", what, error)
+    return error <= 1e-4
+
+
 @torch.no_grad()
 def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str]) -> str:
     """The fastest of SDPA (as engine/kv_cache.attend runs it) and ours over a float32 and over a
@@ -320,15 +333,8 @@ def _measure_attention(kv_heads: int, group: int, head_dim: int, names: list[str
         isa = name.removeprefix("cpp-")
         variants = ((name, caches[0], reference, turns), (name + HALF, halves[0], half_reference, half_turns))
         for label, first, expected, cycle in variants:
-            try:
-                error = (ours(first, isa) - expected).abs().max().item()
-            except Exception as exc:
-                log.warning("CPU decode attention %s failed, not used: %s", label, exc)
-                continue
-            if error <= 1e-4 * expected.abs().max().item():
+            if _matches(f"CPU decode attention {label}", lambda first=first: [ours(first, isa)], [expected]):
                 calls[label] = lambda isa=isa, cycle=cycle: ours(next(cycle), isa)
-            else:
-                log.warning("CPU decode attention %s is wrong (error %.2g), not used", label, error)
     seconds = median_seconds_per_call(calls, round_seconds=0.02)
     return min(seconds, key=seconds.get)
 
@@ -375,15 +381,8 @@ def _measure_prefill_attention(kv_heads: int, group: int, head_dim: int, cache_d
     calls = {"sdpa": sdpa}
     for name in names:
         isa = name.removeprefix("cpp-")
-        try:
-            error = max((out - reference).abs().max().item() / reference.abs().max().item() for out, reference in zip(ours(isa), references))
-        except Exception as exc:
-            log.warning("CPU prefill attention %s failed, not used: %s", name, exc)
-            continue
-        if error <= 1e-4:
+        if _matches(f"CPU prefill attention {name}", lambda: ours(isa), references):
             calls[name] = lambda isa=isa: ours(isa)
-        else:
-            log.warning("CPU prefill attention %s is wrong (relative error %.2g), not used", name, error)
     seconds = median_seconds_per_call(calls)
     return min(seconds, key=seconds.get)
 
