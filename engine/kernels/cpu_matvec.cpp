@@ -65,6 +65,12 @@ inline V load(const void* p) {
   return v;
 }
 
+// An unaligned store, of a copy: GCC kept an array of sums whose address memcpy took in memory.
+template <class V>
+inline void store(void* p, V v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+
 template <class V>
 inline float sum(V v) {
   float s = 0.f;
@@ -1199,63 +1205,155 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
 // ---------------------------------------------------------------- prefill attention
 // A prefill chunk's T new tokens over the first S keys of the cache, theirs the last T: token i's
 // queries see keys [0, S - T + i]. PyTorch's SDPA takes that as a boolean mask, so it computes
-// every masked score too (a chunk of 256 after 256 cached tokens: a third of its work), and over
-// a float16 cache it needs every layer's keys and values cast to float32 first. Here a block of W
-// query rows (one per lane) of one key/value head goes over the keys its rows see: scores with
-// the rows in lanes (each key number broadcast against W queries, no sums across lanes), then an
-// exact softmax per lane over all its scores at once (W rows' scores over S keys fit in L2), then
-// the weighted values, 4 rows by 4 registers of columns at a time (by 2 below AVX-512). The rows of key/value head
-// h are its G query heads' for each token, token-major: a multi-query block is one token's heads,
-// which all see the same keys.
+// every masked score too (a chunk of 256 after 256 cached tokens: a third of its work), and over a
+// float16 cache it needs every layer's keys and values cast to float32 first. Here a block of up to
+// 3 registers' worth of query rows (4 with AVX-512; one row per lane) of one key/value head goes
+// over the keys its rows see, a chunk of keys at a time (flash attention): the chunk's scores with
+// the rows in lanes (each key number broadcast against the rows' queries, no sums across lanes),
+// then a softmax per lane that carries its running maximum and sum from chunk to chunk and rescales
+// the rows' weighted values when the maximum grows, then the chunk's weighted values, 6 rows by 2
+// registers of columns at a time (4 by 4 with AVX-512). A chunk's keys and values stay in the L1/L2
+// cache while all the block's rows use them: with blocks of one register of rows, each over all its
+// keys at once, the keys and values of a long context (santacoder at 1,536 tokens: 1.5 MB) came
+// from the L3 cache for every 8 rows, and the AVX2 kernel ran at half SDPA's speed there. The rows
+// of key/value head h are its G query heads' for each token, token-major: a multi-query block is a
+// few tokens' heads, which see nearly the same keys.
 
 struct PrefillArgs {
   const float* q;  // query head h * G + g, token i: q + (h * G + g) * q_head + i * q_row
   const void* k;   // float32 or float16; key j of head h at h * k_head + j * k_row
   const void* v;
   float* y;  // as q
-  int64_t G, T, S, D, q_head, q_row, k_head, k_row, v_head, v_row, y_head, y_row, blocks;  // blocks of W rows per head
+  int64_t G, T, S, D, q_head, q_row, k_head, k_row, v_head, v_row, y_head, y_row;
+  int64_t block_rows, blocks;  // rows per block (W, 2 W or 4 W), blocks per head
   float scale;
 };
 
-// dot[r] += the dots of key j0 + r (rows of D floats) with the block's W queries, one per lane, for
-// r < R (qt: D x W, the queries transposed and scaled).
-template <class F, int R>
-inline void prefill_dots(const float* qt, const float* keys, int64_t D, int64_t j0, F dot[8]) {
+// scores[k * R + lanes of rv] = the dots of key k (rows of D floats) with the block's RV registers
+// of queries, for k < KB (qt: D x R, the queries transposed and scaled).
+template <class F, int RV, int KB>
+inline void prefill_dots(const float* qt, const float* keys, int64_t D, float* scores) {
+  constexpr int W = sizeof(F) / 4, R = RV * W;
+  F dot[KB][RV];
+  for (int k = 0; k < KB; ++k)
+    for (int rv = 0; rv < RV; ++rv) dot[k][rv] = (F){};
   for (int64_t d = 0; d < D; ++d) {
-    const F query = load<F>(qt + d * (sizeof(F) / 4));
-    for (int r = 0; r < R; ++r) dot[r] += query * keys[(j0 + r) * D + d];
+    F query[RV];
+    for (int rv = 0; rv < RV; ++rv) query[rv] = load<F>(qt + d * R + rv * W);
+    for (int k = 0; k < KB; ++k) {
+      const float key = keys[k * D + d];
+      for (int rv = 0; rv < RV; ++rv) dot[k][rv] += query[rv] * key;
+    }
   }
+  for (int k = 0; k < KB; ++k)
+    for (int rv = 0; rv < RV; ++rv) store(scores + k * R + rv * W, dot[k][rv]);
 }
 
-// out rows (lanes l0 .. l0 + RB - 1) over columns [c0, c0 + C W) of the n values (rows of D floats),
-// each weighted by its lane's softmax numerator.
-template <class Isa, int RB, int C>
-inline void prefill_weighted_values(const PrefillArgs& a, const float* scores, const float* values, int64_t n, int64_t l0,
-                                    int64_t c0, float* out) {
+// out rows (lanes l0 .. l0 + RB - 1 of the block's R) over columns [c0, c0 + C W) += the n values
+// (rows of D floats), each weighted by its lane's softmax numerator (weights: n x R).
+template <class Isa, int R, int RB, int C>
+inline void prefill_weighted_values(const float* weights, const float* values, int64_t D, int64_t n, int64_t l0, int64_t c0,
+                                    float* out) {
   constexpr int W = Isa::W;
   using F = typename Vec<W>::f32;
-  F acc[RB][C] = {};
+  F acc[RB][C];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int c = 0; c < C; ++c) acc[rb][c] = load<F>(out + rb * D + c0 + c * W);
   for (int64_t j = 0; j < n; ++j) {
     F value[C];
-    for (int c = 0; c < C; ++c) value[c] = load<F>(values + j * a.D + c0 + c * W);
+    for (int c = 0; c < C; ++c) value[c] = load<F>(values + j * D + c0 + c * W);
     for (int rb = 0; rb < RB; ++rb) {
-      const float weight = scores[j * W + l0 + rb];
+      const float weight = weights[j * R + l0 + rb];
       for (int c = 0; c < C; ++c) acc[rb][c] += weight * value[c];
     }
   }
-  for (int rb = 0; rb < RB; ++rb) __builtin_memcpy(out + rb * a.D + c0, acc[rb], sizeof acc[rb]);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int c = 0; c < C; ++c) store(out + rb * D + c0 + c * W, acc[rb][c]);
+}
+
+// Registers of query rows in a full block: as many as leave room for 3 x 4 sums (4 x 4 in AVX-512's 32).
+constexpr int prefill_registers(int W) { return W == 16 ? 4 : 3; }
+
+// prefill_weighted_values over all D columns, C registers at a time, then one.
+template <class Isa, int R, int RB, int C>
+inline void prefill_values_rows(const float* weights, const float* values, int64_t D, int64_t n, int64_t l0, float* out) {
+  int64_t c0 = 0;
+  for (; c0 + C * Isa::W <= D; c0 += C * Isa::W) prefill_weighted_values<Isa, R, RB, C>(weights, values, D, n, l0, c0, out);
+  for (; c0 < D; c0 += Isa::W) prefill_weighted_values<Isa, R, RB, 1>(weights, values, D, n, l0, c0, out);
+}
+
+// Block b of head h: RV registers of rows. keys, values: the head's, rows of D floats.
+template <class Isa, int RV>
+inline void prefill_block(const PrefillArgs& a, int64_t h, int64_t b, const float* keys, const float* values, std::vector<float>& buffer) {
+  // Sums in registers: 12 of 16 registers (16 of 32 with AVX-512), enough that the FMAs' latency
+  // (4 cycles, 2 a cycle) does not bound the loops; the values' rows 6 (4) at a time.
+  constexpr int W = Isa::W, R = RV * W, RB = W == 16 ? 4 : 6, C = W == 16 ? 4 : 2;
+  constexpr int KB = W == 16 ? 16 / RV : RV == 1 ? 12 : RV == 2 ? 5 : 3;  // keys per pass of the dots: KB x RV sums in registers
+  using F = typename Vec<W>::f32;
+  const int64_t D = a.D, rows = a.G * a.T;
+  // Keys per chunk: its keys and values (2 x 16 KB) stay in L1 or L2 while the block's rows use them.
+  const int64_t chunk = std::max<int64_t>(KB, (4096 / D) / KB * KB);
+  buffer.resize(D * R + chunk * R + R * D);
+  float *qt = buffer.data(), *scores = qt + D * R, *out = scores + chunk * R;
+  F seen[RV], largest[RV], total[RV];  // per lane: keys its row sees (lanes past the last row repeat it), softmax state
+  for (int l = 0; l < R; ++l) {
+    const int64_t r = std::min(b * R + l, rows - 1), token = r / a.G, g = r % a.G;
+    const float* query = a.q + (h * a.G + g) * a.q_head + token * a.q_row;
+    seen[l / W][l % W] = float(a.S - a.T + token + 1);
+    for (int64_t d = 0; d < D; ++d) qt[d * R + l] = query[d] * a.scale;
+  }
+  for (int rv = 0; rv < RV; ++rv) largest[rv] = (F){} - INFINITY, total[rv] = (F){};
+  std::fill(out, out + R * D, 0.f);
+  const int64_t n = int64_t(seen[RV - 1][W - 1]), all_see = int64_t(seen[0][0]);  // rows are token-major: lane 0 sees fewest
+  for (int64_t j0 = 0; j0 < n; j0 += chunk) {
+    const int64_t j1 = std::min(n, j0 + chunk);
+    int64_t j = j0;
+    for (; j + KB <= j1; j += KB) prefill_dots<F, RV, KB>(qt, keys + j * D, D, scores + (j - j0) * R);
+    for (; j < j1; ++j) prefill_dots<F, RV, 1>(qt, keys + j * D, D, scores + (j - j0) * R);
+    F chunk_largest[RV];
+    for (int rv = 0; rv < RV; ++rv) chunk_largest[rv] = (F){} - INFINITY;
+    for (j = j0; j < j1; ++j)
+      for (int rv = 0; rv < RV; ++rv) {
+        F score = load<F>(scores + (j - j0) * R + rv * W);
+        if (j >= all_see) score = float(j) < seen[rv] ? score : (F){} - INFINITY;  // past some rows' own token
+        chunk_largest[rv] = score > chunk_largest[rv] ? score : chunk_largest[rv];
+        store(scores + (j - j0) * R + rv * W, score);
+      }
+    // Each lane saw key 0 in the first chunk, so its maximum is finite from then on.
+    for (int rv = 0; rv < RV; ++rv) {
+      const F grown = chunk_largest[rv] > largest[rv] ? chunk_largest[rv] : largest[rv];
+      const F factor = exp_nonpositive(largest[rv] - grown);  // 0 on the first chunk
+      largest[rv] = grown, total[rv] *= factor;
+      if (j0 > 0)
+        for (int l = 0; l < W; ++l)
+          if (factor[l] != 1.f)
+            for (int64_t d = 0; d < D; ++d) out[(rv * W + l) * D + d] *= factor[l];
+    }
+    for (j = j0; j < j1; ++j)
+      for (int rv = 0; rv < RV; ++rv) {
+        const F e = exp_nonpositive(load<F>(scores + (j - j0) * R + rv * W) - largest[rv]);
+        store(scores + (j - j0) * R + rv * W, e);
+        total[rv] += e;
+      }
+    int64_t l0 = 0;
+    for (; l0 + RB <= R; l0 += RB) prefill_values_rows<Isa, R, RB, C>(scores, values + j0 * D, D, j1 - j0, l0, out + l0 * D);
+    for (; l0 < R; l0 += 2) prefill_values_rows<Isa, R, 2, C>(scores, values + j0 * D, D, j1 - j0, l0, out + l0 * D);
+  }
+  for (int l = 0; l < R && b * R + l < rows; ++l) {
+    const int64_t r = b * R + l, token = r / a.G, g = r % a.G;
+    float* y = a.y + (h * a.G + g) * a.y_head + token * a.y_row;
+    const float row_total = total[l / W][l % W];
+    for (int64_t d = 0; d < D; ++d) y[d] = out[l * D + d] / row_total;
+  }
 }
 
 template <class Isa, class T>
 inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t end) {  // tasks [begin, end)
-  // RB rows x C registers of columns of sums, and C of values, fit the registers (16 below AVX-512).
-  constexpr int W = Isa::W, RB = 4, C = W == 16 ? 4 : 2;
-  using F = typename Vec<W>::f32;
-  const int64_t D = a.D, rows = a.G * a.T;
+  const int64_t D = a.D;
   // A head's keys and values as float32 rows of D, read by every block of the head: a float32 cache's
   // own rows where they are D apart (a layer's are), else copies, widened from float16, once per head.
   const bool widen = !std::is_same_v<T, float> || a.k_row != D || a.v_row != D;
-  std::vector<float> widened_keys(widen ? a.S * D : 0), widened_values(widen ? a.S * D : 0), qt(D * W), scores(a.S * W), out(W * D);
+  std::vector<float> widened_keys(widen ? a.S * D : 0), widened_values(widen ? a.S * D : 0), buffer;
   const float *keys = widened_keys.data(), *values = widened_values.data();
   int64_t head = -1;  // whose keys and values those are
   for (int64_t task = begin; task < end; ++task) {
@@ -1265,8 +1363,9 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
     if (h != head && !widen) {
       keys = (const float*)a.k + h * a.k_head, values = (const float*)a.v + h * a.v_head;
     } else if (h != head) {
+      using F = typename Vec<Isa::W>::f32;
       for (int64_t j = 0; j < a.S; ++j)
-        for (int64_t d = 0; d < D; d += W) {
+        for (int64_t d = 0; d < D; d += Isa::W) {
           const F key = cache_floats<Isa, F>((const T*)a.k + h * a.k_head + j * a.k_row + d);
           const F value = cache_floats<Isa, F>((const T*)a.v + h * a.v_head + j * a.v_row + d);
           __builtin_memcpy(widened_keys.data() + j * D + d, &key, sizeof key);
@@ -1274,45 +1373,12 @@ inline void attend_prefill_blocks(const PrefillArgs& a, int64_t begin, int64_t e
         }
     }
     head = h;
-    F seen;  // per lane, how many keys its row sees (lanes past the last row repeat it)
-    for (int l = 0; l < W; ++l) {
-      const int64_t r = std::min(b * W + l, rows - 1), token = r / a.G, g = r % a.G;
-      const float* query = a.q + (h * a.G + g) * a.q_head + token * a.q_row;
-      seen[l] = float(a.S - a.T + token + 1);
-      for (int64_t d = 0; d < D; ++d) qt[d * W + l] = query[d] * a.scale;
-    }
-    const int64_t n = int64_t(seen[W - 1]), all_see = int64_t(seen[0]);  // rows are token-major: lane 0 sees fewest
-    F largest = (F){} - INFINITY;
-    for (int64_t j0 = 0; j0 < n; j0 += 8) {
-      F dot[8] = {};
-      const int here = int(std::min<int64_t>(8, n - j0));
-      if (here == 8)
-        prefill_dots<F, 8>(qt.data(), keys, D, j0, dot);
-      else
-        for (int r = 0; r < here; ++r) prefill_dots<F, 1>(qt.data(), keys, D, j0 + r, dot + r);
-      for (int r = 0; r < here; ++r) {
-        F score = dot[r];
-        if (j0 + r >= all_see) score = float(j0 + r) < seen ? score : (F){} - INFINITY;  // past some rows' own token
-        largest = score > largest ? score : largest;
-        __builtin_memcpy(scores.data() + (j0 + r) * W, &score, sizeof score);
-      }
-    }
-    F total = {};
-    for (int64_t j = 0; j < n; ++j) {
-      const F e = exp_nonpositive(load<F>(scores.data() + j * W) - largest);
-      __builtin_memcpy(scores.data() + j * W, &e, sizeof e);
-      total += e;
-    }
-    for (int64_t l0 = 0; l0 < W; l0 += RB) {
-      int64_t c0 = 0;
-      for (; c0 + C * W <= D; c0 += C * W) prefill_weighted_values<Isa, RB, C>(a, scores.data(), values, n, l0, c0, out.data() + l0 * D);
-      for (; c0 < D; c0 += W) prefill_weighted_values<Isa, RB, 1>(a, scores.data(), values, n, l0, c0, out.data() + l0 * D);
-    }
-    for (int l = 0; l < W && b * W + l < rows; ++l) {
-      const int64_t r = b * W + l, token = r / a.G, g = r % a.G;
-      float* y = a.y + (h * a.G + g) * a.y_head + token * a.y_row;
-      for (int64_t d = 0; d < D; ++d) y[d] = out[l * D + d] / total[l];
-    }
+    if (a.block_rows == prefill_registers(Isa::W) * Isa::W)
+      prefill_block<Isa, prefill_registers(Isa::W)>(a, h, b, keys, values, buffer);
+    else if (a.block_rows == 2 * Isa::W)
+      prefill_block<Isa, 2>(a, h, b, keys, values, buffer);
+    else
+      prefill_block<Isa, 1>(a, h, b, keys, values, buffer);
   }
 }
 
@@ -1398,7 +1464,7 @@ struct Kernels {
   void (*rms_norm)(const float*, const float*, float*, int64_t, float, int64_t, int64_t);
   float int8_gemm_levels;      // int8_gemm's x: bytes in [-levels, levels],
   int64_t int8_gemm_columns;   // one scale per this many columns
-  int64_t lanes;               // floats a register holds: attend_prefill's query rows per block
+  int64_t lanes;               // floats a register holds: attend_prefill's blocks are 1, 2 or prefill_registers(lanes) registers of rows
 };
 
 #define KERNEL __attribute__((flatten))
@@ -1796,8 +1862,11 @@ at::Tensor attend_prefill(const at::Tensor& q, const at::Tensor& k, const at::Te
   const int64_t H = q.size(1), T = q.size(2), D = q.size(3), KVH = k.size(1), S = k.size(2), G = H / KVH;
   const Kernels run = kernels_for(isa);
   at::Tensor y = at::empty({1, T, H, D}, q.options());
+  // Full blocks of rows, smaller where a head has fewer rows (a keystroke's few tokens).
+  const int64_t block_rows = G * T <= run.lanes ? run.lanes : G * T <= 2 * run.lanes ? 2 * run.lanes : prefill_registers(run.lanes) * run.lanes;
   const PrefillArgs a{q.data_ptr<float>(), k.data_ptr(), v.data_ptr(), y.data_ptr<float>(), G, T, S, D, q.stride(1), q.stride(2),
-                      k.stride(1), k.stride(2), v.stride(1), v.stride(2), D, H * D, (G * T + run.lanes - 1) / run.lanes, float(scale)};
+                      k.stride(1), k.stride(2), v.stride(1), v.stride(2), D, H * D, block_rows, (G * T + block_rows - 1) / block_rows,
+                      float(scale)};
   at::parallel_for(0, KVH * a.blocks, 1, [&](int64_t b, int64_t e) { (half ? run.attend_prefill_half : run.attend_prefill)(a, b, e); });
   return y.transpose(1, 2);
 }
