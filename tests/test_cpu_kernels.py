@@ -507,7 +507,7 @@ PREFILL_SHAPES = [(4, 1, 32), (1, 8, 64), (2, 3, 16)]  # multi-head, multi-query
 
 
 @pytest.mark.parametrize("shape", PREFILL_SHAPES, ids=["x".join(map(str, s)) for s in PREFILL_SHAPES])
-@pytest.mark.parametrize("tokens, keys", [(1, 1), (5, 5), (17, 60), (40, 40), (70, 300)])
+@pytest.mark.parametrize("tokens, keys", [(1, 1), (5, 5), (17, 60), (40, 40), (70, 300), (33, 1100)])  # the last: several chunks of keys at any head size
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
 def test_prefill_attention_is_sdpa_with_the_causal_mask(shape, tokens, keys, dtype):
     """A chunk of new tokens, the last of the keys, each seeing the keys up to its own: ours in every
@@ -517,7 +517,7 @@ def test_prefill_attention_is_sdpa_with_the_causal_mask(shape, tokens, keys, dty
     needs_our_kernels()
     kv_heads, group, head_dim = shape
     generator = torch.Generator().manual_seed(tokens * keys)
-    cache = torch.randn(2, 1, kv_heads, 512, head_dim, generator=generator).to(dtype)
+    cache = torch.randn(2, 1, kv_heads, 1200, head_dim, generator=generator).to(dtype)
     k, v = cache[0, :, :, :keys], cache[1, :, :, :keys]
     q = torch.randn(1, tokens, kv_heads * group, head_dim, generator=generator).transpose(1, 2) * 3
     mask = torch.arange(keys)[None, :] <= torch.arange(keys - tokens, keys)[:, None]

@@ -1207,7 +1207,7 @@ inline void attend_chunks(const AttendArgs& a, int64_t begin, int64_t end) {  //
 // queries see keys [0, S - T + i]. PyTorch's SDPA takes that as a boolean mask, so it computes
 // every masked score too (a chunk of 256 after 256 cached tokens: a third of its work), and over a
 // float16 cache it needs every layer's keys and values cast to float32 first. Here a block of up to
-// 3 registers' worth of query rows (4 with AVX-512; one row per lane) of one key/value head goes
+// 3 registers' worth of query rows (2 with AVX-512; one row per lane) of one key/value head goes
 // over the keys its rows see, a chunk of keys at a time (flash attention): the chunk's scores with
 // the rows in lanes (each key number broadcast against the rows' queries, no sums across lanes),
 // then a softmax per lane that carries its running maximum and sum from chunk to chunk and rescales
@@ -1271,8 +1271,12 @@ inline void prefill_weighted_values(const float* weights, const float* values, i
     for (int c = 0; c < C; ++c) store(out + rb * D + c0 + c * W, acc[rb][c]);
 }
 
-// Registers of query rows in a full block: as many as leave room for 3 x 4 sums (4 x 4 in AVX-512's 32).
-constexpr int prefill_registers(int W) { return W == 16 ? 4 : 3; }
+// Registers of query rows in a full block, and floats of keys in a chunk of them, as measured fastest
+// (2026-12): AVX2 (Zen 3) 3 registers (24 rows, room for 3 x 4 sums) and 16 KB; AVX-512 (Zen 4) 2
+// registers (32 rows) and 64 KB, 1.0-1.4x faster there than 4 registers and 16 KB (64 rows' sums,
+// scores and weighted values no longer fit its 32 KB L1).
+constexpr int prefill_registers(int W) { return W == 16 ? 2 : 3; }
+constexpr int64_t prefill_chunk_floats(int W) { return W == 16 ? 16384 : 4096; }
 
 // prefill_weighted_values over all D columns, C registers at a time, then one.
 template <class Isa, int R, int RB, int C>
@@ -1291,8 +1295,8 @@ inline void prefill_block(const PrefillArgs& a, int64_t h, int64_t b, const floa
   constexpr int KB = W == 16 ? 16 / RV : RV == 1 ? 12 : RV == 2 ? 5 : 3;  // keys per pass of the dots: KB x RV sums in registers
   using F = typename Vec<W>::f32;
   const int64_t D = a.D, rows = a.G * a.T;
-  // Keys per chunk: its keys and values (2 x 16 KB) stay in L1 or L2 while the block's rows use them.
-  const int64_t chunk = std::max<int64_t>(KB, (4096 / D) / KB * KB);
+  // Keys per chunk: its keys and values stay in L1 or L2 while the block's rows use them.
+  const int64_t chunk = std::max<int64_t>(KB, (prefill_chunk_floats(W) / D) / KB * KB);
   buffer.resize(D * R + chunk * R + R * D);
   float *qt = buffer.data(), *scores = qt + D * R, *out = scores + chunk * R;
   F seen[RV], largest[RV], total[RV];  // per lane: keys its row sees (lanes past the last row repeat it), softmax state
