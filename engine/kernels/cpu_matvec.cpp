@@ -1225,7 +1225,7 @@ struct PrefillArgs {
   const void* v;
   float* y;  // as q
   int64_t G, T, S, D, q_head, q_row, k_head, k_row, v_head, v_row, y_head, y_row;
-  int64_t block_rows, blocks;  // rows per block (W, 2 W or 4 W), blocks per head
+  int64_t block_rows, blocks;  // rows per block (W, 2 W or prefill_registers(W) W), blocks per head
   float scale;
 };
 
@@ -1273,7 +1273,7 @@ inline void prefill_weighted_values(const float* weights, const float* values, i
 
 // Registers of query rows in a full block, and floats of keys in a chunk of them, as measured fastest
 // (2026-12): AVX2 (Zen 3) 3 registers (24 rows, room for 3 x 4 sums) and 16 KB; AVX-512 (Zen 4) 2
-// registers (32 rows) and 64 KB, 1.0-1.4x faster there than 4 registers and 16 KB (64 rows' sums,
+// registers (32 rows) and 64 KB, 1.3-1.5x faster there than 4 registers and 16 KB (64 rows' sums,
 // scores and weighted values no longer fit its 32 KB L1).
 constexpr int prefill_registers(int W) { return W == 16 ? 2 : 3; }
 constexpr int64_t prefill_chunk_floats(int W) { return W == 16 ? 16384 : 4096; }
