@@ -1273,8 +1273,8 @@ inline void prefill_weighted_values(const float* weights, const float* values, i
 
 // Registers of query rows in a full block, and floats of keys in a chunk of them, as measured fastest
 // (2026-12): AVX2 (Zen 3) 3 registers (24 rows, room for 3 x 4 sums) and 16 KB; AVX-512 (Zen 4) 2
-// registers (32 rows) and 64 KB, 1.3-1.5x faster there than 4 registers and 16 KB (64 rows' sums,
-// scores and weighted values no longer fit its 32 KB L1).
+// registers (32 rows) and 64 KB; 2 registers were 1.2-1.5x faster there than 4 at the same chunk size
+// (64 rows' sums, scores and weighted values no longer fit its 32 KB L1).
 constexpr int prefill_registers(int W) { return W == 16 ? 2 : 3; }
 constexpr int64_t prefill_chunk_floats(int W) { return W == 16 ? 16384 : 4096; }
 
