@@ -5,7 +5,9 @@ that holds integer weights and transforms the state dict to match.
 
 - int8: symmetric, one scale per output channel.
 - int4: asymmetric, one scale and zero point per group of `group_size` input
-  columns (gpt-fast's layout: q in [0, 15], w = (q - 8) * scale + zero).
+  columns (gpt-fast's layout: q in [0, 15], w = (q - 8) * scale + zero). The
+  zero point is a whole number of scales (w = (q - z) * scale, z in [0, 15]),
+  so our CPU kernel stores it in 4 bits.
 
 Which kernel runs depends on the device and on the number of tokens M:
 
@@ -63,9 +65,9 @@ log = logging.getLogger(__name__)
 # int4 group size, chosen with benchmarks/quant_quality.py and `codegen-lsp bench`:
 # on the 350M shape (CPU) decode speed is the same for 32, 64 and 128 (within
 # 3 %), while 32 gives the smallest logit error; its extra scales and zeros
-# cost 1 bit per weight in memory (0.25 for 128).
+# cost 0.625 bit per weight in memory (0.16 for 128; float16 scales, 4-bit zero points).
 DEFAULT_GROUP_SIZE = 32
-CACHE_FORMAT = 4  # bump when the on-disk layout of quantized weights changes (4: files name their checkpoint)
+CACHE_FORMAT = 5  # bump when the on-disk layout of quantized weights changes (4: files name their checkpoint; 5: int4 zero points whole)
 TEMPORARY_SUFFIX = ".partial"  # a cache file being written: NAME.PID.partial
 # Up to this many tokens per call our int8 and int4 matrix-vector kernels (or PyTorch's packed int8 one) run, as
 # for one token; beyond (prefill), products with the activations rounded to integers (engine/kernels/cpu_matvec.cpp).
@@ -247,12 +249,14 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     """
     N, K = weight.shape
     groups = weight.float().reshape(N, K // group_size, group_size)
-    # The scale and the value of q = 0 are float16 numbers, which our CPU kernel stores (half the
-    # bytes of float32 beside 4-bit weights); the other kernels read them as they are.
-    low, high = groups.amin(dim=-1, keepdim=True), groups.amax(dim=-1, keepdim=True)
+    # The scale is a float16 number and q = z decodes to 0 for a whole z in [0, 15] (the range
+    # spans 0), so our CPU kernel stores a group's scale and zero point in 2.5 bytes, where a
+    # float16 value of q = 0 took 4 (demo model, benchmarks/quant_quality.py: 246/256 tokens
+    # agree with float32's, 242 with that float offset). The other kernels read them as floats.
+    low, high = groups.amin(dim=-1, keepdim=True).clamp(max=0), groups.amax(dim=-1, keepdim=True).clamp(min=0)
     scales = ((high - low).clamp(min=1e-6) / 15).half().float()
-    low = low.half().float()
-    zeros = low + scales * 8  # the value that q = 8 decodes to
+    low = -torch.round(-low / scales).clamp(0, 15) * scales  # -z * scale, exact in float32
+    zeros = low + scales * 8  # the value that q = 8 decodes to: (8 - z) * scale
     q = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8).reshape(N, K)
     packed = (q[:, ::2] << 4) | q[:, 1::2]
     scales_and_zeros = torch.stack([scales.reshape(N, -1), zeros.reshape(N, -1)], dim=-1).transpose(0, 1).contiguous()
@@ -277,22 +281,27 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
     blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
     per 4 columns: bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2,
-    4c+3 in their high ones), then the 8 rows' scales and offsets (zero - 8 * scale) as float16."""
+    4c+3 in their high ones), then the 8 rows' scales as float16 and their zero points z (w = (q - z)
+    * scale) in 4 bytes, row r's in bits 4r to 4r + 3 of a little-endian uint32."""
     N, K = packed.shape[0], packed.shape[1] * 2
     blocks, groups = -(-N // 8), K // group_size
     q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
     q = F.pad(q, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 4).permute(0, 2, 1, 3)  # block, column quad, row, column
     weights = (q[..., :2] | (q[..., 2:] << 4)).reshape(blocks, groups, 4 * group_size)
     scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
-    per_row = F.pad(torch.stack([scales, zeros - 8 * scales], dim=1), (0, blocks * 8 - N))  # (K/g, 2, N padded)
-    per_block = per_row.view(groups, 2, blocks, 8).permute(2, 0, 1, 3).reshape(blocks, groups, 16).half()
-    return torch.cat([weights, per_block.contiguous().view(torch.uint8)], dim=-1)
+    z = 8 - zeros / scales
+    if not torch.equal(z, z.round().clamp(0, 15)):
+        raise EngineError("int4 weights whose zero points are not whole numbers of scales in [0, 15]: quantize them again")
+    scales, z = F.pad(scales, (0, blocks * 8 - N)), F.pad(z.to(torch.uint8), (0, blocks * 8 - N))  # (K/g, N padded)
+    per_block = scales.half().view(groups, blocks, 8).transpose(0, 1).contiguous().view(torch.uint8)  # (blocks, K/g, 16)
+    z = z.view(groups, blocks, 4, 2).transpose(0, 1)
+    return torch.cat([weights, per_block, z[..., 0] | (z[..., 1] << 4)], dim=-1)
 
 
 def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     """pack_int4_for_cpu's output -> quantize_int4's (N, K/2) bytes."""
     blocks, groups, group_bytes = weights.shape
-    q = weights[..., : group_bytes - 32].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
+    q = weights[..., : group_bytes - 20].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
     q = torch.cat([q & 15, q >> 4], dim=-1).permute(0, 2, 1, 3).reshape(blocks * 8, -1)[:rows]
     return (q[:, ::2] << 4) | q[:, 1::2]
 

@@ -55,10 +55,10 @@ def random_layer(mode: str, in_features: int, out_features: int, group_size: int
     else:
         layer = Int4Linear(in_features, out_features, bias=True, group_size=group_size, dtype=dtype)
         layer.weight = torch.randint(0, 256, (out_features, in_features // 2), dtype=torch.uint8, generator=generator)
-        # float16 numbers, as quantize_int4 makes them: our kernel stores them so
+        # float16 scales and whole zero points z (w = (q - z) * scale), as quantize_int4 makes them: our kernel stores them so
         scales = (torch.rand(in_features // group_size, out_features, generator=generator) * 1e-2 + 1e-3).half().float()
-        lows = (torch.randn(in_features // group_size, out_features, generator=generator) * 1e-2).half().float()
-        layer.scales_and_zeros = torch.stack([scales, lows + 8 * scales], dim=-1)
+        z = torch.randint(0, 16, scales.shape, generator=generator).float()
+        layer.scales_and_zeros = torch.stack([scales, (8 - z) * scales], dim=-1)
     layer.bias.copy_(torch.randn(out_features, generator=generator) * 1e-2)
     return layer
 
@@ -145,8 +145,9 @@ def rounded_product(layer, x: torch.Tensor, isa: str, fused: bool = True) -> tor
     size, levels = (layer.group_size, 127) if int4 else (128, 127) if isa == "avx512" else (256, 63)
     if int4:
         weights = unpack_int4(layer.checkpoint_weight()).double()  # q in [0, 15]: w = q * scale + offset
-        scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 in the kernel's layout
-        offsets, scales = (zeros - 8 * scales).half().double(), scales.half().double()
+        scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 scales in the kernel's layout
+        scales = scales.half().double()
+        offsets = zeros.double() - 8 * scales  # -z * scale, which the kernel computes exactly from z
     else:
         weights = layer.weight.double()
     y = torch.zeros(len(x), layer.out_features, dtype=torch.float64)
