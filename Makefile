@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch first and pinned: a looser requirement pulls GBs of CUDA wheels.
 TORCH := torch==2.13.0
 
-.PHONY: demo test install editors-install e2e-vscode e2e-remote
+.PHONY: demo test test-compiled install editors-install e2e-vscode e2e-remote
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed editors-install
 	$(PY) -m pytest -q
+
+# The torch.compile checks that `make test` leaves out (marker `compiled`: ~2 min on 2 cores); CI runs both.
+test-compiled: $(VENV)/.installed
+	$(PY) -m pytest -q -m compiled
 
 # The VS Code extension's packages (the Neovim binary comes with the test extra).
 VSCODE := editors/vscode

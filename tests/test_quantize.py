@@ -270,8 +270,9 @@ def test_compile_auto_is_off_on_cpu(codegen_dir):
     assert load_model(str(codegen_dir), device="cpu", compile="auto").decode_step is None
 
 
-@pytest.mark.parametrize("checkpoint, mode", [("codegen", "int8"), ("codegen", "none"), ("starcoder2", "int8"), ("deepseek", "int8"),
-                                              ("qwen2", "int8")])  # fmt: skip
+# CodeGen's in the default suite; the other families' in `make test-compiled` (~15-30 s each to compile).
+@pytest.mark.parametrize("checkpoint, mode", [("codegen", "int8"), ("codegen", "none"),
+                                              *(pytest.param(family, "int8", marks=pytest.mark.compiled) for family in ("starcoder2", "deepseek", "qwen2"))])  # fmt: skip
 def test_compiled_cpu_decode_equals_eager(checkpoint, mode, codegen_dir, family_checkpoint, stdlib_code, tmp_path, monkeypatch):
     """Each architecture's tiny model compiled on the CPU (~5-20 s cold on 2 cores), int8 and (with
     our float32 kernel's op in the graph) float32; StarCoder2's sliding window (48) is shorter

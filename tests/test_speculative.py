@@ -80,6 +80,7 @@ def test_a_copied_block_is_mostly_drafted(demo_models, stdlib_code):
         assert on.stats.accepted_draft_tokens >= 8
 
 
+@pytest.mark.compiled  # `make test-compiled`: the demo model compiled, ~35 s on 2 cores
 def test_drafts_beside_a_compiled_decode_step_change_no_token(stdlib_code, tmp_path, monkeypatch):
     """compile = true: steps run the compiled graph and a verify runs eagerly (rows closer than
     TIE_MARGIN are decided by a compiled step); a copy is drafted and the ids are plain decoding's."""
