@@ -251,7 +251,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     groups = weight.float().reshape(N, K // group_size, group_size)
     # The scale is a float16 number and q = z decodes to 0 for a whole z in [0, 15] (the range
     # spans 0), so our CPU kernel stores a group's scale and zero point in 2.5 bytes, where a
-    # float16 value of q = 0 took 4 (demo model, benchmarks/quant_quality.py: 246/256 tokens
+    # float16 value of q = 0 took 4 (demo model, benchmarks/quant_quality.py: 245/256 tokens
     # agree with float32's, 242 with that float offset). The other kernels read them as floats.
     low, high = groups.amin(dim=-1, keepdim=True).clamp(max=0), groups.amax(dim=-1, keepdim=True).clamp(min=0)
     scales = ((high - low).clamp(min=1e-6) / 15).half().float()

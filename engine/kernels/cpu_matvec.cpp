@@ -348,7 +348,7 @@ inline void int8x16_blocks(const Int8x16Args& a, int64_t begin, int64_t end) {  
 //   sum_k w[n, k] x[k] = scale[n, g] * sum_k q[n, k] x[k] + offset[n, g] * sum_k x[k],
 // offset = -zero * scale. An integer zero point takes 4 bits where a float16 offset took 16 (11 %
 // more bytes a weight than llama.cpp's symmetric Q4_0, now 3 %) and kept the demo model's int4
-// agreement with float32 (246/256 teacher-forced tokens against 242; benchmarks/quant_quality.py).
+// agreement with float32 (245/256 teacher-forced tokens against 242; benchmarks/quant_quality.py).
 
 constexpr int64_t INT4_TAIL_BYTES = 20;  // after a group's weights: 8 scales, 8 zero points
 inline int64_t int4_group_bytes(int64_t group_size) { return 4 * group_size + INT4_TAIL_BYTES; }
