@@ -161,12 +161,17 @@ def our_decode_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     return None if choice is None else choice.removesuffix(HALF)
 
 
+def small_chunk(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether a chunk of queries is small enough for our decode kernel row by row (SMALL_CHUNK_ROWS)."""
+    return q.shape[2] * (q.shape[1] // k.shape[1]) <= SMALL_CHUNK_ROWS
+
+
 def our_prefill_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     """The instruction set our prefill attention kernel runs with for this call's shape, or None (SDPA)."""
     if not PREFILL_ATTENTION or q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in (torch.float32, torch.float16):
         return None
-    H, T, KVH = q.shape[1], q.shape[2], k.shape[1]
-    return PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3])) if T * (H // KVH) > SMALL_CHUNK_ROWS else None
+    H, KVH = q.shape[1], k.shape[1]
+    return None if small_chunk(q, k) else PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3]))
 
 
 def consecutive_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, isa: str) -> torch.Tensor:
@@ -186,7 +191,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, scale: float
     KVH = k.shape[1]
     isa = our_decode_kernel(q, k)
     if isinstance(mask, CausalMask):
-        if isa is not None and T * (H // KVH) <= SMALL_CHUNK_ROWS:
+        if isa is not None and small_chunk(q, k):
             return consecutive_rows(q, k, v, scale or D**-0.5, isa)
         prefill_isa = our_prefill_kernel(q, k)
         if prefill_isa is not None:
