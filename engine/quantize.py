@@ -277,6 +277,14 @@ def dequantize_int4(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_
     return w.reshape(N, K)
 
 
+def zero_points(scales_and_zeros: torch.Tensor) -> torch.Tensor | None:
+    """Each group's zero point z (w = (q - z) * scale), or None where one is not a whole number in
+    [0, 15] (quantize_int4 makes only such; our CPU layout stores them in 4 bits)."""
+    scales, zeros = scales_and_zeros.float().unbind(-1)
+    z = 8 - zeros / scales
+    return z if torch.equal(z, z.round().clamp(0, 15)) else None
+
+
 def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int) -> torch.Tensor:
     """quantize_int4's layout -> the layout of our CPU int4 kernel (engine/kernels/cpu_matvec.cpp):
     blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
@@ -288,10 +296,9 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     q = torch.stack([packed >> 4, packed & 15], dim=-1).view(N, K)  # unpack_int4, in bytes
     q = F.pad(q, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 4).permute(0, 2, 1, 3)  # block, column quad, row, column
     weights = (q[..., :2] | (q[..., 2:] << 4)).reshape(blocks, groups, 4 * group_size)
-    scales, zeros = scales_and_zeros.float().unbind(-1)  # (K/g, N) each
-    z = 8 - zeros / scales
-    if not torch.equal(z, z.round().clamp(0, 15)):
-        raise EngineError("int4 weights whose zero points are not whole numbers of scales in [0, 15]: quantize them again")
+    scales, z = scales_and_zeros[..., 0].float(), zero_points(scales_and_zeros)  # (K/g, N) each
+    if z is None:
+        raise EngineError("int4 weights whose zero points are not whole numbers of scales in [0, 15]")
     scales, z = F.pad(scales, (0, blocks * 8 - N)), F.pad(z.to(torch.uint8), (0, blocks * 8 - N))  # (K/g, N padded)
     per_block = scales.half().view(groups, blocks, 8).transpose(0, 1).contiguous().view(torch.uint8)  # (blocks, K/g, 16)
     z = z.view(groups, blocks, 4, 2).transpose(0, 1)
@@ -623,6 +630,10 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
     model.load_state_dict(state, strict=False, assign=True)
     if tied:  # assign=True replaced the embedding's weight alone
         model.lm_head.weight = model.embedding.weight
+    odd = next((name for name, m in model.named_modules() if isinstance(m, Int4Linear) and zero_points(m.scales_and_zeros) is None), None)
+    if odd is not None:
+        log.warning("quantized cache %s: %s has int4 zero points that quantize_int4 does not make; quantizing again", path, odd)
+        return None
     return model.eval().requires_grad_(False)
 
 

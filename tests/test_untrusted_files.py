@@ -212,6 +212,25 @@ def test_a_cache_file_that_does_not_fit_the_model_is_quantized_again_and_rewritt
     assert greedy_ids(third) == good
 
 
+def test_int4_zero_points_that_quantizing_does_not_make_are_quantized_again(codegen_dir, tmp_path, caplog):
+    """The right layout with values our int4 layout cannot hold (a zero point between two steps, as a
+    cache of format 4 had): refused when read, quantized again, and the suggestion is unchanged."""
+    good = greedy_ids(load_model(str(codegen_dir), device="cpu", quantization="int4"))
+    path = cache_file(tmp_path)
+
+    def shift_a_zero(state):
+        name = next(k for k in sorted(state) if k.endswith("scales_and_zeros"))
+        sz = state[name].clone()
+        sz[0, 0, 1] += sz[0, 0, 0] / 3
+        return {**state, name: sz}
+
+    rewrite_cache(path, shift_a_zero)
+    with caplog.at_level("INFO", logger="engine"):
+        again = load_model(str(codegen_dir), device="cpu", quantization="int4")
+    assert any("int4 zero points that quantize_int4 does not make" in r.message for r in caplog.records)
+    assert greedy_ids(again) == good
+
+
 def test_a_cache_file_whose_header_digest_is_wrong_or_from_another_format(codegen_dir, tmp_path, caplog):
     load_model(str(codegen_dir), device="cpu", quantization="int4")
     path = cache_file(tmp_path)
