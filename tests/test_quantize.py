@@ -26,6 +26,7 @@ from engine.quantize import (
     quantize_model,
     unpack_int4,
     unpack_int4_for_cpu,
+    unpack_int4_scales_for_cpu,
 )
 from engine.session import Session
 from greedy import greedy_with_logits
@@ -86,12 +87,31 @@ def test_int4_zero_points_are_whole_steps_that_our_cpu_layout_packs_in_four_bits
     layout = pack_int4_for_cpu(packed, scales_and_zeros, 32)
     assert layout.shape == (3, 4, 4 * 32 + 20)  # 8-row blocks, groups, weights + 8 scales + 8 zero points
     assert torch.equal(unpack_int4_for_cpu(layout, 24), packed)
+    assert torch.equal(unpack_int4_scales_for_cpu(layout, 24), scales_and_zeros)
     tail = layout[:, :, 128:]
     assert torch.equal(tail[:, :, :16].contiguous().view(torch.float16).float(), scales.view(4, 3, 8).transpose(0, 1))
     nibbles = torch.stack([tail[:, :, 16:] & 15, tail[:, :, 16:] >> 4], dim=-1).reshape(3, 4, 8)
     assert torch.equal(nibbles.float(), z.view(4, 3, 8).transpose(0, 1))
     with pytest.raises(EngineError, match="zero points"):
         pack_int4_for_cpu(packed, torch.stack([scales, zeros + scales / 3], dim=-1), 32)
+
+
+def test_our_int4_layout_is_the_only_copy_in_memory(codegen_dir):
+    """Packed for our CPU kernel, a layer holds its weights, scales and zero points once (float32
+    scales and zeros beside them took a quarter of a byte a weight), and still gives what they give."""
+    lm = load_model(str(codegen_dir), device="cpu", quantization="int4")
+    ours = [m for m in lm.model.modules() if isinstance(m, Int4Linear) and m.kernel.startswith("cpp-")]
+    if not ours:
+        pytest.skip("our CPU kernels are not built here")
+    x = torch.randn(2, ours[0].in_features)
+    for module in ours:
+        assert module.weight is None and module.scales_and_zeros is None
+        assert sum(b.nbytes for b in module.buffers()) == module.packed.nbytes
+    rows = torch.arange(ours[0].out_features)
+    torch.testing.assert_close(ours[0](x), ours[0].reference(x, rows), atol=1e-3, rtol=1e-3)
+    twin = ours[0].with_kernel("dequantize")  # back to the checkpoint layout, exactly
+    assert torch.equal(twin.scales_and_zeros, ours[0].checkpoint_scales_and_zeros()) and twin.weight is not None
+    assert ours[0].packed is not None and ours[0].scales_and_zeros is None
 
 
 def test_int4_packing_keeps_column_order():
