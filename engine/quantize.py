@@ -305,10 +305,15 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     return torch.cat([weights, per_block, z[..., 0] | (z[..., 1] << 4)], dim=-1)
 
 
+# In pack_int4_for_cpu's layout, what follows each group's weights in a block: 8 float16 scales and 8
+# 4-bit zero points (INT4_TAIL_BYTES in engine/kernels/cpu_matvec.cpp).
+INT4_TAIL_BYTES = 20
+
+
 def unpack_int4_scales_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     """pack_int4_for_cpu's output -> quantize_int4's scales_and_zeros (K/g, N, 2), exactly."""
     blocks, groups, group_bytes = weights.shape
-    tail = weights[..., group_bytes - 20 :]
+    tail = weights[..., group_bytes - INT4_TAIL_BYTES :]
     scales = tail[..., :16].contiguous().view(torch.float16).float()  # (blocks, K/g, 8)
     z = torch.stack([tail[..., 16:] & 15, tail[..., 16:] >> 4], dim=-1).reshape(blocks, groups, 8).float()
     scales, z = (t.transpose(0, 1).reshape(groups, blocks * 8)[:, :rows] for t in (scales, z))
@@ -318,7 +323,7 @@ def unpack_int4_scales_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor
 def unpack_int4_for_cpu(weights: torch.Tensor, rows: int) -> torch.Tensor:
     """pack_int4_for_cpu's output -> quantize_int4's (N, K/2) bytes."""
     blocks, groups, group_bytes = weights.shape
-    q = weights[..., : group_bytes - 20].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
+    q = weights[..., : group_bytes - INT4_TAIL_BYTES].reshape(blocks, -1, 8, 2)  # block, column quad, row, pair
     q = torch.cat([q & 15, q >> 4], dim=-1).permute(0, 2, 1, 3).reshape(blocks * 8, -1)[:rows]
     return (q[:, ::2] << 4) | q[:, 1::2]
 
