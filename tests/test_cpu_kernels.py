@@ -139,27 +139,41 @@ def test_a_long_prefill_matches_too(mode, shape):
 def rounded_product(layer, x: torch.Tensor, isa: str, fused: bool = True) -> torch.Tensor:
     """What our prefill products compute, in float64: x rounded with one scale per row and group
     of columns (int8: to [-63, 63] per 256 columns, the last group maybe shorter, or [-127, 127]
-    per 128 with AVX-512 VNNI; int4: to [-127, 127] per weight group), times the integer weights
-    exactly, then scaled."""
+    per 128 with AVX-512 VNNI; int4: to [-127, 127] per weight group, or with VNNI per 128 columns
+    where they divide K), times the integer weights exactly, then scaled. int4's VNNI product
+    multiplies by q - zero; the others by q, adding each group's offset times the exact sum of x."""
     int4 = isinstance(layer, Int4Linear)
-    size, levels = (layer.group_size, 127) if int4 else (128, 127) if isa == "avx512" else (256, 63)
+    vnni = isa == "avx512"
     if int4:
+        size = max(layer.group_size, 128) if vnni and x.shape[1] % 128 == 0 else layer.group_size
+        levels = 127
         weights = unpack_int4(layer.checkpoint_weight()).double()  # q in [0, 15]: w = q * scale + offset
         scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 scales in the kernel's layout
         scales = scales.half().double()
         offsets = zeros.double() - 8 * scales  # -z * scale, which the kernel computes exactly from z
+        zero_points = torch.round(-offsets / scales)  # whole numbers (quantize_int4)
     else:
+        size, levels = (128, 127) if vnni else (256, 63)
         weights = layer.weight.double()
     y = torch.zeros(len(x), layer.out_features, dtype=torch.float64)
-    for g, start in enumerate(range(0, x.shape[1], size)):
+    for start in range(0, x.shape[1], size):
         group = x[:, start : start + size]
         largest = group.abs().amax(1, keepdim=True)
         scale = torch.where(largest > 0, largest / levels, torch.ones_like(largest))
         # A build that fuses x * (1 / scale) + 1.5 * 2^23 into one multiply-add rounds the exact
         # product (ours for AVX2 and AVX-512); one that does not rounds the float32 product first.
         scaled = group.double() * (1 / scale).double() if fused else (group * (1 / scale)).double()
-        products = (torch.round(scaled) @ weights[:, start : start + size].T) * scale.double()
-        y += products * scales[g] + group.double().sum(1, keepdim=True) * offsets[g] if int4 else products
+        rounded = torch.round(scaled)
+        if not int4:
+            y += (rounded @ weights[:, start : start + size].T) * scale.double()
+            continue
+        for g in range(start // layer.group_size, (start + size) // layer.group_size):
+            columns = slice(g * layer.group_size - start, (g + 1) * layer.group_size - start)
+            w = weights[:, g * layer.group_size : (g + 1) * layer.group_size]
+            if vnni:
+                y += (rounded[:, columns] @ (w - zero_points[g, :, None]).T) * scale.double() * scales[g]
+            else:
+                y += (rounded[:, columns] @ w.T) * scale.double() * scales[g] + group[:, columns].double().sum(1, keepdim=True) * offsets[g]
     return y + layer.bias.double() if int4 else y * layer.scales.double() + layer.bias.double()
 
 
@@ -191,6 +205,18 @@ def test_the_prefill_products_are_their_documented_rounding(mode, shape):
         if name.startswith("cpp-"):
             twin = with_product(layer, name)
             assert product_error(layer, twin, x) < 1e-5, name
+
+
+@pytest.mark.parametrize("group_size", [64, 128, 256])
+def test_int4_prefill_products_are_their_documented_rounding_for_every_group_size(group_size):
+    """AVX-512's product scales x per 128 columns, so one x group holds two weight groups (64) or one
+    (128); with groups of 256, or K = 576 (not a multiple of 128), x takes one scale per weight group."""
+    for in_features in (1024, 576) if group_size == 64 else (1024,):
+        layer = random_layer("int4", in_features, 40, group_size=group_size)
+        x = torch.randn(DECODE_KERNEL_MAX_TOKENS + 21, in_features, generator=torch.Generator().manual_seed(5)) * 3
+        for name in kernels_to_test(layer):
+            if name.startswith("cpp-"):
+                assert product_error(layer, with_product(layer, name), x) < 1e-5, (name, in_features)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])

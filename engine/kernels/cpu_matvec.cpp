@@ -560,14 +560,14 @@ constexpr int64_t TILE_TOKENS = 16;
 
 // Tokens [m0, m1) of q (M, K) as tiles of 16 (the last padded with zeros): tile t, columns
 // 4c..4c+3 of its token i at t * 16K + 64c + 4i, plus 128; per group g, its tokens' scales at
-// (t * groups + g) * 16 + i, and the same for x_sums where given (int4's).
+// (t * groups + g) * 16 + i.
 struct VnniTiles {
   const int8_t* q;
-  const float *x_scales, *x_sums;  // (M, groups); x_sums may be nullptr
+  const float* x_scales;  // (M, groups)
   int64_t K, groups;
 };
 
-AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales, float* tile_sums) {
+AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales) {
   const int64_t count = (m1 - m0 + TILE_TOKENS - 1) / TILE_TOKENS;
   const __m512i flip = _mm512_set1_epi8(-128);
   for (int64_t t = 0; t < count; ++t) {
@@ -584,7 +584,6 @@ AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_
       for (int64_t i = 0; i < TILE_TOKENS; ++i) {
         const int64_t at = (m0 + t * TILE_TOKENS + i) * a.groups + g, to = (t * a.groups + g) * TILE_TOKENS + i;
         tile_scales[to] = i < tokens ? a.x_scales[at] : 0.f;
-        if (tile_sums) tile_sums[to] = i < tokens ? a.x_sums[at] : 0.f;
       }
   }
 }
@@ -667,7 +666,7 @@ AVX512 inline void int8_gemm_vnni_blocks(const Int8GemmArgs& a, int64_t begin, i
   for (int64_t b = begin; b < end; ++b) vnni_weight_sums(a, a.w + b * 4 * a.K, w_sums.data() + (b - begin) * 4 * a.groups);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
-    vnni_tiles({a.q, a.x_scales, nullptr, a.K, a.groups}, p, panel_end, tiles.data(), tile_scales.data(), nullptr);
+    vnni_tiles({a.q, a.x_scales, a.K, a.groups}, p, panel_end, tiles.data(), tile_scales.data());
     for (int64_t b = begin; b < end; ++b) {
       const int8_t* w = a.w + b * 4 * a.K;
       const int32_t* sums = w_sums.data() + (b - begin) * 4 * a.groups;
@@ -732,12 +731,13 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 
 struct Int4GemmArgs {
   const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
-  const float* x_scales;  // (M, K/g)
-  const float* x_sums;    // (M, K/g): sums of x per group
+  const float* x_scales;  // (M, K / x_group)
+  const float* x_sums;    // (M, K / x_group): sums of x per group (not for VNNI's product)
   const uint8_t* w;       // (N/8, K/g, 4g + 20), as for int4_blocks
   const float* bias;      // (N,) or nullptr
   float* y;               // (M, N)
   int64_t M, N, K, group_size;
+  int64_t x_group;        // columns per scale of x: group_size, or a multiple of it (VNNI's product)
 };
 
 // The block's 8 rows for tokens m0 .. m0 + MT - 1: out[m][r], before the bias.
@@ -806,58 +806,77 @@ AVX2 inline void int4_gemm_tile_avx2(const Int4GemmArgs& a, const uint8_t* w, in
 }
 
 // With AVX-512 VNNI, as int8's product: tokens in the lanes, x + 128 unsigned, each row's 4 weights
-// broadcast inside the vpdpbusd. The nibbles (0-15) are the signed operand, so each 8-row block is
-// first unpacked to bytes, once per panel of tokens: column chunk c, row r's 4 columns at 32c + 4r.
-// Nibble sums per row and group take x + 128's extra 128 * sum(w) off. A group of 32 columns is 8
-// vpdpbusd per row and tile, then four instructions scale it into the float totals.
+// broadcast inside the vpdpbusd. Each 8-row block is first unpacked to signed bytes q - zero (in
+// [-15, 15]), once per panel of tokens: column chunk c, row r's 4 columns at 32c + 4r. With the zero
+// point inside the bytes no offset term is left, and x keeps one scale per 128 columns (as int8's
+// product) however small the weight groups: per group and row a tile then spends a conversion and
+// one multiply-add on its 8 vpdpbusd (with groups of 32), where scaling by each group's x scale and
+// adding its offset took five (int4 prefill was 1.55-1.6x int8's time; README "CPU decode kernels").
+// x + 128 adds 128 * sum(q - zero) to each group's sum: taken off as one float per x group and row.
 struct Int4VnniBlock {  // one 8-row block, unpacked
-  std::vector<int8_t> w;              // (K/4, 8, 4)
-  std::vector<int32_t> sums;          // (groups, 8): sum of the nibbles
-  std::vector<float> scales, offsets;  // (groups, 8)
+  std::vector<int8_t> w;                  // (K/4, 8, 4): q - zero
+  std::vector<float> scales;              // (groups, 8)
+  std::vector<float> corrections;         // (K / x_group, 8): -128 * sum over the x group of scale * sum(q - zero)
 };
 
 AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed, Int4VnniBlock& out) {
-  const int64_t groups = a.K / a.group_size;
+  const int64_t groups = a.K / a.group_size, per_x_group = a.x_group / a.group_size;
   const __m512i nibbles = _mm512_set1_epi32(0x0F0F), ones = _mm512_set1_epi8(1);
+  const __m512i row_of_lane = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
   int8_t* w = out.w.data();
   for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* tail = packed + 4 * a.group_size;
+    // Lanes r and 8 + r: row r's zero point in each of the 4 bytes.
+    const __m512i zeros = _mm512_mullo_epi32(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(load<int32_t>(tail + 16)), row_of_lane),
+                                                              _mm512_set1_epi32(15)),
+                                             _mm512_set1_epi32(0x01010101));
     __m512i sums = _mm512_setzero_si512();  // lanes r and 8 + r: row r
     for (int64_t c = 0; c < a.group_size / 4; c += 2, packed += 32, w += 64) {
       // Row r's 16 bits of a chunk: columns 4c, 4c + 1 in the low nibbles, 4c + 2, 4c + 3 in the high.
       const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)packed));
-      const __m512i bytes = _mm512_or_si512(_mm512_and_si512(v, nibbles), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(v, 4), nibbles), 16));
+      const __m512i q = _mm512_or_si512(_mm512_and_si512(v, nibbles), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(v, 4), nibbles), 16));
+      const __m512i bytes = _mm512_sub_epi8(q, zeros);
       _mm512_storeu_si512(w, bytes);
       sums = _mm512_dpbusd_epi32(sums, ones, bytes);
     }
     int32_t lanes[16];
     _mm512_storeu_si512(lanes, sums);
-    for (int r = 0; r < 8; ++r) out.sums[g * 8 + r] = lanes[r] + lanes[8 + r];
-    const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)packed));
-    _mm256_storeu_ps(&out.scales[g * 8], scales);
-    _mm256_storeu_ps(&out.offsets[g * 8], (__m256)int4_offsets((f32x8)scales, packed));
+    const f32x8 scales = (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)packed));
+    store(&out.scales[g * 8], scales);
+    float* corrections = &out.corrections[g / per_x_group * 8];
+    for (int r = 0; r < 8; ++r) {
+      if (g % per_x_group == 0) corrections[r] = 0.f;
+      corrections[r] -= 128.f * scales[r] * float(lanes[r] + lanes[8 + r]);
+    }
     packed += INT4_TAIL_BYTES;
   }
 }
 
 // One tile of 16 tokens against an unpacked block's 8 rows: y for rows n0..n0+7 of tokens m0...
 AVX512 inline void int4_gemm_tile_vnni(const Int4GemmArgs& a, const Int4VnniBlock& block, const uint8_t* tile, const float* tile_scales,
-                                       const float* tile_sums, int64_t m0, int64_t m_end, int64_t n0) {
-  const int64_t groups = a.K / a.group_size;
+                                       int64_t m0, int64_t m_end, int64_t n0) {
+  const int64_t groups_per_x = a.x_group / a.group_size, x_groups = a.K / a.x_group;
   __m512 totals[8];
   for (int r = 0; r < 8; ++r) totals[r] = _mm512_setzero_ps();
   const int8_t* w = block.w.data();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i acc[8];
-    for (int r = 0; r < 8; ++r) acc[r] = _mm512_set1_epi32(-128 * block.sums[g * 8 + r]);
-    for (int64_t c = g * a.group_size / 4; c < (g + 1) * a.group_size / 4; ++c, w += 32) {
-      const __m512i x = _mm512_loadu_si512((const void*)(tile + c * 4 * TILE_TOKENS));
-      for (int r = 0; r < 8; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], x, _mm512_set1_epi32(load<int32_t>(w + 4 * r)));
+  const float* scales = block.scales.data();
+  for (int64_t xg = 0; xg < x_groups; ++xg) {
+    __m512 partial[8];  // the x group's sum for row r, before x's scale
+    for (int r = 0; r < 8; ++r) partial[r] = _mm512_set1_ps(block.corrections[xg * 8 + r]);
+    for (int64_t g = 0; g < groups_per_x; ++g, scales += 8) {
+      __m512i acc[8];
+      for (int r = 0; r < 8; ++r) acc[r] = _mm512_setzero_si512();
+      // 8 chunks (32 columns) a turn, unrolled: one at a time, GCC 12 copied the 8 sums to other registers and back
+      // every turn (16 moves per 8 vpdpbusd, which bound the loop).
+      for (int64_t c = 0; c < a.group_size / 4; c += 8, w += 256, tile += 32 * TILE_TOKENS)
+        for (int u = 0; u < 8; ++u) {
+          const __m512i x = _mm512_loadu_si512((const void*)(tile + u * 4 * TILE_TOKENS));
+          for (int r = 0; r < 8; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], x, _mm512_set1_epi32(load<int32_t>(w + 32 * u + 4 * r)));
+        }
+      for (int r = 0; r < 8; ++r) partial[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_set1_ps(scales[r]), partial[r]);
     }
-    const __m512 x_scales = _mm512_loadu_ps(tile_scales + g * TILE_TOKENS), x_sums = _mm512_loadu_ps(tile_sums + g * TILE_TOKENS);
-    for (int r = 0; r < 8; ++r) {
-      totals[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r]), _mm512_mul_ps(x_scales, _mm512_set1_ps(block.scales[g * 8 + r])), totals[r]);
-      totals[r] = _mm512_fmadd_ps(x_sums, _mm512_set1_ps(block.offsets[g * 8 + r]), totals[r]);
-    }
+    const __m512 x_scales = _mm512_loadu_ps(tile_scales + xg * TILE_TOKENS);
+    for (int r = 0; r < 8; ++r) totals[r] = _mm512_fmadd_ps(partial[r], x_scales, totals[r]);
   }
   for (int half = 0; half < 2 && n0 + 4 * half < a.N; ++half) {
     __m512 v[4];
@@ -870,20 +889,22 @@ AVX512 inline void int4_gemm_tile_vnni(const Int4GemmArgs& a, const Int4VnniBloc
 }
 
 AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
-  const int64_t groups = a.K / a.group_size;
-  const int64_t panel = std::max<int64_t>(TILE_TOKENS, ((256 << 10) / a.K) / TILE_TOKENS * TILE_TOKENS);
+  const int64_t groups = a.K / a.group_size, x_groups = a.K / a.x_group;
+  // 512 KB of tiles (every AVX-512 CPU has 1 MB of L2 or more): with 256, at 8,192 columns a block's
+  // unpacking served 2 tiles, and int4 took 1.16x int8's time on that shape instead of 1.0x.
+  const int64_t panel = std::max<int64_t>(TILE_TOKENS, ((512 << 10) / a.K) / TILE_TOKENS * TILE_TOKENS);
   const int64_t padded = std::min(panel, a.M) + TILE_TOKENS;
   std::vector<uint8_t> tiles(padded * a.K);
-  std::vector<float> tile_scales(padded * groups), tile_sums(padded * groups);
-  Int4VnniBlock block{std::vector<int8_t>(8 * a.K), std::vector<int32_t>(8 * groups), std::vector<float>(8 * groups), std::vector<float>(8 * groups)};
+  std::vector<float> tile_scales(padded * x_groups);
+  Int4VnniBlock block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * x_groups)};
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
-    vnni_tiles({a.q, a.x_scales, a.x_sums, a.K, groups}, p, panel_end, tiles.data(), tile_scales.data(), tile_sums.data());
+    vnni_tiles({a.q, a.x_scales, a.K, x_groups}, p, panel_end, tiles.data(), tile_scales.data());
     for (int64_t b = begin; b < end; ++b) {
       int4_vnni_unpack(a, a.w + b * groups * int4_group_bytes(a.group_size), block);
       for (int64_t t = 0; t < count; ++t)
-        int4_gemm_tile_vnni(a, block, tiles.data() + t * TILE_TOKENS * a.K, tile_scales.data() + t * groups * TILE_TOKENS,
-                            tile_sums.data() + t * groups * TILE_TOKENS, p + t * TILE_TOKENS, panel_end, b * 8);
+        int4_gemm_tile_vnni(a, block, tiles.data() + t * TILE_TOKENS * a.K, tile_scales.data() + t * x_groups * TILE_TOKENS,
+                            p + t * TILE_TOKENS, panel_end, b * 8);
     }
   }
 }
@@ -1484,6 +1505,7 @@ struct Kernels {
   void (*rms_norm)(const float*, const float*, float*, int64_t, float, int64_t, int64_t);
   float int8_gemm_levels;      // int8_gemm's x: bytes in [-levels, levels],
   int64_t int8_gemm_columns;   // one scale per this many columns
+  int64_t int4_gemm_columns;   // int4_gemm's x: one scale per this many columns, or per weight group (0)
   int64_t lanes;               // floats a register holds: attend_prefill's blocks are 1, 2 or prefill_registers(lanes) registers of rows
 };
 
@@ -1559,10 +1581,10 @@ Kernels kernels_for(c10::string_view isa) {
   const std::string name(isa);
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
-  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, rms_norm_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS, Avx512::W};
-  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, rms_norm_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS, Avx2::W};
+  if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, rms_norm_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS, VNNI_GROUP_COLUMNS, Avx512::W};
+  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, rms_norm_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS, 0, Avx2::W};
 #endif
-  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, rms_norm_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS, Baseline::W};
+  return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, rms_norm_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS, 0, Baseline::W};
 }
 
 // At least 64 KB of weights per task: each thread streams contiguous rows, small layers use one.
@@ -1717,17 +1739,18 @@ at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int4Inputs in = int4_inputs(x_in, weight, N, group_size, bias_in);
   const Kernels run = kernels_for(isa);
-  const int64_t groups = in.K / group_size;
+  const int64_t x_group = run.int4_gemm_columns && in.K % run.int4_gemm_columns == 0 ? std::max(group_size, run.int4_gemm_columns) : group_size;
+  const int64_t groups = in.K / x_group;
   std::vector<int8_t> q(in.M * in.K);
-  std::vector<float> x_scales(in.M * groups), x_sums(in.M * groups);
+  std::vector<float> x_scales(in.M * groups), x_sums(run.int4_gemm_columns ? 0 : in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    run.byte_activations(x + b * in.K, e - b, in.K, group_size, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
-                         nullptr, x_sums.data() + b * groups);
+    run.byte_activations(x + b * in.K, e - b, in.K, x_group, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
+                         nullptr, x_sums.empty() ? nullptr : x_sums.data() + b * groups);
   });
   at::Tensor y = float_output(x_in, N);
   const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
-                       in.M, N, in.K, group_size};
+                       in.M, N, in.K, group_size, x_group};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int4_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
 }
