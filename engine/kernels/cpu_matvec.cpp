@@ -721,13 +721,14 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 // ---------------------------------------------------------------- int4 x int8, for prefill
 // The decode kernel above unpacks each weight's nibble again for every token. Here a tile of up
 // to 4 tokens shares each unpacked vector, and x is rounded to 8-bit integers with one scale per
-// token and weight group (as llama.cpp's Q8 activations; |x error| <= max |x in the group| / 254).
+// token and weight group (as llama.cpp's Q8 activations; |x error| <= max |x in the group| / 254;
+// VNNI's product, below, takes q - zero and one scale per 128 columns instead).
 // The nibbles are the unsigned operand of vpmaddubsw as they are (0-15): its pair sums (<= 2 * 15 *
 // 127) cannot saturate, and 8 of them, 32 columns, add up in int16 before widening. A pshufb puts
 // each pair of x beside its pair of columns: bytes 2r, 2r + 1 of a 4-column chunk are row r's
 // columns 4c, 4c + 1 (low nibbles) and 4c + 2, 4c + 3 (high), so every 16-bit lane is one row's.
-// y[m, n] = sum over groups g of scale[n, g] * (q[m, g] . w[n, g]) * x_scales[m, g] + offset[n, g]
-// * x_sums[m, g], + bias[n].
+// The AVX2 and portable tiles: y[m, n] = sum over groups g of scale[n, g] * (q[m, g] . w[n, g]) *
+// x_scales[m, g] + offset[n, g] * x_sums[m, g], + bias[n].
 
 struct Int4GemmArgs {
   const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
