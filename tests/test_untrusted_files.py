@@ -259,7 +259,8 @@ def test_the_cache_written_matches_what_the_model_expects_in_every_dtype(bigcode
 def mapped_files() -> set[str]:
     """The files this process has mapped into memory (Linux)."""
     with open("/proc/self/maps") as maps:
-        return {line.split(maxsplit=5)[5].strip() for line in maps if len(line.split(maxsplit=5)) == 6}
+        fields = [line.split(maxsplit=5) for line in maps]
+    return {f[5].strip() for f in fields if len(f) == 6}  # address, perms, offset, device, inode, path
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux's /proc/self/maps")
