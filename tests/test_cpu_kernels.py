@@ -139,13 +139,15 @@ def test_a_long_prefill_matches_too(mode, shape):
 def rounded_product(layer, x: torch.Tensor, isa: str, fused: bool = True) -> torch.Tensor:
     """What our prefill products compute, in float64: x rounded with one scale per row and group
     of columns (int8: to [-63, 63] per 256 columns, the last group maybe shorter, or [-127, 127]
-    per 128 with AVX-512 VNNI; int4: to [-127, 127] per weight group, or with VNNI per 128 columns
-    where they divide K), times the integer weights exactly, then scaled. int4's VNNI product
-    multiplies by q - zero; the others by q, adding each group's offset times the exact sum of x."""
+    per 128 with AVX-512 VNNI; int4: to [-127, 127] per 128 columns where they divide K, else per
+    weight group), times the integer weights exactly, then scaled. int4's AVX2 and AVX-512 products
+    multiply by q - zero; the portable one by q per weight group of x, adding each group's offset
+    times the exact sum of x."""
     int4 = isinstance(layer, Int4Linear)
     vnni = isa == "avx512"
+    unpacked = int4 and isa in ("avx512", "avx2")  # int4 blocks unpacked to q - zero
     if int4:
-        size = max(layer.group_size, 128) if vnni and x.shape[1] % 128 == 0 else layer.group_size
+        size = max(layer.group_size, 128) if unpacked and x.shape[1] % 128 == 0 else layer.group_size
         levels = 127
         weights = unpack_int4(layer.checkpoint_weight()).double()  # q in [0, 15]: w = q * scale + offset
         scales, zeros = layer.scales_and_zeros.float().unbind(-1)  # (groups, N); float16 scales in the kernel's layout
@@ -170,7 +172,7 @@ def rounded_product(layer, x: torch.Tensor, isa: str, fused: bool = True) -> tor
         for g in range(start // layer.group_size, (start + size) // layer.group_size):
             columns = slice(g * layer.group_size - start, (g + 1) * layer.group_size - start)
             w = weights[:, g * layer.group_size : (g + 1) * layer.group_size]
-            if vnni:
+            if unpacked:
                 y += (rounded[:, columns] @ (w - zero_points[g, :, None]).T) * scale.double() * scales[g]
             else:
                 y += (rounded[:, columns] @ w.T) * scale.double() * scales[g] + group[:, columns].double().sum(1, keepdim=True) * offsets[g]
@@ -209,7 +211,7 @@ def test_the_prefill_products_are_their_documented_rounding(mode, shape):
 
 @pytest.mark.parametrize("group_size", [64, 128, 256])
 def test_int4_prefill_products_are_their_documented_rounding_for_every_group_size(group_size):
-    """AVX-512's product scales x per 128 columns, so one x group holds two weight groups (64) or one
+    """The AVX2 and AVX-512 products scale x per 128 columns, so one x group holds two weight groups (64) or one
     (128); with groups of 256, or K = 576 (not a multiple of 128), x takes one scale per weight group."""
     for in_features in (1024, 576) if group_size == 64 else (1024,):
         layer = random_layer("int4", in_features, 40, group_size=group_size)

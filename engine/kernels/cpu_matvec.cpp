@@ -719,16 +719,18 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 }
 
 // ---------------------------------------------------------------- int4 x int8, for prefill
-// The decode kernel above unpacks each weight's nibble again for every token. Here a tile of up
-// to 4 tokens shares each unpacked vector, and x is rounded to 8-bit integers with one scale per
-// token and weight group (as llama.cpp's Q8 activations; |x error| <= max |x in the group| / 254;
-// VNNI's product, below, takes q - zero and one scale per 128 columns instead).
-// The nibbles are the unsigned operand of vpmaddubsw as they are (0-15): its pair sums (<= 2 * 15 *
-// 127) cannot saturate, and 8 of them, 32 columns, add up in int16 before widening. A pshufb puts
-// each pair of x beside its pair of columns: bytes 2r, 2r + 1 of a 4-column chunk are row r's
-// columns 4c, 4c + 1 (low nibbles) and 4c + 2, 4c + 3 (high), so every 16-bit lane is one row's.
-// The AVX2 and portable tiles: y[m, n] = sum over groups g of scale[n, g] * (q[m, g] . w[n, g]) *
-// x_scales[m, g] + offset[n, g] * x_sums[m, g], + bias[n].
+// The decode kernel above unpacks each weight's nibble again for every token. The products here
+// unpack each 8-row block once per panel of tokens, to signed bytes q - zero (in [-15, 15]; row r's
+// 4 columns of chunk c at 32c + 4r), and round x to 8-bit integers with one scale per 128 columns
+// (as llama.cpp's Q8 activations, coarser: |x error| <= max |x in the 128| / 254), or per weight
+// group where 128 does not divide K or for groups of 256. With the zero point inside the bytes there
+// is no offset term: per group and row a tile spends one conversion and one multiply-add on the
+// group's integer sum. x goes in as x + 128 (unsigned), which adds 128 * sum(q - zero) to each
+// group's sum: taken off as one float per x group and row (README "CPU decode kernels").
+// y[m, n] = sum over x groups G of x_scales[m, G] * (sum over weight groups g in G of scale[n, g] *
+// ((x[m, g] + 128) . (q - zero)[n, g]) - 128 * scale[n, g] * sum(q - zero)[n, g]), + bias[n].
+// The portable tile keeps the form the AVX2 one had before: x per weight group, multiplied by q
+// as it is, each group's offset (-zero * scale) times the exact sum of x added.
 
 struct Int4GemmArgs {
   const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
@@ -765,75 +767,132 @@ inline void int4_gemm_tile_portable(const Int4GemmArgs& a, const uint8_t* w, int
 }
 
 #if defined(__x86_64__)
-template <int MT>
-AVX2 inline void int4_gemm_tile_avx2(const Int4GemmArgs& a, const uint8_t* w, int64_t m0, float out[4][8]) {
-  const int64_t groups = a.K / a.group_size;
-  const __m256i nibble = _mm256_set1_epi8(15);
-  // x's 8 bytes in both lanes -> lane 0 pairs (x0, x1) or (x2, x3), lane 1 (x4, x5) or (x6, x7).
-  const __m256i low_pairs = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5);
-  const __m256i high_pairs = _mm256_setr_epi8(2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7);
-  const int8_t* x[MT];
-  __m256 acc[MT];
-  for (int m = 0; m < MT; ++m) x[m] = a.q + (m0 + m) * a.K, acc[m] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m256i dot[MT];  // one int32 lane per row
-    for (int m = 0; m < MT; ++m) dot[m] = _mm256_setzero_si256();
-    for (int64_t k = g * a.group_size; k < (g + 1) * a.group_size; k += 32) {
-      __m256i partial[MT];  // int16: lane r and r + 8 are row r's (two column chunks)
-      for (int m = 0; m < MT; ++m) partial[m] = _mm256_setzero_si256();
-      for (int64_t c = k; c < k + 32; c += 8, w += 32) {
-        const __m256i packed = _mm256_loadu_si256((const __m256i*)w);
-        const __m256i low = _mm256_and_si256(packed, nibble), high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble);
-        for (int m = 0; m < MT; ++m) {
-          const __m256i xs = _mm256_set1_epi64x(load<int64_t>(x[m] + c));
-          partial[m] = _mm256_add_epi16(partial[m], _mm256_maddubs_epi16(low, _mm256_shuffle_epi8(xs, low_pairs)));
-          partial[m] = _mm256_add_epi16(partial[m], _mm256_maddubs_epi16(high, _mm256_shuffle_epi8(xs, high_pairs)));
-        }
-      }
-      for (int m = 0; m < MT; ++m)
-        dot[m] = _mm256_add_epi32(dot[m], _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(partial[m])),
-                                                           _mm256_cvtepi16_epi32(_mm256_extracti128_si256(partial[m], 1))));
-    }
-    const __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)w));
-    const __m256 offsets = (__m256)int4_offsets((f32x8)scales, w);
-    w += INT4_TAIL_BYTES;
-    for (int m = 0; m < MT; ++m) {
-      const int64_t at = (m0 + m) * groups + g;
-      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(_mm256_cvtepi32_ps(dot[m]), _mm256_mul_ps(scales, _mm256_set1_ps(a.x_scales[at]))));
-      acc[m] = _mm256_add_ps(acc[m], _mm256_mul_ps(offsets, _mm256_set1_ps(a.x_sums[at])));
-    }
-  }
-  for (int m = 0; m < MT; ++m) _mm256_storeu_ps(out[m], acc[m]);
-}
-
-// With AVX-512 VNNI, as int8's product: tokens in the lanes, x + 128 unsigned, each row's 4 weights
-// broadcast inside the vpdpbusd. Each 8-row block is first unpacked to signed bytes q - zero (in
-// [-15, 15]), once per panel of tokens: column chunk c, row r's 4 columns at 32c + 4r. With the zero
-// point inside the bytes no offset term is left, and x keeps one scale per 128 columns (as int8's
-// product) however small the weight groups: per group and row a tile then spends a conversion and
-// one multiply-add on its 8 vpdpbusd (with groups of 32), where scaling by each group's x scale and
-// adding its offset took five (int4 prefill was 1.55-1.6x int8's time; README "CPU decode kernels").
-// x + 128 adds 128 * sum(q - zero) to each group's sum: taken off as one float per x group and row.
-struct Int4VnniBlock {  // one 8-row block, unpacked
+struct Int4Unpacked {  // one 8-row block, unpacked
   std::vector<int8_t> w;                  // (K/4, 8, 4): q - zero
   std::vector<float> scales;              // (groups, 8)
   std::vector<float> corrections;         // (K / x_group, 8): -128 * sum over the x group of scale * sum(q - zero)
 };
 
-AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed, Int4VnniBlock& out) {
-  const int64_t groups = a.K / a.group_size, per_x_group = a.x_group / a.group_size;
-  const __m512i nibbles = _mm512_set1_epi32(0x0F0F), ones = _mm512_set1_epi8(1);
-  const __m512i row_of_lane = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+// Row r's 16 bits of a chunk (columns 4c, 4c + 1 in the low nibbles, 4c + 2, 4c + 3 in the high) in
+// lane r as bytes q = columns 4c .. 4c + 3, less the zero points (each lane's in its 4 bytes).
+AVX2 inline __m256i int4_chunk_bytes(const uint8_t* packed, __m256i zeros) {
+  const __m256i nibbles = _mm256_set1_epi32(0x0F0F);
+  const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)packed));
+  const __m256i q = _mm256_or_si256(_mm256_and_si256(v, nibbles), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(v, 4), nibbles), 16));
+  return _mm256_sub_epi8(q, zeros);
+}
+
+// The 8 rows' zero points from a group's tail, each repeated in its lane's 4 bytes.
+AVX2 inline __m256i int4_zero_bytes(const uint8_t* tail) {
+  const __m256i row_of_lane = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  return _mm256_mullo_epi32(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(load<int32_t>(tail + 16)), row_of_lane), _mm256_set1_epi32(15)),
+                            _mm256_set1_epi32(0x01010101));
+}
+
+// The block's scales and the corrections for x + 128, given each group's sum of q - zero per row.
+inline void int4_unpacked_group(const Int4GemmArgs& a, int64_t g, const uint8_t* tail, const int32_t sums[8], Int4Unpacked& out) {
+  const int64_t per_x_group = a.x_group / a.group_size;
+  float* corrections = &out.corrections[g / per_x_group * 8];
+  for (int r = 0; r < 8; ++r) {
+    const float scale = half_to_float(load<uint16_t>(tail + 2 * r));
+    out.scales[g * 8 + r] = scale;
+    if (g % per_x_group == 0) corrections[r] = 0.f;
+    corrections[r] -= 128.f * scale * float(sums[r]);
+  }
+}
+
+AVX2 inline void int4_unpack_avx2(const Int4GemmArgs& a, const uint8_t* packed, Int4Unpacked& out) {
+  const int64_t groups = a.K / a.group_size;
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
   int8_t* w = out.w.data();
   for (int64_t g = 0; g < groups; ++g) {
     const uint8_t* tail = packed + 4 * a.group_size;
-    // Lanes r and 8 + r: row r's zero point in each of the 4 bytes.
-    const __m512i zeros = _mm512_mullo_epi32(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(load<int32_t>(tail + 16)), row_of_lane),
-                                                              _mm512_set1_epi32(15)),
-                                             _mm512_set1_epi32(0x01010101));
+    const __m256i zeros = int4_zero_bytes(tail);
+    __m256i sums = _mm256_setzero_si256();  // lane r: row r
+    for (int64_t c = 0; c < a.group_size / 4; ++c, packed += 16, w += 32) {
+      const __m256i bytes = int4_chunk_bytes(packed, zeros);
+      _mm256_storeu_si256((__m256i*)w, bytes);
+      sums = _mm256_add_epi32(sums, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, bytes), ones16));
+    }
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i*)lanes, sums);
+    int4_unpacked_group(a, g, tail, lanes, out);
+    packed += INT4_TAIL_BYTES;
+  }
+}
+
+// MT tokens (x + 128: rows of `x`, K apart) against an unpacked block's 8 rows: one register holds
+// 4 columns of the 8 rows, and x's 4 bytes broadcast meet them in one vpmaddubsw, whose pair sums
+// ((x + 128) <= 255 times |q - zero| <= 15, twice: at most 7,650) leave room to add 4 chunks (16
+// columns) in int16 before a vpmaddwd widens them; lane r is row r's throughout (no shuffles and no
+// reduction at the end). 2.4 instructions per 32 products where int8's product takes 3.
+template <int MT>
+AVX2 inline void int4_gemm_tile_avx2(const Int4GemmArgs& a, const Int4Unpacked& block, const uint8_t* x, int64_t m0, int64_t n0) {
+  const int64_t groups_per_x = a.x_group / a.group_size, x_groups = a.K / a.x_group;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 totals[MT];
+  for (int m = 0; m < MT; ++m) totals[m] = _mm256_setzero_ps();
+  const int8_t* w = block.w.data();
+  const float* scales = block.scales.data();
+  int64_t k = 0;
+  for (int64_t xg = 0; xg < x_groups; ++xg) {
+    __m256 partial[MT];  // the x group's sum for the 8 rows, before x's scale
+    for (int m = 0; m < MT; ++m) partial[m] = _mm256_loadu_ps(&block.corrections[xg * 8]);
+    for (int64_t g = 0; g < groups_per_x; ++g, scales += 8) {
+      __m256i acc[MT];
+      for (int m = 0; m < MT; ++m) acc[m] = _mm256_setzero_si256();
+      for (int64_t c = 0; c < a.group_size / 4; c += 4, w += 128, k += 16)
+        for (int m = 0; m < MT; ++m) {
+          const uint8_t* xm = x + m * a.K + k;
+          __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi32(load<int32_t>(xm)), _mm256_loadu_si256((const __m256i*)w));
+          for (int u = 1; u < 4; ++u)
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(_mm256_set1_epi32(load<int32_t>(xm + 4 * u)), _mm256_loadu_si256((const __m256i*)(w + 32 * u))));
+          acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(pairs, ones));
+        }
+      const __m256 group_scales = _mm256_loadu_ps(scales);
+      for (int m = 0; m < MT; ++m) partial[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), group_scales, partial[m]);
+    }
+    for (int m = 0; m < MT; ++m) totals[m] = _mm256_fmadd_ps(partial[m], _mm256_set1_ps(a.x_scales[(m0 + m) * x_groups + xg]), totals[m]);
+  }
+  for (int m = 0; m < MT; ++m) {
+    float out[8];
+    _mm256_storeu_ps(out, totals[m]);
+    for (int r = 0; r < 8 && n0 + r < a.N; ++r) a.y[(m0 + m) * a.N + n0 + r] = out[r] + (a.bias ? a.bias[n0 + r] : 0.f);
+  }
+}
+
+AVX2 inline void int4_gemm_avx2_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t groups = a.K / a.group_size;
+  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of x in 256 KB
+  std::vector<uint8_t> x(std::min(panel, a.M) * a.K);  // the panel's x + 128
+  Int4Unpacked block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * (a.K / a.x_group))};
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel);
+    for (int64_t i = 0; i < (panel_end - p) * a.K; ++i) x[i] = uint8_t(a.q[p * a.K + i]) ^ 0x80;
+    for (int64_t b = begin; b < end; ++b) {
+      int4_unpack_avx2(a, a.w + b * groups * int4_group_bytes(a.group_size), block);
+      int64_t m = p;
+      for (; m + 4 <= panel_end; m += 4) int4_gemm_tile_avx2<4>(a, block, x.data() + (m - p) * a.K, m, b * 8);
+      for (; m + 2 <= panel_end; m += 2) int4_gemm_tile_avx2<2>(a, block, x.data() + (m - p) * a.K, m, b * 8);
+      if (m < panel_end) int4_gemm_tile_avx2<1>(a, block, x.data() + (m - p) * a.K, m, b * 8);
+    }
+  }
+}
+
+// With AVX-512 VNNI, as int8's product: tokens in the lanes, x + 128 unsigned, each row's 4 weights
+// broadcast inside the vpdpbusd, on the same unpacked blocks (unpacked with AVX-512 here). Per group
+// and row a tile spends a conversion and one multiply-add on its 8 vpdpbusd (with groups of 32),
+// where scaling by each group's x scale and adding its offset took five (int4 prefill was
+// 1.55-1.6x int8's time; README "CPU decode kernels").
+AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed, Int4Unpacked& out) {
+  const int64_t groups = a.K / a.group_size;
+  const __m512i nibbles = _mm512_set1_epi32(0x0F0F), ones = _mm512_set1_epi8(1);
+  int8_t* w = out.w.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* tail = packed + 4 * a.group_size;
+    const __m512i zeros = _mm512_broadcast_i64x4(int4_zero_bytes(tail));  // lanes r and 8 + r: row r's
     __m512i sums = _mm512_setzero_si512();  // lanes r and 8 + r: row r
-    for (int64_t c = 0; c < a.group_size / 4; c += 2, packed += 32, w += 64) {
-      // Row r's 16 bits of a chunk: columns 4c, 4c + 1 in the low nibbles, 4c + 2, 4c + 3 in the high.
+    for (int64_t c = 0; c < a.group_size / 4; c += 2, packed += 32, w += 64) {  // two chunks at once: int4_chunk_bytes
       const __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)packed));
       const __m512i q = _mm512_or_si512(_mm512_and_si512(v, nibbles), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(v, 4), nibbles), 16));
       const __m512i bytes = _mm512_sub_epi8(q, zeros);
@@ -842,19 +901,14 @@ AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed
     }
     int32_t lanes[16];
     _mm512_storeu_si512(lanes, sums);
-    const f32x8 scales = (f32x8)_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)packed));
-    store(&out.scales[g * 8], scales);
-    float* corrections = &out.corrections[g / per_x_group * 8];
-    for (int r = 0; r < 8; ++r) {
-      if (g % per_x_group == 0) corrections[r] = 0.f;
-      corrections[r] -= 128.f * scales[r] * float(lanes[r] + lanes[8 + r]);
-    }
+    for (int r = 0; r < 8; ++r) lanes[r] += lanes[8 + r];
+    int4_unpacked_group(a, g, tail, lanes, out);
     packed += INT4_TAIL_BYTES;
   }
 }
 
 // One tile of 16 tokens against an unpacked block's 8 rows: y for rows n0..n0+7 of tokens m0...
-AVX512 inline void int4_gemm_tile_vnni(const Int4GemmArgs& a, const Int4VnniBlock& block, const uint8_t* tile, const float* tile_scales,
+AVX512 inline void int4_gemm_tile_vnni(const Int4GemmArgs& a, const Int4Unpacked& block, const uint8_t* tile, const float* tile_scales,
                                        int64_t m0, int64_t m_end, int64_t n0) {
   const int64_t groups_per_x = a.x_group / a.group_size, x_groups = a.K / a.x_group;
   __m512 totals[8];
@@ -897,7 +951,7 @@ AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, i
   const int64_t padded = std::min(panel, a.M) + TILE_TOKENS;
   std::vector<uint8_t> tiles(padded * a.K);
   std::vector<float> tile_scales(padded * x_groups);
-  Int4VnniBlock block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * x_groups)};
+  Int4Unpacked block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * x_groups)};
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
     vnni_tiles({a.q, a.x_scales, a.K, x_groups}, p, panel_end, tiles.data(), tile_scales.data());
@@ -911,29 +965,23 @@ AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, i
 }
 #endif
 
-template <int MT, bool Simd>
+template <int MT>
 inline void int4_gemm_tile(const Int4GemmArgs& a, int64_t b, int64_t m0) {
   float out[4][8];
-  const uint8_t* w = a.w + b * (a.K / a.group_size) * int4_group_bytes(a.group_size);
-#if defined(__x86_64__)
-  if constexpr (Simd) int4_gemm_tile_avx2<MT>(a, w, m0, out);
-  else
-#endif
-    int4_gemm_tile_portable<MT>(a, w, m0, out);
+  int4_gemm_tile_portable<MT>(a, a.w + b * (a.K / a.group_size) * int4_group_bytes(a.group_size), m0, out);
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 8 && b * 8 + r < a.N; ++r) a.y[(m0 + m) * a.N + b * 8 + r] = out[m][r] + (a.bias ? a.bias[b * 8 + r] : 0.f);
 }
 
-template <bool Simd>
 inline void int4_gemm_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel);
     for (int64_t b = begin; b < end; ++b) {
       int64_t m = p;
-      for (; m + 4 <= panel_end; m += 4) int4_gemm_tile<4, Simd>(a, b, m);
-      for (; m + 2 <= panel_end; m += 2) int4_gemm_tile<2, Simd>(a, b, m);
-      if (m < panel_end) int4_gemm_tile<1, Simd>(a, b, m);
+      for (; m + 4 <= panel_end; m += 4) int4_gemm_tile<4>(a, b, m);
+      for (; m + 2 <= panel_end; m += 2) int4_gemm_tile<2>(a, b, m);
+      if (m < panel_end) int4_gemm_tile<1>(a, b, m);
     }
   }
 }
@@ -1521,7 +1569,7 @@ KERNEL void activations_baseline(const float* x, int64_t rows, int64_t K, int64_
   round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
 }
 KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
-KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<false>(a, b, e); }
+KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks(a, b, e); }
 KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, float>(a, b, e); }
 KERNEL void attend_half_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, uint16_t>(a, b, e); }
 KERNEL void attend_prefill_baseline(const PrefillArgs& a, int64_t b, int64_t e) { attend_prefill_blocks<Baseline, float>(a, b, e); }
@@ -1530,7 +1578,7 @@ KERNEL void gelu_tanh_baseline(const float* x, float* y, int64_t b, int64_t e) {
 KERNEL void rms_norm_baseline(const float* x, const float* w, float* y, int64_t D, float eps, int64_t b, int64_t e) { rms_norm_rows<Baseline>(x, w, y, D, eps, b, e); }
 #if defined(__x86_64__)
 KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
-KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks<true>(a, b, e); }
+KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_avx2_blocks(a, b, e); }
 KERNEL AVX2 void float_avx2(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Avx2>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
 KERNEL AVX2 void attend_avx2(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Avx2, float>(a, b, e); }
@@ -1583,7 +1631,7 @@ Kernels kernels_for(c10::string_view isa) {
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
   if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, rms_norm_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS, VNNI_GROUP_COLUMNS, Avx512::W};
-  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, rms_norm_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS, 0, Avx2::W};
+  if (name == "avx2") return {float_avx2, int8_avx2, int4_avx2, int8x16_avx2, activations_avx2<int16_t>, activations_avx2<int8_t>, int8_gemm_avx2, int4_gemm_avx2, attend_avx2, attend_half_avx2, attend_prefill_avx2, attend_prefill_half_avx2, gelu_tanh_avx2, rms_norm_avx2, ACTIVATION_LEVELS, GROUP_COLUMNS, VNNI_GROUP_COLUMNS, Avx2::W};
 #endif
   return {float_baseline, int8_baseline, int4_baseline, int8x16_baseline, activations_baseline<int16_t>, activations_baseline<int8_t>, int8_gemm_baseline, int4_gemm_baseline, attend_baseline, attend_half_baseline, attend_prefill_baseline, attend_prefill_half_baseline, gelu_tanh_baseline, rms_norm_baseline, ACTIVATION_LEVELS, GROUP_COLUMNS, 0, Baseline::W};
 }
