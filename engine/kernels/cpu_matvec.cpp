@@ -423,13 +423,13 @@ inline void int4_blocks(const Int4Args& a, int64_t begin, int64_t end) {  // blo
 }
 
 // Rows of x (K a multiple of 8) to integers in [-levels, levels] with one scale per group of
-// `group` columns (the last may be shorter), each group's sum of x (if wanted) and of q (if
-// wanted): int16 for int4's decode kernel, bytes for the prefill products below.
+// `group` columns (the last may be shorter), and each group's sum of x (if wanted): int16 for the
+// decode kernels, bytes for the prefill products below.
 constexpr float INT16_LEVELS = 32767.f;  // activations rounded to int16 (decode kernels)
 
 template <class Q>
 inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t group, float levels, Q* q, float* x_scales,
-                              int32_t* q_sums, float* x_sums) {
+                              float* x_sums) {
   typedef Q q8 __attribute__((vector_size(8 * sizeof(Q))));
   const int64_t groups = (K + group - 1) / group;
   for (int64_t m = 0; m < rows; ++m)
@@ -444,16 +444,13 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
       float largest = 0.f;
       for (int i = 0; i < 8; ++i) largest = std::max(largest, amax[i]);
       const float scale = largest > 0.f ? largest / levels : 1.f, inverse = 1.f / scale;
-      i32x8 total = {};
       for (int64_t i = 0; i < n; i += 8) {
         const f32x8 rounded = (load<f32x8>(x + start + i) * inverse + 12582912.f) - 12582912.f;  // to nearest: + 1.5 * 2^23
         const i32x8 whole = __builtin_convertvector(rounded, i32x8);
-        total += whole;
         const q8 narrow = __builtin_convertvector(whole, q8);
         __builtin_memcpy(q + start + i, &narrow, sizeof narrow);
       }
       x_scales[m * groups + g] = scale;
-      if (q_sums) q_sums[m * groups + g] = total[0] + total[1] + total[2] + total[3] + total[4] + total[5] + total[6] + total[7];
       if (x_sums) x_sums[m * groups + g] = sum(sum_of_x);
     }
 }
@@ -463,16 +460,16 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
 // to integers in [-63, 63], one scale per token and group of 256 columns, and AVX2's byte
 // multiply-add (vpmaddubsw: unsigned bytes by signed bytes, pairs summed into int16) multiplies 32
 // weights by 32 activations; a 16-bit multiply-add by ones (vpmaddwd) widens the pair sums to
-// int32. It takes an unsigned operand: the weights go in as w + 128 (a copy of each 4-row block,
-// flipped once per panel), and the 128 * sum(q) that adds is taken off each group's sum. Its pair
-// sums cannot saturate: 2 * 255 * 63 < 2^15; with 8-bit activations they could, which is why 7
-// bits (as FBGEMM's reduce_range). Per 32 products that is 3 instructions where int16 activations
+// int32. It takes an unsigned operand: x goes in as x + 64 (each thread's copy of a panel), and
+// the 64 * sum(w) that adds to each lane's sum, a constant of the weight block, is where the lane
+// starts (the block's lanes summed once per panel). Its pair sums cannot saturate: 2 * 127 * 127 <
+// 2^15; with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 32 products that is 3 instructions where int16 activations
 // took 4 and a widening of the weights (1.25-1.6x the speed on the AVX2 EPYC, README). The rounding
 // costs precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the
 // group's largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
 // A thread takes a run of 4-row weight blocks; for each panel of x rows small enough to stay in the
-// L2 cache, each block (4K bytes, in L1) meets every 4-row tile of the panel.
+// L2 cache, each block (4K bytes, in L1) meets every 4-token tile of the panel.
 // y[m, n] = sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g], times scales[n], + bias[n].
 
 constexpr float ACTIVATION_LEVELS = 63.f, VNNI_ACTIVATION_LEVELS = 127.f;
@@ -483,7 +480,6 @@ constexpr int64_t VNNI_GROUP_COLUMNS = 128;
 struct Int8GemmArgs {
   const int8_t* q;        // (M, K): x[m] / x_scales[m, g], rounded
   const float* x_scales;  // (M, groups)
-  const int32_t* q_sums;  // (M, groups): each group's sum of q
   const int8_t* w;        // (N/4, K/16, 4, 16), as for int8_blocks
   const float* scales;
   const float* bias;  // or nullptr
@@ -509,28 +505,31 @@ inline void int8_gemm_tile_portable(const Int8GemmArgs& a, const int8_t* w, int6
 }
 
 #if defined(__x86_64__)
+// Tokens m0 .. m0 + MT - 1 (rows of x, x + 64 as unsigned bytes, K apart) against a block's 4 rows:
+// y for them (before the bias). starts: per group, the int32 lanes' 64 * sum(w) taken off
+// (int8_lane_starts).
 template <int MT>
-AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int64_t m0, float dots[][4]) {
+AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, int64_t b, const uint8_t* x, const int32_t* starts, int64_t m0) {
   const __m256i ones = _mm256_set1_epi16(1);
-  const int8_t* x[MT];
+  const int8_t* w = a.w + b * 4 * a.K;
   // Per x row, the int32 sums' lanes scaled into float as each group ends (a few instructions a
   // register, where reducing each group's lanes to 4 rows took ten: the product 4-12 % faster).
   __m256 totals[MT][2];
-  for (int m = 0; m < MT; ++m) x[m] = a.q + (m0 + m) * a.K, totals[m][0] = totals[m][1] = _mm256_setzero_ps();
+  for (int m = 0; m < MT; ++m) totals[m][0] = totals[m][1] = _mm256_setzero_ps();
   for (int64_t g = 0; g < a.groups; ++g) {
-    // Per x row: block rows 0 | 1 (one 128-bit lane each), rows 2 | 3. They start at minus the
-    // 128 * sum(q) that w + 128 adds to each row, a quarter in each of its 4 lanes: in integers,
-    // exactly (taken off the float totals instead, it was far larger than the products and left
-    // their last bits to rounding: the demo model's logits moved by 1e-2).
+    // Per x row: block rows 0 | 1 (one 128-bit lane each), rows 2 | 3. The start takes off, in
+    // integers, exactly, what x + 64 adds (taken off the float totals instead, it would be far
+    // larger than the products and leave their last bits to rounding).
     __m256i acc[MT][2];
-    for (int m = 0; m < MT; ++m) acc[m][0] = acc[m][1] = _mm256_set1_epi32(-32 * a.q_sums[(m0 + m) * a.groups + g]);
+    const __m256i start01 = _mm256_loadu_si256((const __m256i*)(starts + 16 * g)), start23 = _mm256_loadu_si256((const __m256i*)(starts + 16 * g + 8));
+    for (int m = 0; m < MT; ++m) acc[m][0] = start01, acc[m][1] = start23;
     for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += 16, w += 64) {
       const __m256i rows01 = _mm256_loadu_si256((const __m256i*)w);
       const __m256i rows23 = _mm256_loadu_si256((const __m256i*)(w + 32));
       for (int m = 0; m < MT; ++m) {
-        const __m256i xm = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(x[m] + k)));
-        acc[m][0] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(rows01, xm), ones), acc[m][0]);
-        acc[m][1] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(rows23, xm), ones), acc[m][1]);
+        const __m256i xm = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)(x + m * a.K + k)));
+        acc[m][0] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(xm, rows01), ones), acc[m][0]);
+        acc[m][1] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(xm, rows23), ones), acc[m][1]);
       }
     }
     for (int m = 0; m < MT; ++m) {
@@ -539,11 +538,55 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, const int8_t* w, int
       totals[m][1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m][1]), scale, totals[m][1]);
     }
   }
+  const bool whole = b * 4 + 4 <= a.N;  // 4 rows to store (not the padding of the last block)
+  const __m128 scales = whole ? _mm_loadu_ps(a.scales + b * 4) : _mm_setzero_ps();
+  const __m128 bias = whole && a.bias ? _mm_loadu_ps(a.bias + b * 4) : _mm_setzero_ps();
   for (int m = 0; m < MT; ++m) {
     // Lane 0 of the sums of pairs: rows 0, 2, 0, 2; lane 1: rows 1, 3, 1, 3. Then rows 0-3.
     const __m256 pairs = _mm256_hadd_ps(totals[m][0], totals[m][1]);
     const __m256 quads = _mm256_hadd_ps(pairs, pairs);
-    _mm_storeu_ps(dots[m], _mm_unpacklo_ps(_mm256_castps256_ps128(quads), _mm256_extractf128_ps(quads, 1)));
+    const __m128 rows = _mm_unpacklo_ps(_mm256_castps256_ps128(quads), _mm256_extractf128_ps(quads, 1));
+    float* y = a.y + (m0 + m) * a.N + b * 4;
+    if (whole) {
+      _mm_storeu_ps(y, _mm_fmadd_ps(rows, scales, bias));
+      continue;
+    }
+    float dots[4];
+    _mm_storeu_ps(dots, rows);
+    for (int r = 0; b * 4 + r < a.N; ++r) y[r] = dots[r] * a.scales[b * 4 + r] + (a.bias ? a.bias[b * 4 + r] : 0.f);
+  }
+}
+
+// Per group of x's columns, block b's lane sums of w as the AVX2 tile's lanes hold them, times -64:
+// starts[16g .. 16g + 7] for rows 0 | 1, [16g + 8 .. 16g + 15] for rows 2 | 3.
+AVX2 inline void int8_lane_starts(const Int8GemmArgs& a, int64_t b, int32_t* starts) {
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1), minus64 = _mm256_set1_epi32(-64);
+  const int8_t* w = a.w + b * 4 * a.K;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    __m256i sums01 = _mm256_setzero_si256(), sums23 = _mm256_setzero_si256();
+    for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += 16, w += 64) {
+      sums01 = _mm256_add_epi32(sums01, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_loadu_si256((const __m256i*)w)), ones16));
+      sums23 = _mm256_add_epi32(sums23, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_loadu_si256((const __m256i*)(w + 32))), ones16));
+    }
+    _mm256_storeu_si256((__m256i*)(starts + 16 * g), _mm256_mullo_epi32(sums01, minus64));
+    _mm256_storeu_si256((__m256i*)(starts + 16 * g + 8), _mm256_mullo_epi32(sums23, minus64));
+  }
+}
+
+AVX2 inline void int8_gemm_avx2_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
+  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of x in 256 KB
+  std::vector<uint8_t> x(std::min(panel, a.M) * a.K);  // the panel's x + 64
+  std::vector<int32_t> starts(16 * a.groups);
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel);
+    for (int64_t i = 0; i < (panel_end - p) * a.K; ++i) x[i] = uint8_t(a.q[p * a.K + i] + 64);
+    for (int64_t b = begin; b < end; ++b) {
+      int8_lane_starts(a, b, starts.data());
+      int64_t m = p;
+      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile_avx2<4>(a, b, x.data() + (m - p) * a.K, starts.data(), m);
+      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile_avx2<2>(a, b, x.data() + (m - p) * a.K, starts.data(), m);
+      if (m < panel_end) int8_gemm_tile_avx2<1>(a, b, x.data() + (m - p) * a.K, starts.data(), m);
+    }
   }
 }
 
@@ -682,15 +725,10 @@ AVX512 inline void int8_gemm_vnni_blocks(const Int8GemmArgs& a, int64_t begin, i
 }
 #endif
 
-// w: block b's weights, as w + 128 for the SIMD tile.
-template <int MT, bool Simd>
-inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, const int8_t* w, int64_t m0) {
+template <int MT>
+inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
   float dots[MT][4];
-#if defined(__x86_64__)
-  if constexpr (Simd) int8_gemm_tile_avx2<MT>(a, w, m0, dots);
-  else
-#endif
-    int8_gemm_tile_portable<MT>(a, w, m0, dots);
+  int8_gemm_tile_portable<MT>(a, a.w + b * 4 * a.K, m0, dots);
   for (int m = 0; m < MT; ++m)
     for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
       const int64_t n = b * 4 + r;
@@ -698,22 +736,15 @@ inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, const int8_t* w, in
     }
 }
 
-template <bool Simd>
 inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
-  std::vector<int8_t> unsigned_block(Simd ? 4 * a.K : 0);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel);
     for (int64_t b = begin; b < end; ++b) {
-      const int8_t* w = a.w + b * 4 * a.K;
-      if (Simd) {  // w + 128 once per panel, not in every tile (10-15 % of the time)
-        for (int64_t i = 0; i < 4 * a.K; ++i) unsigned_block[i] = int8_t(uint8_t(w[i]) ^ 0x80);
-        w = unsigned_block.data();
-      }
       int64_t m = p;
-      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4, Simd>(a, b, w, m);
-      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2, Simd>(a, b, w, m);
-      if (m < panel_end) int8_gemm_tile<1, Simd>(a, b, w, m);
+      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4>(a, b, m);
+      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2>(a, b, m);
+      if (m < panel_end) int8_gemm_tile<1>(a, b, m);
     }
   }
 }
@@ -1542,8 +1573,8 @@ struct Kernels {
   void (*int8x16)(const Int8x16Args&, int64_t, int64_t);
   // round_activations in this instruction set's build: to int16 for the decode kernels, to bytes
   // for the prefill products (inlined into an op, built for any x86-64, it ran as scalar SSE).
-  void (*int16_activations)(const float*, int64_t, int64_t, int64_t, float, int16_t*, float*, int32_t*, float*);
-  void (*byte_activations)(const float*, int64_t, int64_t, int64_t, float, int8_t*, float*, int32_t*, float*);
+  void (*int16_activations)(const float*, int64_t, int64_t, int64_t, float, int16_t*, float*, float*);
+  void (*byte_activations)(const float*, int64_t, int64_t, int64_t, float, int8_t*, float*, float*);
   void (*int8_gemm)(const Int8GemmArgs&, int64_t, int64_t);
   void (*int4_gemm)(const Int4GemmArgs&, int64_t, int64_t);
   void (*attend)(const AttendArgs&, int64_t, int64_t);
@@ -1565,10 +1596,10 @@ KERNEL void int4_baseline(const Int4Args& a, int64_t b, int64_t e) { int4_blocks
 KERNEL void int8x16_baseline(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Baseline>(a, b, e); }
 template <class Q>
 KERNEL void activations_baseline(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
-                               int32_t* q_sums, float* x_sums) {
-  round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
+                               float* x_sums) {
+  round_activations(x, rows, K, g, levels, q, s, x_sums);
 }
-KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<false>(a, b, e); }
+KERNEL void int8_gemm_baseline(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks(a, b, e); }
 KERNEL void int4_gemm_baseline(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_blocks(a, b, e); }
 KERNEL void attend_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, float>(a, b, e); }
 KERNEL void attend_half_baseline(const AttendArgs& a, int64_t b, int64_t e) { attend_chunks<Baseline, uint16_t>(a, b, e); }
@@ -1577,7 +1608,7 @@ KERNEL void attend_prefill_half_baseline(const PrefillArgs& a, int64_t b, int64_
 KERNEL void gelu_tanh_baseline(const float* x, float* y, int64_t b, int64_t e) { gelu_tanh_range<Baseline>(x, y, b, e); }
 KERNEL void rms_norm_baseline(const float* x, const float* w, float* y, int64_t D, float eps, int64_t b, int64_t e) { rms_norm_rows<Baseline>(x, w, y, D, eps, b, e); }
 #if defined(__x86_64__)
-KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_blocks<true>(a, b, e); }
+KERNEL AVX2 void int8_gemm_avx2(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_avx2_blocks(a, b, e); }
 KERNEL AVX2 void int4_gemm_avx2(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_avx2_blocks(a, b, e); }
 KERNEL AVX2 void float_avx2(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Avx2>(a, b, e); }
 KERNEL AVX2 void int8_avx2(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx2>(a, b, e); }
@@ -1591,8 +1622,8 @@ KERNEL AVX2 void int4_avx2(const Int4Args& a, int64_t b, int64_t e) { int4_block
 KERNEL AVX2 void int8x16_avx2(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx2>(a, b, e); }
 template <class Q>
 KERNEL AVX2 void activations_avx2(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
-                               int32_t* q_sums, float* x_sums) {
-  round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
+                               float* x_sums) {
+  round_activations(x, rows, K, g, levels, q, s, x_sums);
 }
 KERNEL AVX512 void float_avx512(const FloatArgs& a, int64_t b, int64_t e) { float_rows_of<Avx512>(a, b, e); }
 KERNEL AVX512 void int8_avx512(const Int8Args& a, int64_t b, int64_t e) { int8_blocks<Avx512>(a, b, e); }
@@ -1608,8 +1639,8 @@ KERNEL AVX512 void int8_gemm_avx512(const Int8GemmArgs& a, int64_t b, int64_t e)
 KERNEL AVX512 void int4_gemm_avx512(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_vnni_blocks(a, b, e); }
 template <class Q>
 KERNEL AVX512 void activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
-                               int32_t* q_sums, float* x_sums) {
-  round_activations(x, rows, K, g, levels, q, s, q_sums, x_sums);
+                               float* x_sums) {
+  round_activations(x, rows, K, g, levels, q, s, x_sums);
 }
 #endif
 
@@ -1719,7 +1750,7 @@ at::Tensor int8_matvec_i16(const at::Tensor& x_in, const at::Tensor& weight, con
   const int64_t groups = (in.K + GROUP_COLUMNS - 1) / GROUP_COLUMNS;
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * groups);
-  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, GROUP_COLUMNS, INT16_LEVELS, xq.data(), x_scales.data(), nullptr, nullptr);
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, GROUP_COLUMNS, INT16_LEVELS, xq.data(), x_scales.data(), nullptr);
   at::Tensor y = float_output(x_in, in.N);
   const Int8x16Args a{xq.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(), in.bias_data(),
                       y.data_ptr<float>(), in.M, in.N, in.K, groups};
@@ -1737,14 +1768,13 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   // 13 % of a 8192 -> 2048 product).
   std::vector<int8_t> q(in.M * in.K);
   std::vector<float> x_scales(in.M * groups);
-  std::vector<int32_t> q_sums(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
     run.byte_activations(x + b * in.K, e - b, in.K, group, run.int8_gemm_levels, q.data() + b * in.K,
-                         x_scales.data() + b * groups, q_sums.data() + b * groups, nullptr);
+                         x_scales.data() + b * groups, nullptr);
   });
   at::Tensor y = float_output(x_in, in.N);
-  const Int8GemmArgs a{q.data(), x_scales.data(), q_sums.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+  const Int8GemmArgs a{q.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
                        in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups, group};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
@@ -1776,7 +1806,7 @@ at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const Kernels run = kernels_for(isa);
   std::vector<int16_t> xq(in.M * in.K);
   std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
-  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, INT16_LEVELS, xq.data(), x_scales.data(), nullptr, x_sums.data());
+  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, INT16_LEVELS, xq.data(), x_scales.data(), x_sums.data());
   at::Tensor y = float_output(x_in, N);
   const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                    in.M, N, in.K, group_size};
@@ -1795,7 +1825,7 @@ at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
     run.byte_activations(x + b * in.K, e - b, in.K, x_group, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
-                         nullptr, x_sums.empty() ? nullptr : x_sums.data() + b * groups);
+                         x_sums.empty() ? nullptr : x_sums.data() + b * groups);
   });
   at::Tensor y = float_output(x_in, N);
   const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
