@@ -24,9 +24,10 @@ Which kernel runs depends on the device and on the number of tokens M:
   beyond (prefill), our products of the integer weights and activations
   rounded to integers: int8 to 7 bits per group of 256 columns (~1.5x as fast
   as a float32 matmul alone, at about bfloat16 activations' precision; 8 bits
-  per 128 columns with AVX-512 VNNI), int4 to 8 bits per 128 columns against q - zero (per
-  weight group, with an offset term, in the portable build), in the best instruction set of the CPU whichever
-  decode kernel was chosen (VNNI products are 1.5-2x AVX2's). With
+  per 128 columns with AVX-512 VNNI), int4 to 8 bits per 128 columns against
+  q - zero (per weight group, with an offset term, in the portable build), in
+  the best instruction set of the CPU whichever decode kernel was chosen (VNNI
+  products are 1.5-2x AVX2's). With
   PyTorch's int8 kernel, every M > 1 dequantizes and runs a dense matmul.
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).
