@@ -478,8 +478,9 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
 // int32. It takes an unsigned operand: x goes in as x + 64 (each thread's copy of a panel), and
 // the 64 * sum(w) that adds to each lane's sum, a constant of the weight block, is where the lane
 // starts (the block's lanes summed once per panel). Its pair sums cannot saturate: 2 * 127 * 127 <
-// 2^15; with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 32 products that is 3 instructions where int16 activations
-// took 4 and a widening of the weights (1.25-1.6x the speed on the AVX2 EPYC, README). The rounding
+// 2^15; with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 32
+// products that is 3 instructions where int16 activations took 4 and a widening of the weights
+// (1.25-1.6x the speed on the AVX2 EPYC, README). The rounding
 // costs precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the
 // group's largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
@@ -501,6 +502,14 @@ struct Int8GemmArgs {
   float* y;           // (M, N)
   int64_t M, N, K, groups, group;  // group: columns per scale of x (the last group may be shorter)
 };
+
+// y for token m and block b's rows below N: dots (the block's 4 rows' sums) times their scales, plus the bias.
+inline void store_int8_rows(const Int8GemmArgs& a, int64_t b, int64_t m, const float dots[4]) {
+  for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
+    const int64_t n = b * 4 + r;
+    a.y[m * a.N + n] = dots[r] * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
+  }
+}
 
 // sum over groups g of (q[m, g] . w[n, g]) * x_scales[m, g] for rows m of the tile and the block's
 // 4 rows n: dots[m][n].
@@ -568,7 +577,7 @@ AVX2 inline void int8_gemm_tile_avx2(const Int8GemmArgs& a, int64_t b, const uin
     }
     float dots[4];
     _mm_storeu_ps(dots, rows);
-    for (int r = 0; b * 4 + r < a.N; ++r) y[r] = dots[r] * a.scales[b * 4 + r] + (a.bias ? a.bias[b * 4 + r] : 0.f);
+    store_int8_rows(a, b, m0 + m, dots);
   }
 }
 
@@ -744,11 +753,7 @@ template <int MT>
 inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
   float dots[MT][4];
   int8_gemm_tile_portable<MT>(a, a.w + b * 4 * a.K, m0, dots);
-  for (int m = 0; m < MT; ++m)
-    for (int r = 0; r < 4 && b * 4 + r < a.N; ++r) {
-      const int64_t n = b * 4 + r;
-      a.y[(m0 + m) * a.N + n] = dots[m][r] * a.scales[n] + (a.bias ? a.bias[n] : 0.f);
-    }
+  for (int m = 0; m < MT; ++m) store_int8_rows(a, b, m0 + m, dots[m]);
 }
 
 inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
@@ -817,6 +822,7 @@ struct Int4Unpacked {  // one 8-row block, unpacked
   std::vector<int8_t> w;                  // (K/4, 8, 4): q - zero
   std::vector<float> scales;              // (groups, 8)
   std::vector<float> corrections;         // (K / x_group, 8): -128 * sum over the x group of scale * sum(q - zero)
+  explicit Int4Unpacked(const Int4GemmArgs& a) : w(8 * a.K), scales(8 * (a.K / a.group_size)), corrections(8 * (a.K / a.x_group)) {}
 };
 
 // Row r's 16 bits of a chunk (columns 4c, 4c + 1 in the low nibbles, 4c + 2, 4c + 3 in the high) in
@@ -914,7 +920,7 @@ AVX2 inline void int4_gemm_avx2_blocks(const Int4GemmArgs& a, int64_t begin, int
   // made the 2,048-column shapes 1.03-1.04x slower.
   const int64_t panel = std::max<int64_t>(128, ((256 << 10) / a.K) / 4 * 4);
   std::vector<uint8_t> x(std::min(panel, a.M) * a.K);  // the panel's x + 128
-  Int4Unpacked block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * (a.K / a.x_group))};
+  Int4Unpacked block(a);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel);
     for (int64_t i = 0; i < (panel_end - p) * a.K; ++i) x[i] = uint8_t(a.q[p * a.K + i]) ^ 0x80;
@@ -1000,7 +1006,7 @@ AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, i
   const int64_t padded = std::min(panel, a.M) + TILE_TOKENS;
   std::vector<uint8_t> tiles(padded * a.K);
   std::vector<float> tile_scales(padded * x_groups);
-  Int4Unpacked block{std::vector<int8_t>(8 * a.K), std::vector<float>(8 * groups), std::vector<float>(8 * x_groups)};
+  Int4Unpacked block(a);
   for (int64_t p = 0; p < a.M; p += panel) {
     const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
     vnni_tiles({a.q, a.x_scales, a.K, x_groups}, p, panel_end, tiles.data(), tile_scales.data());
