@@ -136,8 +136,7 @@ def bench_layers(model: str, mode: str, rounds: int, others: bool) -> None:
         choice = cpu_kernels.measure(layer, candidates)
         choice_seconds = time.perf_counter() - start
         # What the choice times (all but the last, the fallback), and ours in every instruction set.
-        ours = ([f"cpp-{isa}{variant}" for isa in torch.ops.codegen_lsp_cpu.isas().split() for variant in layer.OURS_VARIANTS]
-                if candidates[0].startswith("cpp-") else [])
+        ours = layer.our_kernels(torch.ops.codegen_lsp_cpu.isas().split()) if candidates[0].startswith("cpp-") else []
         kernels = ours + [kernel for kernel in candidates[:-1] if not kernel.startswith("cpp-")]
         copies = {kernel: cold_copies(layer, kernel) for kernel in kernels}
         calls = {kernel: (lambda turn=itertools.cycle(twins): next(turn)(x)) for kernel, twins in copies.items()}

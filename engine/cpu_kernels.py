@@ -115,7 +115,7 @@ def _load(folder: Path) -> bool:
     for op in ("int8_matvec", "int8_matvec_i16", "int8_matmul"):
         torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
             lambda x, weight, scales, bias, isa: x.new_empty(*x.shape[:-1], scales.shape[0]))
-    for op in ("int4_matvec", "int4_matmul"):
+    for op in ("int4_matvec", "int4_matvec_i8", "int4_matmul"):
         torch.library.register_fake(f"codegen_lsp_cpu::{op}")(
             lambda x, weight, out_features, group_size, bias, isa: x.new_empty(*x.shape[:-1], out_features))
     torch.library.register_fake("codegen_lsp_cpu::float_matvec")(
