@@ -17,8 +17,10 @@ Which kernel runs depends on the device and on the number of tokens M:
   found), PyTorch's packed weight-only kernels (`aten._weight_int8pack_mm`,
   `aten._weight_int4pack_mm_for_cpu`, with bfloat16 activations, as with
   float32 ones they are 2-30x slower), or dequantize-and-matmul. The choice is
-  made for one token (decode); int8 has two of ours, with float activations or
-  with activations rounded to int16 (Int8Linear.OURS_VARIANTS). Ours run up to
+  made for one token (decode) and a verify's rows together; int8 has two of ours,
+  with float activations or with activations rounded to int16, int4 two on
+  AVX-512 VNNI, activations rounded to int16 or to bytes per weight group
+  (OURS_VARIANTS). Ours run up to
   DECODE_KERNEL_MAX_TOKENS as for one token (a speculative verify's rows are
   bit for bit decode steps);
   beyond (prefill), our products of the integer weights and activations

@@ -108,7 +108,11 @@ def test_our_int4_layout_is_the_only_copy_in_memory(codegen_dir):
         assert module.weight is None and module.scales_and_zeros is None
         assert sum(b.nbytes for b in module.buffers()) == module.packed.nbytes
     rows = torch.arange(ours[0].out_features)
-    torch.testing.assert_close(ours[0](x), ours[0].reference(x, rows), atol=1e-3, rtol=1e-3)
+    reference = ours[0].reference(x, rows)
+    # int16 activations are within float32's last bits of the reference; bytes (the "-i8" kernel) per
+    # weight group within their rounding (tests/test_cpu_kernels.py bounds both).
+    bound = 2e-2 if ours[0].byte_x else 1e-4
+    assert (ours[0](x) - reference).abs().max() <= bound * reference.abs().max()
     twin = ours[0].with_kernel("dequantize")  # back to the checkpoint layout, exactly
     assert torch.equal(twin.scales_and_zeros, ours[0].checkpoint_scales_and_zeros()) and twin.weight is not None
     assert ours[0].packed is not None and ours[0].scales_and_zeros is None

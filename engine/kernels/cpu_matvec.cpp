@@ -18,7 +18,9 @@
 //   4-bit zero points (20 bytes for 8 rows: 4.625 bits a weight with groups of 32, Q4_0's 4.5),
 //   and x as 16-bit integers (one scale per group: |error| <= max |x in the group| / 65534, far
 //   below the weights' own error). One 16-bit multiply-add then multiplies 16 weights by 16
-//   activations into 8 exact int32 sums, one per row: no per-weight conversion.
+//   activations into 8 exact int32 sums, one per row: no per-weight conversion. Or (int4x8, AVX-512
+//   VNNI, chosen per layer shape where faster) x rounded to bytes per group, the nibbles multiplied
+//   as they are, 64 products a token in one instruction.
 //
 // Each kernel is compiled three times: for AVX-512 (with VNNI, which also adds int4's products in
 // the same instruction, and whose prefill products have tiles of their own), for AVX2 + FMA, and
