@@ -348,7 +348,7 @@ class Int4Linear(QuantizedLinear):
 
     PYTORCH_KERNEL, PYTORCH_OP = "int4pack", "_weight_int4pack_mm_for_cpu"
     # x rounded to int16 per group, or ("-i8", AVX-512 VNNI) to bytes: one token reads the weights at
-    # the same speed either way, a verify's 5 rows cost ~40 % less (README, "CPU decode kernels").
+    # the same speed either way, a verify's 5 rows' products take ~25 % less time (README, "CPU decode kernels").
     OURS_VARIANTS, VARIANT_ISAS = ("", "-i8"), {"-i8": ("avx512",)}
     unpack = staticmethod(unpack_int4_for_cpu)
 
