@@ -362,8 +362,10 @@ inline f32x8 int4_offsets(const f32x8& scales, const uint8_t* tail) {
 }
 inline float int4_offset(float scale, const uint8_t* tail, int r) { return -float((load<uint32_t>(tail + 16) >> (4 * r)) & 15) * scale; }
 
-struct Int4Args {
-  const int16_t* x;       // (M, K) x[m, k] / x_scales[m, g]
+// A decode kernel's arguments, x rounded to Q: int16 here, bytes for int4x8_blocks (below).
+template <class Q>
+struct Int4DecodeArgs {
+  const Q* x;             // (M, K) x[m, k] / x_scales[m, g], rounded
   const float* x_scales;  // (M, K/g)
   const float* x_sums;    // (M, K/g) sums of x per group
   const uint8_t* w;       // (N/8, K/g, 4g + 20)
@@ -371,6 +373,8 @@ struct Int4Args {
   float* y;               // (M, N)
   int64_t M, N, K, group_size;
 };
+using Int4Args = Int4DecodeArgs<int16_t>;
+using Int4x8Args = Int4DecodeArgs<int8_t>;
 
 inline i16x16 broadcast_pair(const int16_t* x) {  // x[0], x[1], x[0], x[1], ...
   return (i16x16)((i32x8){} + load<int32_t>(x));
@@ -1030,20 +1034,10 @@ AVX512 inline void int4_gemm_vnni_blocks(const Int4GemmArgs& a, int64_t begin, i
 // in one 32-bit lane, rows 0-3 in one register and 4-7 in another, each quad in its own 128 bits.
 // One vpdpbusd then does 64 products per token where int4_tokens' vpdpwssd did 16 and a broadcast:
 // a verify's 5 rows, bound by that arithmetic, cost santacoder 1.9 decode steps instead of 2.25
-// (Zen 4 EPYC; one token as fast or faster). x meets them with each quad's 4 bytes repeated in its 128 bits (one vpermd: x
-// expanded so in memory, 4 bytes a column, made one token 10 % slower, its reads beside the
-// weights'). Per (token, row) the integer sums are exact and the float steps the same for any
-// number of tokens a call, so a verify's rows equal decode steps bit for bit.
-
-struct Int4x8Args {
-  const int8_t* x;        // (M, K): x[m, k] / x_scales[m, g] rounded to bytes
-  const float* x_scales;  // (M, K/g)
-  const float* x_sums;    // (M, K/g) sums of x per group
-  const uint8_t* w;       // (N/8, K/g, 4g + 20), as for int4_blocks
-  const float* bias;      // (N,) or nullptr
-  float* y;               // (M, N)
-  int64_t M, N, K, group_size;
-};
+// (Zen 4 EPYC; one token as fast or faster). x meets them with each quad's 4 bytes repeated in its
+// 128 bits (one vpermd: x expanded so in memory, 4 bytes a column, made one token 10 % slower, its
+// reads beside the weights'). Per (token, row) the integer sums are exact and the float steps the
+// same for any number of tokens a call, so a verify's rows equal decode steps bit for bit.
 
 #if defined(__x86_64__)
 // Tokens [m0, m0 + T) of block b. STEPS (the group's columns / 16) is a constant so that the group's
@@ -1922,18 +1916,27 @@ Int4Inputs int4_inputs(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   return in;
 }
 
+// int4_matvec's and int4_matvec_i8's steps: x rounded to Q per weight group, then `kernel` over the blocks.
+template <class Q>
+at::Tensor int4_decode(const Int4Inputs& in, const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
+                       void (*round)(const float*, int64_t, int64_t, int64_t, float, Q*, float*, float*), float levels,
+                       void (*kernel)(const Int4DecodeArgs<Q>&, int64_t, int64_t)) {
+  const int64_t groups = in.K / group_size;
+  std::vector<Q> xq(in.M * in.K);
+  std::vector<float> x_scales(in.M * groups), x_sums(in.M * groups);
+  round(in.x.data_ptr<float>(), in.M, in.K, group_size, levels, xq.data(), x_scales.data(), x_sums.data());
+  at::Tensor y = float_output(x_in, N);
+  const Int4DecodeArgs<Q> a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
+                            in.M, N, in.K, group_size};
+  at::parallel_for(0, in.blocks, grain(8 * in.K / 2), [&](int64_t b, int64_t e) { kernel(a, b, e); });
+  return in_dtype_of(y, x_in);
+}
+
 at::Tensor int4_matvec(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
                        const c10::optional<at::Tensor>& bias_in, c10::string_view isa) {
   const Int4Inputs in = int4_inputs(x_in, weight, N, group_size, bias_in);
   const Kernels run = kernels_for(isa);
-  std::vector<int16_t> xq(in.M * in.K);
-  std::vector<float> x_scales(in.M * in.K / group_size), x_sums(in.M * in.K / group_size);
-  run.int16_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, INT16_LEVELS, xq.data(), x_scales.data(), x_sums.data());
-  at::Tensor y = float_output(x_in, N);
-  const Int4Args a{xq.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
-                   in.M, N, in.K, group_size};
-  at::parallel_for(0, in.blocks, grain(8 * in.K / 2), [&](int64_t b, int64_t e) { run.int4(a, b, e); });
-  return in_dtype_of(y, x_in);
+  return int4_decode<int16_t>(in, x_in, weight, N, group_size, run.int16_activations, INT16_LEVELS, run.int4);
 }
 
 // int4_matvec with x rounded to bytes per weight group (int4x8_blocks): AVX-512 VNNI only.
@@ -1942,15 +1945,7 @@ at::Tensor int4_matvec_i8(const at::Tensor& x_in, const at::Tensor& weight, int6
   const Int4Inputs in = int4_inputs(x_in, weight, N, group_size, bias_in);
   const Kernels run = kernels_for(isa);
   TORCH_CHECK(run.int4x8, "int4_matvec_i8 needs AVX-512 VNNI (instruction set avx512), not ", isa);
-  const int64_t groups = in.K / group_size;
-  std::vector<int8_t> q(in.M * in.K);
-  std::vector<float> x_scales(in.M * groups), x_sums(in.M * groups);
-  run.byte_activations(in.x.data_ptr<float>(), in.M, in.K, group_size, 127.f, q.data(), x_scales.data(), x_sums.data());
-  at::Tensor y = float_output(x_in, N);
-  const Int4x8Args a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(),
-                     y.data_ptr<float>(), in.M, N, in.K, group_size};
-  at::parallel_for(0, in.blocks, grain(8 * in.K / 2), [&](int64_t b, int64_t e) { run.int4x8(a, b, e); });
-  return in_dtype_of(y, x_in);
+  return int4_decode<int8_t>(in, x_in, weight, N, group_size, run.byte_activations, 127.f, run.int4x8);
 }
 
 at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t N, int64_t group_size,
