@@ -21,12 +21,14 @@ from engine.quantize import (
     dequantize_int4,
     dequantize_int8,
     pack_int4_for_cpu,
+    pack_int8_for_cpu,
     quantize_int4,
     quantize_int8,
     quantize_model,
     unpack_int4,
     unpack_int4_for_cpu,
     unpack_int4_scales_for_cpu,
+    unpack_int8_for_cpu,
 )
 from engine.session import Session
 from greedy import greedy_with_logits
@@ -116,6 +118,21 @@ def test_our_int4_layout_is_the_only_copy_in_memory(codegen_dir):
     twin = ours[0].with_kernel("dequantize")  # back to the checkpoint layout, exactly
     assert torch.equal(twin.scales_and_zeros, ours[0].checkpoint_scales_and_zeros()) and twin.weight is not None
     assert ours[0].packed is not None and ours[0].scales_and_zeros is None
+
+
+@pytest.mark.parametrize("rows, offset", [(8, 0), (37, 0), (8, 3)])
+def test_int8_cpu_layout_is_blocks_of_four_rows_sixteen_columns_at_a_time(rows, offset):
+    """pack_int8_for_cpu: rows padded to a multiple of 4, each block's 4 rows interleaved by 16 columns,
+    from any weight (here one whose bytes start at an odd place in their storage) and back exactly."""
+    storage = torch.randint(-127, 128, (rows * 64 + offset,), dtype=torch.int8, generator=torch.Generator().manual_seed(rows))
+    weight = storage[offset:].view(rows, 64)
+    layout = pack_int8_for_cpu(weight)
+    blocks = -(-rows // 4)
+    assert layout.shape == (blocks, 4, 4, 16)
+    padded = torch.cat([weight, torch.zeros(blocks * 4 - rows, 64, dtype=torch.int8)])
+    for b, chunk, r in [(0, 0, 0), (0, 1, 3), (blocks - 1, 3, 2)]:
+        assert torch.equal(layout[b, chunk, r], padded[4 * b + r, 16 * chunk : 16 * chunk + 16])
+    assert torch.equal(unpack_int8_for_cpu(layout, rows), weight)
 
 
 def test_int4_packing_keeps_column_order():
