@@ -311,7 +311,8 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     # A row's bytes 2c and 2c+1 hold columns 4c, 4c+1 and 4c+2, 4c+3 (high nibble first): the quad's
     # two bytes here are made from them as they are (unpacking every nibble first took 3x as long:
     # santacoder's int4 layers, packed at every load, 2.4 s).
-    pairs = F.pad(packed, (0, 0, 0, blocks * 8 - N)).view(blocks, 8, K // 4, 2)  # block, row, column quad, byte
+    rows = F.pad(packed, (0, 0, 0, blocks * 8 - N)) if N % 8 else packed.contiguous()  # padding copies even by 0 rows
+    pairs = rows.view(blocks, 8, K // 4, 2)  # block, row, column quad, byte
     first, second = pairs[..., 0], pairs[..., 1]
     quads = torch.empty(blocks, K // 4, 8, 2, dtype=torch.uint8)  # block, column quad, row, byte
     quads[..., 0] = ((first >> 4) | (second & 0xF0)).transpose(1, 2)
