@@ -97,11 +97,28 @@ def _has_op(name: str) -> bool:
 # ---------------------------------------------------------------- int8
 
 
+# Weights quantized a pass: each pass's float32 temporaries (~2 MB each) stay in the CPU's caches, where
+# whole layers' went to memory and back several times (santacoder's first int4 load spent 19 s
+# quantizing, 5-12x what passes of this size take; the same numbers).
+QUANTIZE_CHUNK = 1 << 19
+
+
+def row_chunks(weight: torch.Tensor):
+    """(first row, rows) of `weight` in passes of about QUANTIZE_CHUNK weights."""
+    step = max(1, QUANTIZE_CHUNK // weight.shape[1])
+    for start in range(0, weight.shape[0], step):
+        yield start, weight[start : start + step]
+
+
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) float -> int8 (N, K) and float32 scales (N,), symmetric per output channel."""
-    w = weight.float()
-    scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-    q = torch.round(w / scales[:, None]).clamp(-128, 127).to(torch.int8)
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start, rows in row_chunks(weight):
+        w = rows.float()
+        row_scales = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+        q[start : start + len(rows)] = torch.round(w / row_scales[:, None]).clamp(-128, 127).to(torch.int8)
+        scales[start : start + len(rows)] = row_scales
     return q, scales
 
 
@@ -263,18 +280,23 @@ def quantize_int4(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, 
     (the layout `aten._convert_weight_to_int4pack` takes on CUDA).
     """
     N, K = weight.shape
-    groups = weight.float().reshape(N, K // group_size, group_size)
-    # The scale is a float16 number and q = z decodes to 0 for a whole z in [0, 15] (the range
-    # spans 0), so our CPU kernel stores a group's scale and zero point in 2.5 bytes, where a
-    # float16 value of q = 0 took 4 (demo model, benchmarks/quant_quality.py: 245/256 tokens
-    # agree with float32's, 242 with that float offset). The other kernels read them as floats.
-    low, high = groups.amin(dim=-1, keepdim=True).clamp(max=0), groups.amax(dim=-1, keepdim=True).clamp(min=0)
-    scales = ((high - low).clamp(min=1e-6) / 15).half().float()
-    low = -torch.round(-low / scales).clamp(0, 15) * scales  # -z * scale, exact in float32
-    zeros = low + scales * 8  # the value that q = 8 decodes to: (8 - z) * scale
-    q = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8).reshape(N, K)
-    packed = (q[:, ::2] << 4) | q[:, 1::2]
-    scales_and_zeros = torch.stack([scales.reshape(N, -1), zeros.reshape(N, -1)], dim=-1).transpose(0, 1).contiguous()
+    packed = torch.empty(N, K // 2, dtype=torch.uint8, device=weight.device)
+    scales_and_zeros = torch.empty(K // group_size, N, 2, dtype=torch.float32, device=weight.device)
+    for start, rows in row_chunks(weight):
+        n = len(rows)
+        groups = rows.float().reshape(n, K // group_size, group_size)
+        # The scale is a float16 number and q = z decodes to 0 for a whole z in [0, 15] (the range
+        # spans 0), so our CPU kernel stores a group's scale and zero point in 2.5 bytes, where a
+        # float16 value of q = 0 took 4 (demo model, benchmarks/quant_quality.py: 245/256 tokens
+        # agree with float32's, 242 with that float offset). The other kernels read them as floats.
+        low, high = groups.amin(dim=-1, keepdim=True).clamp(max=0), groups.amax(dim=-1, keepdim=True).clamp(min=0)
+        scales = ((high - low).clamp(min=1e-6) / 15).half().float()
+        low = -torch.round(-low / scales).clamp(0, 15) * scales  # -z * scale, exact in float32
+        zeros = low + scales * 8  # the value that q = 8 decodes to: (8 - z) * scale
+        q = torch.round((groups - low) / scales).clamp(0, 15).to(torch.uint8).reshape(n, K)
+        packed[start : start + n] = (q[:, ::2] << 4) | q[:, 1::2]
+        scales_and_zeros[:, start : start + n, 0] = scales.reshape(n, -1).T
+        scales_and_zeros[:, start : start + n, 1] = zeros.reshape(n, -1).T
     return packed, scales_and_zeros
 
 
