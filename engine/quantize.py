@@ -94,12 +94,9 @@ def _has_op(name: str) -> bool:
     return hasattr(torch.ops.aten, name)
 
 
-# ---------------------------------------------------------------- int8
-
-
 # Weights quantized a pass: each pass's float32 temporaries (~2 MB each) stay in the CPU's caches, where
-# whole layers' went to memory and back several times (santacoder's first int4 load spent 19 s
-# quantizing, 5-12x what passes of this size take; the same numbers).
+# a whole layer's went to memory and back at each of ~10 tensor operations (the same numbers; all of
+# santacoder's weights: int4 7 s, int8 6 s at once, 2 s and 1 s in passes, README).
 QUANTIZE_CHUNK = 1 << 19
 
 
@@ -108,6 +105,9 @@ def row_chunks(weight: torch.Tensor):
     step = max(1, QUANTIZE_CHUNK // weight.shape[1])
     for start in range(0, weight.shape[0], step):
         yield start, weight[start : start + step]
+
+
+# ---------------------------------------------------------------- int8
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,11 +332,11 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     blocks, groups = -(-N // 8), K // group_size
     # A row's bytes 2c and 2c+1 hold columns 4c, 4c+1 and 4c+2, 4c+3 (high nibble first): the quad's
     # two bytes here are made from them as they are (unpacking every nibble first took 3x as long:
-    # santacoder's int4 layers, packed at every load, 2.4 s).
+    # 2.4 s of each santacoder int4 load, now 0.8).
     rows = F.pad(packed, (0, 0, 0, blocks * 8 - N)) if N % 8 else packed.contiguous()  # padding copies even by 0 rows
     pairs = rows.view(blocks, 8, K // 4, 2)  # block, row, column quad, byte
     first, second = pairs[..., 0], pairs[..., 1]
-    quads = torch.empty(blocks, K // 4, 8, 2, dtype=torch.uint8)  # block, column quad, row, byte
+    quads = torch.empty(blocks, K // 4, 8, 2, dtype=torch.uint8, device=packed.device)  # block, column quad, row, byte
     quads[..., 0] = ((first >> 4) | (second & 0xF0)).transpose(1, 2)
     quads[..., 1] = ((first & 15) | (second << 4)).transpose(1, 2)
     weights = quads.view(blocks, groups, 4 * group_size)

@@ -12,6 +12,7 @@ import torch
 
 import checkpoints
 from engine.errors import EngineError
+import engine.quantize as quantize_module
 from engine.loading import load_model
 from engine.quantize import weight_bytes_per_token
 from engine.quantize import (
@@ -118,6 +119,20 @@ def test_our_int4_layout_is_the_only_copy_in_memory(codegen_dir):
     twin = ours[0].with_kernel("dequantize")  # back to the checkpoint layout, exactly
     assert torch.equal(twin.scales_and_zeros, ours[0].checkpoint_scales_and_zeros()) and twin.weight is not None
     assert ours[0].packed is not None and ours[0].scales_and_zeros is None
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantizing_in_passes_gives_the_numbers_of_one_pass(mode, monkeypatch):
+    """quantize_int8 / quantize_int4 go through a layer in passes of rows (QUANTIZE_CHUNK weights):
+    passes of 3 rows (the last shorter) give exactly the numbers of the whole layer at once."""
+    weight = (torch.randn(37, 128, generator=torch.Generator().manual_seed(3)) * 0.05).to(torch.bfloat16)
+    quantize = quantize_int8 if mode == "int8" else lambda w: quantize_int4(w, 32)
+    monkeypatch.setattr(quantize_module, "QUANTIZE_CHUNK", 1 << 30)
+    whole = quantize(weight)
+    monkeypatch.setattr(quantize_module, "QUANTIZE_CHUNK", 3 * 128)
+    for ours, expected in zip(quantize(weight), whole):
+        assert torch.equal(ours, expected)
+    assert whole[0].shape == ((37, 128) if mode == "int8" else (37, 64))
 
 
 @pytest.mark.parametrize("rows, offset", [(8, 0), (37, 0), (8, 3)])
