@@ -86,3 +86,21 @@ def test_command_line_and_settings_import_no_torch(module):
     seconds, torch_loaded = done.stdout.split()
     assert torch_loaded == "False", f"importing {module} imports torch"
     assert float(seconds) < 1.0, f"importing {module} took {seconds} s"
+
+
+
+def test_loading_a_model_and_decoding_never_import_the_compiler():
+    """Nothing compiles on the CPU by default, so a process that loads a model and decodes (the
+    server's) must not import torch._dynamo: ~1 s of every start, which PyTorch's initializers cost
+    on the meta device, where engine/build.py builds an empty model."""
+    script = """import sys
+from engine.loading import load_model
+from engine.session import Session
+lm = load_model(None, device="cpu")
+session = Session(lm)
+session.prefill(lm.tokenizer.encode("def fibonacci(n):"))
+session.step(int(session.step(lm.tokenizer.encode(" ")[0]).argmax()))
+print("torch._dynamo" in sys.modules)"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "False", "loading and decoding imported torch._dynamo"
