@@ -1,5 +1,6 @@
-"""Every module of engine/ and lsp_server/ imports alone, no import cycle joins them, and the
-command line (which the VS Code extension runs at start to probe an interpreter) imports no torch."""
+"""Every module of engine/ and lsp_server/ imports alone, no import cycle joins them, the
+command line (which the VS Code extension runs at start to probe an interpreter) imports no torch,
+and loading a model imports no torch._dynamo."""
 
 from __future__ import annotations
 
@@ -86,7 +87,6 @@ def test_command_line_and_settings_import_no_torch(module):
     seconds, torch_loaded = done.stdout.split()
     assert torch_loaded == "False", f"importing {module} imports torch"
     assert float(seconds) < 1.0, f"importing {module} took {seconds} s"
-
 
 
 def test_loading_a_model_and_decoding_never_import_the_compiler():
