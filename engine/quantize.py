@@ -153,6 +153,7 @@ class QuantizedLinear(nn.Module):
     OURS_K_MULTIPLE = 1  # our CPU kernel runs layers whose in_features this divides
     OURS_VARIANTS = ("",)  # our decode kernels per instruction set: "cpp-avx2" + each suffix
     VARIANT_ISAS: dict[str, tuple[str, ...]] = {}  # a suffix built for these instruction sets only (else all)
+    OURS_OP = ""  # our decode op for variant "" ("<OURS_OP>_<variant>" for the others: int8_matvec_i16)
 
     @staticmethod
     def unpack(packed: torch.Tensor, rows: int) -> torch.Tensor:
@@ -181,17 +182,18 @@ class QuantizedLinear(nn.Module):
         return [f"cpp-{isa}{variant}" for isa in isas for variant in self.OURS_VARIANTS
                 if isa in self.VARIANT_ISAS.get(variant, (isa,))]
 
-    def set_instruction_sets(self, kernel: str) -> str:
-        """For one of our kernels ("cpp-<isa>[-<variant>]"): self.isa, its decode kernel's instruction
-        set, and self.product_isa, the prefill product's: the best this CPU runs, whichever decode
-        kernel won (where AVX-512 and AVX2 decode tie, reading weights at the same speed, VNNI
-        products are twice as fast). Returns the variant; for any other kernel all are ""."""
+    def set_instruction_sets(self, kernel: str) -> None:
+        """For one of our kernels ("cpp-<isa>[-<variant>]"): self.decode_op, the variant's op, self.isa,
+        its instruction set, and self.product_isa, the prefill product's: the best this CPU runs,
+        whichever decode kernel won (where AVX-512 and AVX2 decode tie, reading weights at the same
+        speed, VNNI products are twice as fast). For any other kernel "" and no op."""
         self.isa = self.product_isa = ""
+        self.decode_op = None
         if not kernel.startswith("cpp-"):
-            return ""
+            return
         self.isa, _, variant = kernel.removeprefix("cpp-").partition("-")
         self.product_isa = cpu_kernels.product_isa(cache_dir() / "kernels")
-        return variant
+        self.decode_op = getattr(torch.ops.codegen_lsp_cpu, f"{self.OURS_OP}_{variant}" if variant else self.OURS_OP)
 
     def with_kernel(self, kernel: str) -> "QuantizedLinear":
         """A twin sharing this module's weights, set up for kernel (to time kernels side by side)."""
@@ -208,7 +210,7 @@ class Int8Linear(QuantizedLinear):
     kernels, `packed` (pack_int8_for_cpu) with `weight` None, so memory holds one copy either way.
     """
 
-    PYTORCH_KERNEL, PYTORCH_OP, OURS_K_MULTIPLE = "int8pack", "_weight_int8pack_mm", 32
+    PYTORCH_KERNEL, PYTORCH_OP, OURS_K_MULTIPLE, OURS_OP = "int8pack", "_weight_int8pack_mm", 32, "int8_matvec"
     # Float activations, or ("-i16") activations rounded to int16 per 256 columns and exact integer
     # products: 1.1-1.3x for one token on the AVX2 EPYC, 1.5-1.7x for a verify's 5 (fewer
     # instructions per weight; within 3e-5 of the float result where the float kernel is within 1e-6).
@@ -222,8 +224,8 @@ class Int8Linear(QuantizedLinear):
         self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # the decode kernel, set by prepare(): see kernel_candidates()
-        # Ours: instruction sets (set_instruction_sets) and whether x is rounded to int16 ("-i16").
-        self.isa, self.rounded, self.product_isa = "", False, ""
+        self.isa = self.product_isa = ""  # ours: set_instruction_sets
+        self.decode_op = None
         self.register_buffer("packed", None, persistent=False)
         self.register_buffer("scales_bf16", None, persistent=False)
 
@@ -239,7 +241,7 @@ class Int8Linear(QuantizedLinear):
             weight = weight.clone()  # PyTorch's CPU allocator aligns to 64 bytes
         self.weight, self.packed = (None, pack_int8_for_cpu(weight)) if kernel.startswith("cpp-") else (weight, None)
         self.scales_bf16 = self.scales.to(torch.bfloat16) if kernel == "int8pack" else None
-        self.rounded = self.set_instruction_sets(kernel) == "i16"
+        self.set_instruction_sets(kernel)
 
     def shape_key(self) -> str:
         return f"int8 {self.in_features}->{self.out_features}"
@@ -257,8 +259,7 @@ class Int8Linear(QuantizedLinear):
             buffers = self._buffers
             if tokens > DECODE_KERNEL_MAX_TOKENS:
                 return torch.ops.codegen_lsp_cpu.int8_matmul(x, buffers["packed"], buffers["scales"], self.bias, self.product_isa)
-            op = torch.ops.codegen_lsp_cpu.int8_matvec_i16 if self.rounded else torch.ops.codegen_lsp_cpu.int8_matvec
-            return op(x, buffers["packed"], buffers["scales"], self.bias, self.isa)
+            return self.decode_op(x, buffers["packed"], buffers["scales"], self.bias, self.isa)
         if self.kernel == "int8pack" and tokens <= DECODE_KERNEL_MAX_TOKENS:
             # Row by row the same results as one token (a speculative verify's rows equal decode steps).
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self.weight, self.scales_bf16)
@@ -381,7 +382,7 @@ class Int4Linear(QuantizedLinear):
     kernels keep a copy in their layout beside `weight`.
     """
 
-    PYTORCH_KERNEL, PYTORCH_OP = "int4pack", "_weight_int4pack_mm_for_cpu"
+    PYTORCH_KERNEL, PYTORCH_OP, OURS_OP = "int4pack", "_weight_int4pack_mm_for_cpu", "int4_matvec"
     # x rounded to int16 per group, or ("-i8", AVX-512 VNNI) to bytes: one token reads the weights at
     # the same speed either way, a verify's 5 rows' products take ~25 % less time (README, "CPU decode kernels").
     OURS_VARIANTS, VARIANT_ISAS = ("", "-i8"), {"-i8": ("avx512",)}
@@ -397,7 +398,7 @@ class Int4Linear(QuantizedLinear):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) if bias else None
         self.kernel = "dequantize"  # set by prepare(): see kernel_candidates(), or "cuda"
         self.isa = self.product_isa = ""  # ours: set_instruction_sets
-        self.byte_x = False  # ours: x rounded to bytes ("-i8")
+        self.decode_op = None
         self.register_buffer("packed", None, persistent=False)  # the kernel's own layout of weight
         self.register_buffer("kernel_scales_and_zeros", None, persistent=False)  # PyTorch's kernels: bfloat16
 
@@ -413,7 +414,7 @@ class Int4Linear(QuantizedLinear):
         weight, scales_and_zeros = self.checkpoint_weight(), self.checkpoint_scales_and_zeros()
         self.kernel, self.weight, self.scales_and_zeros = kernel, weight, scales_and_zeros
         self.packed = self.kernel_scales_and_zeros = None
-        self.byte_x = self.set_instruction_sets(kernel) == "i8"
+        self.set_instruction_sets(kernel)
         if kernel.startswith("cpp-"):
             self.packed = pack_int4_for_cpu(weight, scales_and_zeros, self.group_size)
             self.weight = self.scales_and_zeros = None
@@ -450,8 +451,7 @@ class Int4Linear(QuantizedLinear):
         if self.kernel.startswith("cpp-"):
             packed = self._buffers["packed"]  # as in Int8Linear.forward
             if x.numel() // self.in_features <= DECODE_KERNEL_MAX_TOKENS:
-                op = torch.ops.codegen_lsp_cpu.int4_matvec_i8 if self.byte_x else torch.ops.codegen_lsp_cpu.int4_matvec
-                return op(x, packed, self.out_features, self.group_size, self.bias, self.isa)
+                return self.decode_op(x, packed, self.out_features, self.group_size, self.bias, self.isa)
             return torch.ops.codegen_lsp_cpu.int4_matmul(x, packed, self.out_features, self.group_size, self.bias, self.product_isa)
         shape = (*x.shape[:-1], self.out_features)
         if self.kernel == "int4pack":
