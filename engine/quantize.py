@@ -128,16 +128,9 @@ def dequantize_int8(q: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 
 def pack_int8_for_cpu(weight: torch.Tensor) -> torch.Tensor:
     """(N, K) int8 -> the layout of our CPU int8 kernel (engine/kernels/cpu_matvec.cpp): blocks of 4
-    rows (zero rows pad the last), then 16 columns of each of the 4 rows in turn."""
-    N, K = weight.shape
-    blocks = -(-N // 4)
-    padded = F.pad(weight, (0, 0, 0, blocks * 4 - N)) if N % 4 else weight.contiguous()
-    if padded.storage_offset() % 8:
-        padded = padded.clone()
-    # A row's 16 columns move together: as two int64 each, the copy moves an eighth of the elements
-    # (santacoder's int8 layers packed at every load in 0.3 s instead of 0.64).
-    chunks = padded.view(torch.int64).view(blocks, 4, K // 16, 2)
-    return chunks.permute(0, 2, 1, 3).contiguous().view(torch.int8).view(blocks, K // 16, 4, 16)
+    rows (zero rows pad the last), then 16 columns of each of the 4 rows in turn. Made by an op of
+    ours in one pass (only our kernels read it, so they are loaded; unpack_int8_for_cpu is its inverse)."""
+    return torch.ops.codegen_lsp_cpu.pack_int8(weight)
 
 
 def unpack_int8_for_cpu(packed: torch.Tensor, rows: int) -> torch.Tensor:
@@ -328,26 +321,13 @@ def pack_int4_for_cpu(packed: torch.Tensor, scales_and_zeros: torch.Tensor, grou
     blocks of 8 rows (zero rows pad the last), and in each, group by group, the weights (16 bytes
     per 4 columns: bytes 2r and 2r+1 hold row r's columns 4c, 4c+1 in their low nibbles and 4c+2,
     4c+3 in their high ones), then the 8 rows' scales as float16 and their zero points z (w = (q - z)
-    * scale) in 4 bytes, row r's in bits 4r to 4r + 3 of a little-endian uint32."""
-    N, K = packed.shape[0], packed.shape[1] * 2
-    blocks, groups = -(-N // 8), K // group_size
-    # A row's bytes 2c and 2c+1 hold columns 4c, 4c+1 and 4c+2, 4c+3 (high nibble first): the quad's
-    # two bytes here are made from them as they are (unpacking every nibble first took 3x as long:
-    # 2.4 s of each santacoder int4 load, now 0.8).
-    rows = F.pad(packed, (0, 0, 0, blocks * 8 - N)) if N % 8 else packed.contiguous()  # padding copies even by 0 rows
-    pairs = rows.view(blocks, 8, K // 4, 2)  # block, row, column quad, byte
-    first, second = pairs[..., 0], pairs[..., 1]
-    quads = torch.empty(blocks, K // 4, 8, 2, dtype=torch.uint8, device=packed.device)  # block, column quad, row, byte
-    quads[..., 0] = ((first >> 4) | (second & 0xF0)).transpose(1, 2)
-    quads[..., 1] = ((first & 15) | (second << 4)).transpose(1, 2)
-    weights = quads.view(blocks, groups, 4 * group_size)
-    scales, z = scales_and_zeros[..., 0].float(), zero_points(scales_and_zeros)  # (K/g, N) each
-    if z is None:
-        raise EngineError("int4 weights whose zero points are not whole numbers of scales in [0, 15]")
-    scales, z = F.pad(scales, (0, blocks * 8 - N)), F.pad(z.to(torch.uint8), (0, blocks * 8 - N))  # (K/g, N padded)
-    per_block = scales.half().view(groups, blocks, 8).transpose(0, 1).contiguous().view(torch.uint8)  # (blocks, K/g, 16)
-    z = z.view(groups, blocks, 4, 2).transpose(0, 1)
-    return torch.cat([weights, per_block, z[..., 0] | (z[..., 1] << 4)], dim=-1)
+    * scale) in 4 bytes, row r's in bits 4r to 4r + 3 of a little-endian uint32. Made by an op of ours
+    in one pass, as pack_int8_for_cpu (as a dozen PyTorch ops it took 1.4 s of a 2.2 s santacoder load);
+    unpack_int4_for_cpu and unpack_int4_scales_for_cpu are its inverse."""
+    try:
+        return torch.ops.codegen_lsp_cpu.pack_int4(packed, scales_and_zeros, group_size)
+    except ValueError as exc:  # a zero point the layout cannot hold
+        raise EngineError("int4 weights whose zero points are not whole numbers of scales in [0, 15]") from exc
 
 
 # In pack_int4_for_cpu's layout, what follows each group's weights in a block: 8 float16 scales and 8

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import checkpoints
+from engine import cpu_kernels
 from engine.errors import EngineError
 from engine.loading import load_model
+from engine.paths import cache_dir
 from engine.quantize import weight_bytes_per_token
 from engine.quantize import (
     Int4Linear,
@@ -40,6 +42,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CODEGEN_LSP_CACHE", str(tmp_path / "cache"))
+
+
+def needs_our_kernels():
+    """Our layouts are made by ops of ours (built once per session: tests/conftest.py)."""
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        pytest.skip("our CPU kernels could not be built here")
 
 
 def greedy(lm, prompt: list[int], n: int = NEW_TOKENS, follow: list[int] | None = None):
@@ -78,6 +86,7 @@ def test_int4_round_trip_is_within_half_a_step(group_size):
 def test_int4_zero_points_are_whole_steps_that_our_cpu_layout_packs_in_four_bits():
     """w = (q - z) * scale with z a whole number in [0, 15], so q = z decodes to exactly 0 and our
     CPU kernel stores a group of 8 rows' zero points in 4 bytes beside their float16 scales."""
+    needs_our_kernels()
     w = torch.randn(24, 128) * 0.05
     w[3, :32] = w[3, :32].abs() + 0.01  # a group with no negative weight: z = 0
     w[5, 32:64] = -w[5, 32:64].abs() - 0.01  # none positive: z = 15
@@ -138,6 +147,7 @@ def test_quantizing_in_passes_gives_the_numbers_of_one_pass(mode, monkeypatch):
 def test_int8_cpu_layout_is_blocks_of_four_rows_sixteen_columns_at_a_time(rows, offset):
     """pack_int8_for_cpu: rows padded to a multiple of 4, each block's 4 rows interleaved by 16 columns,
     from any weight (here one whose bytes start at an odd place in their storage) and back exactly."""
+    needs_our_kernels()
     storage = torch.randint(-127, 128, (rows * 64 + offset,), dtype=torch.int8, generator=torch.Generator().manual_seed(rows))
     weight = storage[offset:].view(rows, 64)
     layout = pack_int8_for_cpu(weight)

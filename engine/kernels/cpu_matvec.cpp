@@ -32,6 +32,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -2041,6 +2043,95 @@ at::Tensor rotary(const at::Tensor& x_in, const at::Tensor& sin_in, const at::Te
   return y;
 }
 
+// ---------------------------------------------------------------- packing
+// The layouts the kernels read, made from quantize_int8's and quantize_int4's at every load of a
+// quantized model (engine/quantize.py, pack_int8_for_cpu and pack_int4_for_cpu, documents them; its
+// unpack functions are their inverse). One pass over the weights: as PyTorch ops, a dozen passes
+// with strided copies took most of a load from the quantized cache (santacoder int4: 1.4 of 2.2 s).
+
+// weight int8 (N, K) -> (blocks, K / 16, 4, 16): blocks of 4 rows, zero rows padding the last.
+at::Tensor pack_int8(const at::Tensor& weight_in) {
+  TORCH_CHECK(weight_in.scalar_type() == at::kChar && weight_in.dim() == 2 && weight_in.size(1) % 16 == 0,
+              "weight: int8 (N, K), K a multiple of 16");
+  const at::Tensor weight = weight_in.contiguous();
+  const int64_t N = weight.size(0), K = weight.size(1), blocks = (N + 3) / 4, chunks = K / 16;
+  at::Tensor packed = at::empty({blocks, chunks, 4, 16}, weight.options());
+  const int8_t* in = weight.data_ptr<int8_t>();
+  int8_t* out = packed.data_ptr<int8_t>();
+  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t r = 0; r < 4; ++r) {
+        const int64_t row = 4 * b + r;
+        for (int64_t c = 0; c < chunks; ++c) {
+          int8_t* to = out + ((b * chunks + c) * 4 + r) * 16;
+          if (row < N)
+            std::memcpy(to, in + row * K + c * 16, 16);
+          else
+            std::memset(to, 0, 16);
+        }
+      }
+  });
+  return packed;
+}
+
+// q uint8 (N, K / 2) (column 2j in byte j's high nibble, 2j + 1 in its low one) and scales_and_zeros
+// float32 (K / g, N, 2) -> (blocks, K / g, 4 g + 20): blocks of 8 rows, each group's weights (16
+// bytes per 4 columns: bytes 2r and 2r + 1 hold row r's columns 4c, 4c + 1 in their low nibbles and
+// 4c + 2, 4c + 3 in their high ones), then the 8 rows' scales as float16 and their zero points z
+// (w = (q - z) * scale, z = 8 - zero / scale computed in float32 as quantize.py's zero_points does)
+// in 4 bytes, row r's in bits 4r to 4r + 3. A z that is not a whole number in [0, 15] is a
+// ValueError: the layout cannot hold it.
+at::Tensor pack_int4(const at::Tensor& q_in, const at::Tensor& scales_and_zeros_in, int64_t group_size) {
+  TORCH_CHECK(q_in.scalar_type() == at::kByte && q_in.dim() == 2 && group_size > 0 && group_size % 4 == 0 &&
+                  2 * q_in.size(1) % group_size == 0,
+              "q: uint8 (N, K / 2), K a multiple of the group size, itself a multiple of 4");
+  const at::Tensor q = q_in.contiguous(), scales_and_zeros = scales_and_zeros_in.to(at::kFloat).contiguous();
+  const int64_t N = q.size(0), K = 2 * q.size(1), groups = K / group_size, blocks = (N + 7) / 8;
+  TORCH_CHECK(scales_and_zeros.dim() == 3 && scales_and_zeros.size(0) == groups && scales_and_zeros.size(1) == N &&
+                  scales_and_zeros.size(2) == 2,
+              "scales_and_zeros: (K / group size, N, 2)");
+  const int64_t group_bytes = 4 * group_size + 20;
+  at::Tensor packed = at::empty({blocks, groups, group_bytes}, q.options());
+  const uint8_t* in = q.data_ptr<uint8_t>();
+  const float* sz = scales_and_zeros.data_ptr<float>();
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  std::atomic<bool> whole{true};
+  at::parallel_for(0, blocks, grain(4 * K), [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      for (int64_t g = 0; g < groups; ++g) {
+        uint8_t* to = out + (b * groups + g) * group_bytes;
+        // Row r's bytes of quad c (columns 4c, 4c + 1, then 4c + 2, 4c + 3) as one little-endian 16-bit
+        // word v: its nibbles, high first, are columns 4c, 4c + 1, 4c + 2, 4c + 3 in bits 4-7, 0-3, 12-15,
+        // 8-11; the layout's word has them in bits 0-3, 8-11, 4-7, 12-15.
+        const uint8_t* rows[8];
+        for (int64_t r = 0; r < 8; ++r) rows[r] = 8 * b + r < N ? in + (8 * b + r) * (K / 2) + g * group_size / 2 : nullptr;
+        for (int64_t c = 0; c < group_size / 4; ++c)
+          for (int64_t r = 0; r < 8; ++r) {
+            uint16_t v = 0;
+            if (rows[r]) std::memcpy(&v, rows[r] + 2 * c, 2);
+            const uint16_t word = uint16_t(((v >> 4) & 0x000F) | ((v >> 8) & 0x00F0) | ((v << 8) & 0x0F00) | ((v << 4) & 0xF000));
+            std::memcpy(to + 16 * c + 2 * r, &word, 2);
+          }
+        uint8_t* tail = to + 4 * group_size;
+        uint32_t zeros = 0;
+        for (int64_t r = 0; r < 8; ++r) {
+          const int64_t row = 8 * b + r;
+          float scale = 0.f, z = 0.f;
+          if (row < N) {
+            scale = sz[(g * N + row) * 2], z = 8.f - sz[(g * N + row) * 2 + 1] / scale;
+            if (!(z >= 0.f && z <= 15.f && float(int(z)) == z)) whole = false, z = 0.f;  // (nearbyint: a libm call)
+          }
+          const uint16_t half = c10::Half(scale).x;
+          std::memcpy(tail + 2 * r, &half, 2);
+          zeros |= uint32_t(z) << (4 * r);
+        }
+        for (int i = 0; i < 4; ++i) tail[16 + i] = uint8_t(zeros >> (8 * i));
+      }
+  });
+  TORCH_CHECK_VALUE(whole, "int4 zero points must be whole numbers of scales in [0, 15]");
+  return packed;
+}
+
 // q (KVH, G, D) float32; k, v (KVH, S, D) float32 with unit stride along D -> (KVH, G, D).
 // Or q (T, KVH, G, D), T consecutive new tokens (a speculative verify) -> (T, KVH, G, D): token t
 // sees the first S - T + 1 + t keys, and each token's result is bit for bit that of a call with
@@ -2143,6 +2234,8 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("gelu_tanh(Tensor x, str isa) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps, str isa) -> Tensor");
   m.def("rotary(Tensor x, Tensor sin, Tensor cos, int position_dim, bool interleaved) -> Tensor");
+  m.def("pack_int8(Tensor weight) -> Tensor");
+  m.def("pack_int4(Tensor q, Tensor scales_and_zeros, int group_size) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
@@ -2158,4 +2251,6 @@ TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("rms_norm", &rms_norm);
   m.impl("rotary", &rotary);
+  m.impl("pack_int8", &pack_int8);
+  m.impl("pack_int4", &pack_int4);
 }
