@@ -198,8 +198,8 @@ FAMILIES = {
 }
 
 
-def make_family(directory: Path, family: str, seed: int = 0) -> Path:
-    """A checkpoint of one of FAMILIES, saved by transformers."""
+def make_family(directory: Path, family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
+    """A checkpoint of one of FAMILIES, saved by transformers (in dtype: the published ones are bfloat16)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, overrides, tokens, edits, write_tokenizer = FAMILIES[family]
@@ -212,7 +212,7 @@ def make_family(directory: Path, family: str, seed: int = 0) -> Path:
     config = AutoConfig.for_model(model_type, **{**params, **overrides})
     model = AutoModelForCausalLM.from_config(config).eval()
     _spread_weights(model)
-    model.save_pretrained(directory, max_shard_size="8MB")  # sharded, with model.safetensors.index.json
+    model.to(dtype).save_pretrained(directory, max_shard_size="8MB")  # sharded, with model.safetensors.index.json
     if edits:
         saved = json.loads((directory / "config.json").read_text())
         saved.update(edits)

@@ -129,6 +129,32 @@ def test_our_int4_layout_is_the_only_copy_in_memory(codegen_dir):
     assert ours[0].packed is not None and ours[0].scales_and_zeros is None
 
 
+@pytest.mark.parametrize("checkpoint", ["qwen2 bfloat16, tied", "codegen float16 .bin, untied"])
+def test_a_quantized_model_keeps_its_16_bit_embedding_with_the_numbers_of_a_float32_one(checkpoint, codegen_bin_dir, tmp_path, caplog):
+    """The token embedding stays in the checkpoint's bfloat16 / float16 beside quantized layers, at the
+    first load and from the disk cache; its rows are widened as looked up, so the logits are exactly
+    those of the float32 table every quantized model held before. A float LM head sharing the table
+    keeps it float32."""
+    directory = checkpoints.make_family(tmp_path / "qwen2", "qwen2", dtype=torch.bfloat16) if "qwen2" in checkpoint else codegen_bin_dir
+    narrow = torch.bfloat16 if "qwen2" in checkpoint else torch.float16
+    first = load_model(str(directory), device="cpu", quantization="int8")  # quantizes and writes the cache
+    with caplog.at_level(logging.INFO, logger="engine.build"):
+        cached = load_model(str(directory), device="cpu", quantization="int8")
+    assert "quantized weights read from" in caplog.text
+    prompt = first.tokenizer.encode("def fib(n):\n    if n < 2:\n        return n\n")
+    tokens, logits = greedy(first, prompt)
+    for lm in (first, cached):
+        assert lm.model.embedding.weight.dtype == narrow
+        assert torch.equal(greedy(lm, prompt)[1], logits)
+    embedding = cached.model.embedding  # as before: a float32 table
+    embedding.__class__, embedding.weight = torch.nn.Embedding, torch.nn.Parameter(embedding.weight.float(), requires_grad=False)
+    assert torch.equal(greedy(cached, prompt)[1], logits)
+    if "qwen2" in checkpoint:
+        float_head = load_model(str(directory), device="cpu", quantization="int8", quantize_lm_head=False)
+        assert float_head.model.embedding.weight.dtype == torch.float32
+        assert float_head.model.lm_head.weight is float_head.model.embedding.weight
+
+
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantizing_in_passes_gives_the_numbers_of_one_pass(mode, monkeypatch):
     """quantize_int8 / quantize_int4 go through a layer in passes of rows (QUANTIZE_CHUNK weights):
