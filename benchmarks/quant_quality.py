@@ -91,7 +91,9 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=64)
     args = parser.parse_args()
-    os.environ.setdefault("CODEGEN_LSP_CACHE", tempfile.mkdtemp(prefix="codegen-lsp-quality-"))
+    if "CODEGEN_LSP_CACHE" not in os.environ:  # quantized copies of its own, removed when it ends
+        scratch = tempfile.TemporaryDirectory(prefix="codegen-lsp-quality-")
+        os.environ["CODEGEN_LSP_CACHE"] = scratch.name
 
     for name in args.models:
         directory = model_dir(name)
