@@ -8,7 +8,7 @@ fresh process of each commit in turn (A, B, A, B, ...), so a busy moment of this
 hurts neither side alone. Per run: a --context-token prefill, then the median of --steps decode
 steps. Printed: each run, then the median per commit and shape. Random weights with the real
 shapes (benchmarks/random_checkpoint.py); "demo" is the shipped model. For a claim that a change
-did not move the figures (or did), e.g. the README's before/after tables.
+did not move the figures (or did), e.g. the before/after tables of benchmarks/README.md.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ into its input every call: 3-8x slower than eager on long windows. The graph
 is run by inductor's C++ wrapper, not its Python one: with the Python wrapper
 the compiled step of a 0.35-1.1B model was 5-6 % slower than eager decoding
 (each of its calls goes through Python and the dispatcher as eager ops do);
-with the C++ one it is as fast or 1-10 % faster (README, "CPU decode kernels").
+with the C++ one it is as fast or 1-10 % faster (benchmarks/README.md, "CPU decode kernels").
 
 Compilation happens at load, with warm-up calls, not on the first keystroke.
 `compile = auto` turns it on for CUDA only: on the CPU it costs 40-80 s at the

@@ -96,7 +96,7 @@ def _has_op(name: str) -> bool:
 
 # Weights quantized a pass: each pass's float32 temporaries (~2 MB each) stay in the CPU's caches, where
 # a whole layer's went to memory and back at each of ~10 tensor operations (the same numbers; all of
-# santacoder's weights: int4 7 s, int8 6 s at once, 2 s and 1 s in passes, README).
+# santacoder's weights: int4 7 s, int8 6 s at once, 2 s and 1 s in passes, benchmarks/README.md).
 QUANTIZE_CHUNK = 1 << 19
 
 
@@ -364,7 +364,7 @@ class Int4Linear(QuantizedLinear):
 
     PYTORCH_KERNEL, PYTORCH_OP, OURS_OP = "int4pack", "_weight_int4pack_mm_for_cpu", "int4_matvec"
     # x rounded to int16 per group, or ("-i8", AVX-512 VNNI) to bytes: one token reads the weights at
-    # the same speed either way, a verify's 5 rows' products take ~25 % less time (README, "CPU decode kernels").
+    # the same speed either way, a verify's 5 rows' products take ~25 % less time (benchmarks/README.md, "CPU decode kernels").
     OURS_VARIANTS, VARIANT_ISAS = ("", "-i8"), {"-i8": ("avx512",)}
     unpack = staticmethod(unpack_int4_for_cpu)
 

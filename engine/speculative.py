@@ -40,7 +40,7 @@ NGRAM_SIZES = (4, 3, 2)  # longest match first
 FIRST_DRAFT, MAX_DRAFT = 4, 16  # draft lengths (a verify's rows stay within DECODE_KERNEL_MAX_TOKENS)
 MAX_PAUSE = 16  # most tokens decoded plainly after a draft that was wholly rejected
 TIE_MARGIN = 1e-2  # logits closer than this (top two) are decided by a decode step, not a verify row
-# The share of drafted tokens accepted on the demo model's keystroke replay (README, 496 of 745),
+# The share of drafted tokens accepted on the demo model's keystroke replay (benchmarks/README.md, 496 of 745),
 # which `auto` assumes when it weighs a verify's cost.
 ACCEPTANCE = 2 / 3
 

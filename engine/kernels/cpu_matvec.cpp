@@ -291,7 +291,7 @@ inline void float_rows_of(const FloatArgs& a, int64_t begin, int64_t end) {  // 
 // int32 sums. Integer sums do not depend on their order, and the float part (each group's sum times
 // its scales) is the same per (token, row) for any tokens per call: a speculative verify's rows
 // equal decode steps. (A verify's rows are bound by these multiply-adds and widenings: 4-5 tokens a
-// pass instead of 2 made 5-17 rows 15-30 % cheaper on the Zen 4 EPYC, README.)
+// pass instead of 2 made 5-17 rows 15-30 % cheaper on the Zen 4 EPYC, benchmarks/README.md.)
 
 constexpr int64_t GROUP_COLUMNS = 256;  // columns per scale of rounded activations (int8 weights)
 
@@ -488,7 +488,7 @@ inline void round_activations(const float* x, int64_t rows, int64_t K, int64_t g
 // starts (the block's lanes summed once per panel). Its pair sums cannot saturate: 2 * 127 * 127 <
 // 2^15; with 8-bit activations they could, which is why 7 bits (as FBGEMM's reduce_range). Per 32
 // products that is 3 instructions where int16 activations took 4 and a widening of the weights
-// (1.25-1.6x the speed on the AVX2 EPYC, README). The rounding
+// (1.25-1.6x the speed on the AVX2 EPYC, benchmarks/README.md). The rounding
 // costs precision: |x error| <= max |x in the group| / 126, like bfloat16's 2^-9 only for the
 // group's largest values (benchmarks/quant_quality.py: the demo model's greedy tokens unchanged).
 //
@@ -785,7 +785,7 @@ inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) 
 // group where 128 does not divide K or for groups of 256. With the zero point inside the bytes there
 // is no offset term: per group and row a tile spends one conversion and one multiply-add on the
 // group's integer sum. x goes in as x + 128 (unsigned), which adds 128 * sum(q - zero) to each
-// group's sum: taken off as one float per x group and row (README "CPU decode kernels").
+// group's sum: taken off as one float per x group and row (benchmarks/README.md, "CPU decode kernels").
 // y[m, n] = sum over x groups G of x_scales[m, G] * (sum over weight groups g in G of scale[n, g] *
 // ((x[m, g] + 128) . (q - zero)[n, g]) - 128 * scale[n, g] * sum(q - zero)[n, g]), + bias[n].
 // The portable tile keeps the form the AVX2 one had before: x per weight group, multiplied by q
@@ -946,7 +946,7 @@ AVX2 inline void int4_gemm_avx2_blocks(const Int4GemmArgs& a, int64_t begin, int
 // broadcast inside the vpdpbusd, on the same unpacked blocks (unpacked with AVX-512 here). Per group
 // and row a tile spends a conversion and one multiply-add on its 8 vpdpbusd (with groups of 32),
 // where scaling by each group's x scale and adding its offset took five (int4 prefill was
-// 1.55-1.6x int8's time; README "CPU decode kernels").
+// 1.55-1.6x int8's time; benchmarks/README.md, "CPU decode kernels").
 AVX512 inline void int4_vnni_unpack(const Int4GemmArgs& a, const uint8_t* packed, Int4Unpacked& out) {
   const int64_t groups = a.K / a.group_size;
   const __m512i nibbles = _mm512_set1_epi32(0x0F0F), ones = _mm512_set1_epi8(1);
