@@ -715,7 +715,8 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
     model.load_state_dict(state, strict=False, assign=True)
     if tied:  # assign=True replaced the embedding's weight alone
         model.lm_head.weight = model.embedding.weight
-    narrow_embedding(model)
+    if can_narrow_embedding(model, dtype):  # a model computing in 16 bits keeps a plain Embedding of its dtype
+        narrow_embedding(model)
     odd = next((name for name, m in model.named_modules() if isinstance(m, Int4Linear) and zero_points(m.scales_and_zeros) is None), None)
     if odd is not None:
         log.warning("quantized cache %s: %s has int4 zero points that quantize_int4 does not make; quantizing again", path, odd)

@@ -257,9 +257,22 @@ def test_every_mode_runs_and_tracks_float32(request, checkpoint, mode, prompt_id
         assert error < 1.4, error
 
 
-def test_bfloat16_int8_runs(codegen_dir, prompt_ids):
-    tokens, logits = greedy(load_model(str(codegen_dir), device="cpu", dtype="bfloat16", quantization="int8"), prompt_ids, 4)
-    assert len(tokens) == 4 and all(torch.isfinite(x).all() for x in logits)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_16_bit_quantized_model_runs_from_the_cache_as_at_its_first_load(codegen_dir, codegen_bin_dir, prompt_ids, dtype, caplog):
+    """A model computing in 16 bits keeps its embedding a plain one of that dtype when read back from the
+    disk cache (a NarrowEmbedding widens rows to float32, which a bfloat16 LayerNorm refuses)."""
+    for directory in (codegen_dir, codegen_bin_dir):  # a float32 and a float16 checkpoint
+        first = load_model(str(directory), device="cpu", dtype=dtype, quantization="int8")
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="engine.build"):
+            cached = load_model(str(directory), device="cpu", dtype=dtype, quantization="int8")
+        assert "quantized weights read from" in caplog.text
+        tokens, logits = greedy(first, prompt_ids, 4)
+        assert len(tokens) == 4 and all(torch.isfinite(x).all() for x in logits)
+        assert type(cached.model.embedding) is torch.nn.Embedding and cached.model.embedding.weight.dtype == getattr(torch, dtype)
+        cached_tokens, cached_logits = greedy(cached, prompt_ids, 4)
+        assert cached_tokens == tokens
+        assert all(torch.equal(a, b) for a, b in zip(cached_logits, logits))
 
 
 def test_lm_head_switch(bigcode_mq_dir):
