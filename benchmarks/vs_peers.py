@@ -66,13 +66,47 @@ def setup() -> None:
     pip = [str(PEER_PYTHON), "-m", "pip", "install", "-q"]
     subprocess.run(pip + ["torch==2.13.0"], check=True)
     subprocess.run(pip + ["ctranslate2", "gguf", "transformers>=5.0", "numpy", "sentencepiece"], check=True)
-    subprocess.run(pip + ["llama-cpp-python"], check=True, env=dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count())))
+    env, again = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count())), []
+    if "amx_int8" in cpu_flags():
+        env["CMAKE_ARGS"] = " ".join(llama_cpp_options_without_amx()) + " " + env.get("CMAKE_ARGS", "")
+        again = ["--force-reinstall", "--no-deps", "--no-cache-dir"] if llama_cpp_uses_amx() else []  # a build from before this check (pip would reuse its wheel)
+    subprocess.run(pip + again + ["llama-cpp-python"], check=True, env=env)
     version = subprocess.run([str(PEER_PYTHON), "-c", "import llama_cpp; print(llama_cpp.__version__)"],
                              check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     src = PEERS / "src"
     subprocess.run([str(PEER_PYTHON), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                     f"llama-cpp-python=={version}", "-d", str(src)], check=True)  # fmt: skip
     subprocess.run(["tar", "xzf", str(next(src.glob(f"llama_cpp_python-{version}.tar.gz"))), "-C", str(src)], check=True)
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+# llama.cpp's build options for the instruction sets it would take from -march=native, named by their
+# /proc/cpuinfo flag.
+LLAMA_CPP_ISA_OPTIONS = {"avx": "GGML_AVX", "avx2": "GGML_AVX2", "fma": "GGML_FMA", "f16c": "GGML_F16C", "bmi2": "GGML_BMI2",
+                         "avx_vnni": "GGML_AVX_VNNI", "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI",
+                         "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16"}  # fmt: skip
+
+
+def llama_cpp_options_without_amx() -> list[str]:
+    """CMake options for llama.cpp with this CPU's instruction sets but AMX: llama.cpp's AMX matmul
+    (its weights repacked into an "AMX buffer" for Q4_0 / Q8_0) segfaults in ggml_backend_amx_mul_mat
+    at the first evaluation on the 2-vCPU Intel Xeon with AMX here (llama-cpp-python 0.3.36; as in
+    ggml-org/llama.cpp#20824, machine-dependent and unfixed), so -march=native cannot be used there."""
+    flags = cpu_flags()
+    return ["-DGGML_NATIVE=OFF"] + [f"-D{option}={'ON' if flag in flags else 'OFF'}" for flag, option in LLAMA_CPP_ISA_OPTIONS.items()]
+
+
+def llama_cpp_uses_amx() -> bool:
+    """Whether the peers' llama.cpp build has AMX on (False when there is none)."""
+    info = subprocess.run([str(PEER_PYTHON), "-c", "import llama_cpp; print(llama_cpp.llama_print_system_info().decode())"],
+                          capture_output=True, text=True)  # fmt: skip
+    return "AMX_INT8 = 1" in info.stdout
 
 
 def converter_dir() -> Path:

@@ -184,8 +184,10 @@ def compiled_kernels(folder: Path) -> list[str]:
 def product_isa(folder: Path) -> str:
     """The instruction set of our prefill products: the best this CPU runs. Not timed, unlike the
     decode kernels: those read weights at the memory's speed in any of them (AVX-512 and AVX2 tie,
-    so either may be chosen), while products are bound by arithmetic, and VNNI's do twice AVX2's."""
-    return compiled_kernels(folder)[0].removeprefix("cpp-")
+    so either may be chosen), while products are bound by arithmetic, and VNNI's do twice AVX2's.
+    "amx" where AMX tiles run: AVX-512's kernels with an int8 product of the same numbers in tiles."""
+    isa = compiled_kernels(folder)[0].removeprefix("cpp-")
+    return "amx" if isa == "avx512" and torch.ops.codegen_lsp_cpu.amx() else isa
 
 
 def machine_key() -> dict:

@@ -29,7 +29,8 @@ Which kernel runs depends on the device and on the number of tokens M:
   per 128 columns with AVX-512 VNNI), int4 to 8 bits per 128 columns against
   q - zero (per weight group, with an offset term, in the portable build), in
   the best instruction set of the CPU whichever decode kernel was chosen (VNNI
-  products are 1.5-2x AVX2's). With
+  products are 1.5-2x AVX2's; where AMX tiles run, int8's takes them, with the
+  same numbers). With
   PyTorch's int8 kernel, every M > 1 dequantizes and runs a dense matmul.
 - CUDA: int8 as dequantize-and-matmul, which torch.compile fuses into one
   kernel; int4 through `aten._weight_int4pack_mm` (needs bfloat16).

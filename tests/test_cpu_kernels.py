@@ -150,8 +150,8 @@ def rounded_product(layer, x: torch.Tensor, isa: str, fused: bool = True) -> tor
     multiply by q - zero; the portable one by q per weight group of x, adding each group's offset
     times the exact sum of x."""
     int4 = isinstance(layer, Int4Linear)
-    vnni = isa == "avx512"
-    unpacked = int4 and isa in ("avx512", "avx2")  # int4 blocks unpacked to q - zero
+    vnni = isa in ("avx512", "amx")  # AMX's int8 product gives the VNNI one's numbers; int4's is the VNNI one
+    unpacked = int4 and isa in ("amx", "avx512", "avx2")  # int4 blocks unpacked to q - zero
     if int4:
         size = max(layer.group_size, 128) if unpacked and x.shape[1] % 128 == 0 else layer.group_size
         levels = 127
@@ -227,6 +227,24 @@ def test_int4_prefill_products_are_their_documented_rounding_for_every_group_siz
                 assert product_error(layer, with_product(layer, name), x) < 1e-5, (name, in_features)
 
 
+@pytest.mark.parametrize("shape", [(2048, 2304), (8192, 2048), (1040, 37), (2064, 20), (80, 13), (64, 16)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_amx_int8_product_gives_the_vnni_products_numbers(shape):
+    """Where AMX tiles run, the int8 prefill product takes them, with the VNNI product's numbers bit for bit:
+    tiles of 16 rows and 16 tokens with tails of both, columns no multiple of the tiles' 64, tokens over
+    several panels (1 MB of activations each: 128 tokens of 8,192 columns), and int4 (its VNNI product)."""
+    if not cpu_kernels.compiled_kernels(cache_dir() / "kernels") or not torch.ops.codegen_lsp_cpu.amx():
+        pytest.skip("no AMX here")
+    for mode in ("int8", "int4") if shape[0] % 32 == 0 else ("int8",):
+        layer = random_layer(mode, *shape)
+        tokens = 300 if shape[0] == 8192 else DECODE_KERNEL_MAX_TOKENS + 7
+        x = torch.randn(tokens, shape[0], generator=torch.Generator().manual_seed(7)) * 3
+        x[:, :5] = 0
+        vnni, amx = with_product(layer, "cpp-avx512"), layer.with_kernel("cpp-avx512")
+        amx.product_isa = "amx"
+        assert torch.equal(amx(x), vnni(x)), mode
+        assert product_error(layer, amx, x) < 1e-5, mode
+
+
 @pytest.mark.parametrize("group_size", [32, 64, 256])
 def test_int4_decode_with_byte_activations_is_its_documented_rounding(group_size):
     """int4's "-i8" decode kernel (AVX-512 VNNI) rounds x to [-127, 127] per weight group and adds each
@@ -250,6 +268,8 @@ def test_prefill_products_run_in_the_best_instruction_set_whichever_decode_kerne
     choice may pick AVX2 on an AVX-512 CPU; the products are bound by arithmetic and must not follow."""
     layer = random_layer(mode, 256, 37)
     best = torch.ops.codegen_lsp_cpu.isas().split()[0] if cpu_kernels.compiled_kernels(cache_dir() / "kernels") else None
+    if best == "avx512" and torch.ops.codegen_lsp_cpu.amx():
+        best = "amx"
     for name in kernels_to_test(layer):
         twin = layer.with_kernel(name)
         assert twin.product_isa == (best if name.startswith("cpp-") else ""), name

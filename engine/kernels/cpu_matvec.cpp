@@ -25,7 +25,8 @@
 // Each kernel is compiled three times: for AVX-512 (with VNNI, which also adds int4's products in
 // the same instruction, and whose prefill products have tiles of their own), for AVX2 + FMA, and
 // for the baseline of the build target (plain C++). The caller names the one to run, among those
-// `isas()` says this CPU has, so a benchmark can choose.
+// `isas()` says this CPU has, so a benchmark can choose; "amx" (where `amx()` says the tiles run)
+// names the AVX-512 build with the int8 prefill product in AMX tiles.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -40,7 +41,12 @@
 #include <vector>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace {
@@ -634,17 +640,17 @@ AVX2 inline void int8_gemm_avx2_blocks(const Int8GemmArgs& a, int64_t begin, int
 constexpr int64_t TILE_TOKENS = 16;
 
 // Tokens [m0, m1) of q (M, K) as tiles of 16 (the last padded with zeros): tile t, columns
-// 4c..4c+3 of its token i at t * 16K + 64c + 4i, plus 128; per group g, its tokens' scales at
-// (t * groups + g) * 16 + i.
+// 4c..4c+3 of its token i at t * 16K + 64c + 4i, plus 128 unless plus_128 is false (AMX's signed
+// products); per group g, its tokens' scales at (t * groups + g) * 16 + i.
 struct VnniTiles {
   const int8_t* q;
   const float* x_scales;  // (M, groups)
   int64_t K, groups;
 };
 
-AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales) {
+AVX512 inline void vnni_tiles(const VnniTiles& a, int64_t m0, int64_t m1, uint8_t* tiles, float* tile_scales, bool plus_128 = true) {
   const int64_t count = (m1 - m0 + TILE_TOKENS - 1) / TILE_TOKENS;
-  const __m512i flip = _mm512_set1_epi8(-128);
+  const __m512i flip = _mm512_set1_epi8(plus_128 ? -128 : 0);
   for (int64_t t = 0; t < count; ++t) {
     const int64_t tokens = std::min<int64_t>(TILE_TOKENS, m1 - m0 - t * TILE_TOKENS);
     const int8_t* q = a.q + (m0 + t * TILE_TOKENS) * a.K;
@@ -755,6 +761,139 @@ AVX512 inline void int8_gemm_vnni_blocks(const Int8GemmArgs& a, int64_t begin, i
     }
   }
 }
+
+// With AMX (Intel Xeon from Sapphire Rapids on), one tdpbssd multiplies a 16 x 64 tile of signed
+// bytes by a 64 x 16 tile of signed bytes into 16 x 16 int32 sums: 16384 products, where vpdpbusd
+// does 64. The tiles here: rows, 16 weight rows by 64 columns (a thread's rows rearranged from
+// their 4-row blocks once per panel of tokens, so that a row's columns are adjacent); tokens, 16
+// tokens' 64 columns as vnni_tiles lays them out, but signed (no x + 128, so no sum(w) to take
+// off); sums, rows by tokens. Per group of 128 columns the integer sums leave the tiles and are
+// scaled and added as in the VNNI product, in the same order: the same numbers, bit for bit.
+#if defined(__GNUC__) && (__GNUC__ >= 11 || defined(__clang__)) && __has_include(<amxtileintrin.h>)
+#define HAVE_AMX 1
+#define AMX __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+constexpr int64_t AMX_ROWS = 16, AMX_STEP = 64;  // a tile's rows; columns per tdpbssd
+
+struct TileConfig {  // ldtilecfg's 64 bytes (palette 1)
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// Tiles 0-3: sums for two tiles of rows by two of tokens; 4 and 5: rows; 6 and 7: tokens (each
+// tile loaded serves two tdpbssd: with one tile of rows, 1.5 loads each, the product was ~1.3x VNNI's).
+AMX inline void amx_configure() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) config.rows[t] = 16, config.bytes_per_row[t] = 64;
+  _tile_loadconfig(&config);
+}
+
+// Weight rows 16 * tile .. + 15 (blocks 4 * tile .. + 3; absent ones zero) as 16 rows of K64 bytes.
+AMX inline void amx_weight_rows(const Int8GemmArgs& a, int64_t tile, int64_t K64, int8_t* rows) {
+  const int64_t chunks = a.K / 16, blocks = (a.N + 3) / 4;
+  if (K64 != a.K || 4 * tile + 4 > blocks) std::memset(rows, 0, AMX_ROWS * K64);
+  for (int64_t bb = 0; bb < 4 && 4 * tile + bb < blocks; ++bb) {
+    const int8_t* w = a.w + (4 * tile + bb) * 4 * a.K;
+    for (int64_t c = 0; c < chunks; ++c) {  // chunk c: 4 rows' 16 columns, one after the other
+      const __m512i v = _mm512_loadu_si512((const void*)(w + 64 * c));
+      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 0) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 0));
+      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 1) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 1));
+      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 2) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 2));
+      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 3) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 3));
+    }
+  }
+}
+
+// TN tiles of 16 rows (rows + i * 16 K64) against TT tiles of 16 tokens (tiles + j * 16 K): y for rows
+// n0.. and tokens m0.. (those below N and m_end). Sums tile 2i + j: rows tile i by tokens tile j. The
+// tile intrinsics take their tile's number as a literal (GCC pastes it into the asm), hence the ifs.
+template <int TN, int TT>
+AMX inline void amx_tiles(const Int8GemmArgs& a, const int8_t* rows, int64_t K64, const uint8_t* tiles, const float* tile_scales,
+                          int64_t m0, int64_t m_end, int64_t n0) {
+  alignas(64) float totals[TN][TT][AMX_ROWS][TILE_TOKENS] = {};
+  alignas(64) int32_t sums[TN][TT][AMX_ROWS][TILE_TOKENS];
+  const uint8_t* tokens1 = tiles + TILE_TOKENS * a.K;
+  const int8_t* rows1 = rows + AMX_ROWS * K64;
+  for (int64_t g = 0; g < a.groups; ++g) {
+    _tile_zero(0);
+    if (TT == 2) _tile_zero(1);
+    if (TN == 2) _tile_zero(2);
+    if (TN == 2 && TT == 2) _tile_zero(3);
+    for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += AMX_STEP) {
+      _tile_loadd(4, rows + k, K64);
+      _tile_loadd(6, tiles + k * TILE_TOKENS, 64);
+      _tile_dpbssd(0, 4, 6);
+      if (TT == 2) {
+        _tile_loadd(7, tokens1 + k * TILE_TOKENS, 64);
+        _tile_dpbssd(1, 4, 7);
+      }
+      if (TN == 2) {
+        _tile_loadd(5, rows1 + k, K64);
+        _tile_dpbssd(2, 5, 6);
+        if (TT == 2) _tile_dpbssd(3, 5, 7);
+      }
+    }
+    _tile_stored(0, sums[0][0], 64);
+    if (TT == 2) _tile_stored(1, sums[0][TT - 1], 64);
+    if (TN == 2) _tile_stored(2, sums[TN - 1][0], 64);
+    if (TN == 2 && TT == 2) _tile_stored(3, sums[TN - 1][TT - 1], 64);
+    for (int i = 0; i < TN; ++i)
+      for (int t = 0; t < TT; ++t) {
+        const __m512 scale = _mm512_loadu_ps(tile_scales + (t * a.groups + g) * TILE_TOKENS);
+        for (int r = 0; r < AMX_ROWS; ++r)  // x . w, exact, then as the VNNI product
+          _mm512_store_ps(totals[i][t][r], _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(sums[i][t][r])), scale, _mm512_load_ps(totals[i][t][r])));
+      }
+  }
+  for (int i = 0; i < TN; ++i)
+    for (int t = 0; t < TT; ++t)
+      for (int64_t q = 0; q < 4 && n0 + i * AMX_ROWS + 4 * q < a.N; ++q) {
+        const int64_t n4 = n0 + i * AMX_ROWS + 4 * q;
+        __m512 v[4];
+        for (int r = 0; r < 4; ++r) {
+          const int64_t n = std::min(n4 + r, a.N - 1);  // rows past N (padding) are computed, not stored
+          v[r] = _mm512_fmadd_ps(_mm512_load_ps(totals[i][t][4 * q + r]), _mm512_set1_ps(a.scales[n]), _mm512_set1_ps(a.bias ? a.bias[n] : 0.f));
+        }
+        store_token_rows(v, a.y, a.N, n4, m0 + t * TILE_TOKENS, m_end);
+      }
+}
+
+template <int TN>
+AMX inline void amx_row_tiles(const Int8GemmArgs& a, const int8_t* rows, int64_t K64, const uint8_t* tiles, const float* tile_scales,
+                              int64_t count, int64_t p, int64_t panel_end, int64_t n0) {
+  int64_t t = 0;
+  for (; t + 2 <= count; t += 2)
+    amx_tiles<TN, 2>(a, rows, K64, tiles + t * TILE_TOKENS * a.K, tile_scales + t * a.groups * TILE_TOKENS,
+                     p + t * TILE_TOKENS, panel_end, n0);
+  if (t < count)
+    amx_tiles<TN, 1>(a, rows, K64, tiles + t * TILE_TOKENS * a.K, tile_scales + t * a.groups * TILE_TOKENS,
+                     p + t * TILE_TOKENS, panel_end, n0);
+}
+
+// Tiles of 16 weight rows [begin, end).
+AMX inline void int8_gemm_amx_tiles(const Int8GemmArgs& a, int64_t begin, int64_t end) {
+  const int64_t K64 = (a.K + AMX_STEP - 1) / AMX_STEP * AMX_STEP;
+  const int64_t panel = std::max<int64_t>(2 * TILE_TOKENS, ((1 << 20) / a.K) / (2 * TILE_TOKENS) * (2 * TILE_TOKENS));
+  // A tile's last step may read up to 48 columns past K: zero weights there, any x (the slack).
+  std::vector<uint8_t> tiles((std::min(panel, a.M) + TILE_TOKENS) * a.K + AMX_STEP * TILE_TOKENS);
+  std::vector<float> tile_scales((std::min(panel, a.M) + TILE_TOKENS) * a.groups);
+  std::vector<int8_t> rows(2 * AMX_ROWS * K64);
+  amx_configure();
+  for (int64_t p = 0; p < a.M; p += panel) {
+    const int64_t panel_end = std::min(a.M, p + panel), count = (panel_end - p + TILE_TOKENS - 1) / TILE_TOKENS;
+    vnni_tiles({a.q, a.x_scales, a.K, a.groups}, p, panel_end, tiles.data(), tile_scales.data(), false);
+    for (int64_t tile = begin; tile < end; tile += 2) {
+      amx_weight_rows(a, tile, K64, rows.data());
+      if (tile + 1 < end) {
+        amx_weight_rows(a, tile + 1, K64, rows.data() + AMX_ROWS * K64);
+        amx_row_tiles<2>(a, rows.data(), K64, tiles.data(), tile_scales.data(), count, p, panel_end, tile * AMX_ROWS);
+      } else {
+        amx_row_tiles<1>(a, rows.data(), K64, tiles.data(), tile_scales.data(), count, p, panel_end, tile * AMX_ROWS);
+      }
+    }
+  }
+  _tile_release();
+}
+#endif
 #endif
 
 template <int MT>
@@ -1704,6 +1843,7 @@ struct Kernels {
   int64_t int4_gemm_columns;   // int4_gemm's x: one scale per this many columns, or per weight group (0)
   int64_t lanes;               // floats a register holds: attend_prefill's blocks are 1, 2 or prefill_registers(lanes) registers of rows
   void (*int4x8)(const Int4x8Args&, int64_t, int64_t);  // int4 x bytes for decode: AVX-512 VNNI only (null elsewhere)
+  int64_t int8_gemm_blocks = 1;  // weight blocks an int8_gemm task's unit holds: 8 (32 rows, two tiles) for AMX's
 };
 
 #define KERNEL __attribute__((flatten))
@@ -1754,6 +1894,10 @@ KERNEL AVX512 void int4_avx512(const Int4Args& a, int64_t b, int64_t e) { int4_b
 KERNEL AVX512 void int8x16_avx512(const Int8x16Args& a, int64_t b, int64_t e) { int8x16_blocks<Avx512>(a, b, e); }
 KERNEL AVX512 void int8_gemm_avx512(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_vnni_blocks(a, b, e); }
 KERNEL AVX512 void int4_gemm_avx512(const Int4GemmArgs& a, int64_t b, int64_t e) { int4_gemm_vnni_blocks(a, b, e); }
+#ifdef HAVE_AMX
+// Tasks [b, e) of two tiles of 16 rows each.
+KERNEL AMX void int8_gemm_amx(const Int8GemmArgs& a, int64_t b, int64_t e) { int8_gemm_amx_tiles(a, 2 * b, std::min(2 * e, (a.N + 15) / 16)); }
+#endif
 KERNEL AVX512 void int4x8_avx512(const Int4x8Args& a, int64_t b, int64_t e) { int4x8_blocks(a, b, e); }
 template <class Q>
 KERNEL AVX512 void activations_avx512(const float* x, int64_t rows, int64_t K, int64_t g, float levels, Q* q, float* s,
@@ -1774,9 +1918,37 @@ std::string isas() {  // the instruction sets this CPU can run, best first
   return found + "baseline";
 }
 
+// Whether the int8 prefill product can use AMX tiles here (product isa "amx": the AVX-512 kernels
+// with AMX's int8 product). Not in isas(): the decode kernels are the same either way.
+bool amx() {
+#if defined(HAVE_AMX) && defined(__linux__)
+  static const bool ready = [] {
+    __builtin_cpu_init();
+    unsigned eax, ebx, ecx, edx;
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+          __builtin_cpu_supports("avx512vnni")) ||
+        !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 25)))  // AMX-TILE, AMX-INT8
+      return false;
+    // Linux gives a process the tiles' 8 KB of register state only once asked (ARCH_REQ_XCOMP_PERM
+    // for XTILEDATA); a refusal (an old kernel, a hypervisor) leaves the VNNI product.
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+  }();
+  return ready;
+#else
+  return false;
+#endif
+}
+
 Kernels kernels_for(c10::string_view isa) {
   static const std::string available = " " + isas() + " ";
   const std::string name(isa);
+#ifdef HAVE_AMX
+  if (name == "amx" && amx()) {
+    Kernels run = kernels_for("avx512");
+    run.int8_gemm = int8_gemm_amx, run.int8_gemm_blocks = 8;
+    return run;
+  }
+#endif
   TORCH_CHECK(available.find(" " + name + " ") != std::string::npos, "instruction set ", name, " is not available here");
 #if defined(__x86_64__)
   if (name == "avx512") return {float_avx512, int8_avx512, int4_avx512, int8x16_avx512, activations_avx512<int16_t>, activations_avx512<int8_t>, int8_gemm_avx512, int4_gemm_avx512, attend_avx512, attend_half_avx512, attend_prefill_avx512, attend_prefill_half_avx512, gelu_tanh_avx512, rms_norm_avx512, VNNI_ACTIVATION_LEVELS, VNNI_GROUP_COLUMNS, VNNI_GROUP_COLUMNS, Avx512::W, int4x8_avx512};
@@ -1894,7 +2066,7 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   at::Tensor y = float_output(x_in, in.N);
   const Int8GemmArgs a{q.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
                        in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups, group};
-  at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
+  at::parallel_for(0, (in.blocks + run.int8_gemm_blocks - 1) / run.int8_gemm_blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
 }
 
@@ -2222,6 +2394,7 @@ at::Tensor attend_prefill(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("isas() -> str", &isas);
+  m.def("amx() -> bool", &amx);
   m.def("float_matvec(Tensor x, Tensor weight, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matvec(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
   m.def("int8_matvec_i16(Tensor x, Tensor weight, Tensor scales, Tensor? bias, str isa) -> Tensor");
