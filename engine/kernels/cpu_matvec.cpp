@@ -794,7 +794,19 @@ AMX inline void amx_weight_rows(const Int8GemmArgs& a, int64_t tile, int64_t K64
   if (K64 != a.K || 4 * tile + 4 > blocks) std::memset(rows, 0, AMX_ROWS * K64);
   for (int64_t bb = 0; bb < 4 && 4 * tile + bb < blocks; ++bb) {
     const int8_t* w = a.w + (4 * tile + bb) * 4 * a.K;
-    for (int64_t c = 0; c < chunks; ++c) {  // chunk c: 4 rows' 16 columns, one after the other
+    int64_t c = 0;
+    for (; c + 4 <= chunks; c += 4) {  // 4 chunks (4 rows' 16 columns each) to 4 rows' 64 columns: a 4 x 4 transpose of 16-byte lanes
+      const __m512i c0 = _mm512_loadu_si512((const void*)(w + 64 * c)), c1 = _mm512_loadu_si512((const void*)(w + 64 * c + 64));
+      const __m512i c2 = _mm512_loadu_si512((const void*)(w + 64 * c + 128)), c3 = _mm512_loadu_si512((const void*)(w + 64 * c + 192));
+      const __m512i r01_0 = _mm512_shuffle_i32x4(c0, c1, 0x44), r23_0 = _mm512_shuffle_i32x4(c0, c1, 0xEE);  // rows 0 1 / 2 3 of chunks c, c + 1
+      const __m512i r01_2 = _mm512_shuffle_i32x4(c2, c3, 0x44), r23_2 = _mm512_shuffle_i32x4(c2, c3, 0xEE);
+      int8_t* out = rows + 4 * bb * K64 + 16 * c;
+      _mm512_storeu_si512((void*)out, _mm512_shuffle_i32x4(r01_0, r01_2, 0x88));
+      _mm512_storeu_si512((void*)(out + K64), _mm512_shuffle_i32x4(r01_0, r01_2, 0xDD));
+      _mm512_storeu_si512((void*)(out + 2 * K64), _mm512_shuffle_i32x4(r23_0, r23_2, 0x88));
+      _mm512_storeu_si512((void*)(out + 3 * K64), _mm512_shuffle_i32x4(r23_0, r23_2, 0xDD));
+    }
+    for (; c < chunks; ++c) {  // chunk c: 4 rows' 16 columns, one after the other
       const __m512i v = _mm512_loadu_si512((const void*)(w + 64 * c));
       _mm_storeu_si128((__m128i*)(rows + (4 * bb + 0) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 0));
       _mm_storeu_si128((__m128i*)(rows + (4 * bb + 1) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 1));
