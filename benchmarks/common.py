@@ -109,6 +109,14 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+def cold_prefill_rate(session, prompt: list[int]) -> float:
+    """Tokens/s of prefilling prompt into session, emptied first."""
+    session.truncate(0)
+    start = time.perf_counter()
+    session.prefill(prompt)
+    return len(prompt) / (time.perf_counter() - start)
+
+
 def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> tuple[dict[str, float], float]:
     """Each variant's median figure over `rounds` rounds run in turns (a b, b a, a b, ...), so that
     every variant sees the same machine, and the median load average beside them."""

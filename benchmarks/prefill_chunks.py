@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import engine.session as session_module  # noqa: E402
-from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
+from benchmarks.common import code_prompt, cold_prefill_rate, interleaved, random_model  # noqa: E402
 from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 
 
@@ -46,10 +45,7 @@ def main() -> None:
 
             def tokens_per_second(chunk: int) -> float:
                 session_module.PREFILL_CHUNK = chunk
-                session.truncate(0)
-                start = time.perf_counter()
-                session.prefill(prompt)
-                return len(prompt) / (time.perf_counter() - start)
+                return cold_prefill_rate(session, prompt)
 
             tokens_per_second(default)  # warm
             figures, load = interleaved({chunk: (lambda chunk=chunk: tokens_per_second(chunk)) for chunk in args.chunks},

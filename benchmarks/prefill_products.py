@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import code_prompt, interleaved, random_model  # noqa: E402
+from benchmarks.common import code_prompt, cold_prefill_rate, interleaved, random_model  # noqa: E402
 from benchmarks.random_checkpoint import SHAPES  # noqa: E402
 from engine.quantize import QuantizedLinear  # noqa: E402
 from engine.session import Session  # noqa: E402
@@ -55,10 +54,7 @@ def main() -> None:
             def tokens_per_second(isa: str) -> float:
                 for layer in layers:
                     layer.product_isa = isa
-                session.truncate(0)
-                start = time.perf_counter()
-                session.prefill(prompt)
-                return len(prompt) / (time.perf_counter() - start)
+                return cold_prefill_rate(session, prompt)
 
             tokens_per_second(chosen)  # warm
             figures, load = interleaved({isa: (lambda isa=isa: tokens_per_second(isa)) for isa in products()}, args.rounds)
