@@ -227,10 +227,7 @@ def main() -> None:
 
 
 def cpu_features() -> list[str]:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
+    flags = cpu_kernels.cpu_fields().get("flags", "").split()
     return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
 
 

@@ -80,10 +80,7 @@ def setup() -> None:
 
 
 def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    return set(cpu_kernels.cpu_fields().get("flags", "").split())
 
 
 # llama.cpp's build options for the instruction sets it would take from -march=native, named by their

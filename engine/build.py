@@ -13,7 +13,7 @@ from torch.overrides import TorchFunctionMode
 from engine.config import ModelConfig
 from engine.errors import EngineError
 from engine.quantize import (
-    NARROW_TABLE_DTYPES, QuantSettings, cache_path, can_narrow_embedding, load_quantized, narrow_embedding, prepare_for_device,
+    QuantSettings, cache_path, load_quantized, narrow_embedding, prepare_for_device,
     quantize_model, remove_dead_cache_files, remove_stale_temporaries, save_quantized,
 )  # fmt: skip
 from engine.weights import read_state_dict
@@ -87,12 +87,10 @@ def build_quantized_model(config: ModelConfig, directory: Path, settings: QuantS
         # model first made a float32 copy of every weight of a bfloat16 checkpoint (Qwen2.5-Coder-1.5B: a
         # 10.8 GB peak). A 16-bit token embedding stays so where it may (NarrowEmbedding).
         model = quantize_model(model, settings)
-        narrow = model.embedding.weight.dtype in NARROW_TABLE_DTYPES and can_narrow_embedding(model, dtype)
+        narrow = narrow_embedding(model, dtype)
         for param in model.parameters():  # each once, a tied one too
             if not (narrow and param is model.embedding.weight):
                 param.data = param.data.to(dtype)
-        if narrow:
-            narrow_embedding(model)
         try:
             save_quantized(model, path, directory)
             log.info("quantized weights cached in %s", path)

@@ -190,15 +190,21 @@ def product_isa(folder: Path) -> str:
     return "amx" if isa == "avx512" and torch.ops.codegen_lsp_cpu.amx() else isa
 
 
-def machine_key() -> dict:
-    """What the speed of a kernel depends on, besides the layer's shape."""
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo ("model name", "flags"...; none where it is absent)."""
     fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             name, _, value = line.partition(":")
-            fields.setdefault(name.strip(), value.strip())  # the first processor's
+            fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def machine_key() -> dict:
+    """What the speed of a kernel depends on, besides the layer's shape."""
+    fields = cpu_fields()
     model = fields.get("model name") or fields.get("Hardware") or platform.processor() or platform.machine()
     flags = fields.get("flags") or fields.get("Features") or ""
     return {

@@ -536,10 +536,13 @@ def can_narrow_embedding(model: nn.Module, dtype: torch.dtype) -> bool:
     return dtype == torch.float32 and getattr(model.lm_head, "weight", None) is not model.embedding.weight
 
 
-def narrow_embedding(model: nn.Module) -> None:
-    """Make model's token embedding a NarrowEmbedding where its weight is 16-bit."""
-    if model.embedding.weight.dtype in NARROW_TABLE_DTYPES:
+def narrow_embedding(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Make model's token embedding a NarrowEmbedding where its weight is 16-bit and it may stay so
+    (can_narrow_embedding); whether it did."""
+    if model.embedding.weight.dtype in NARROW_TABLE_DTYPES and can_narrow_embedding(model, dtype):
         model.embedding.__class__ = NarrowEmbedding
+        return True
+    return False
 
 
 # ---------------------------------------------------------------- disk cache
@@ -716,8 +719,7 @@ def load_quantized(model_on_meta: nn.Module, config: ModelConfig, settings: Quan
     model.load_state_dict(state, strict=False, assign=True)
     if tied:  # assign=True replaced the embedding's weight alone
         model.lm_head.weight = model.embedding.weight
-    if can_narrow_embedding(model, dtype):  # a model computing in 16 bits keeps a plain Embedding of its dtype
-        narrow_embedding(model)
+    narrow_embedding(model, dtype)  # a model computing in 16 bits keeps a plain Embedding of its dtype
     odd = next((name for name, m in model.named_modules() if isinstance(m, Int4Linear) and zero_points(m.scales_and_zeros) is None), None)
     if odd is not None:
         log.warning("quantized cache %s: %s has int4 zero points that quantize_int4 does not make; quantizing again", path, odd)

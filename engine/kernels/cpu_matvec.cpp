@@ -1935,10 +1935,8 @@ std::string isas() {  // the instruction sets this CPU can run, best first
 bool amx() {
 #if defined(HAVE_AMX) && defined(__linux__)
   static const bool ready = [] {
-    __builtin_cpu_init();
     unsigned eax, ebx, ecx, edx;
-    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-          __builtin_cpu_supports("avx512vnni")) ||
+    if (isas().rfind("avx512 ", 0) != 0 ||  // the AVX-512 build runs here
         !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) || !(edx & (1u << 24)) || !(edx & (1u << 25)))  // AMX-TILE, AMX-INT8
       return false;
     // Linux gives a process the tiles' 8 KB of register state only once asked (ARCH_REQ_XCOMP_PERM
