@@ -63,11 +63,12 @@ def prefill_tokens_per_s(lm, prompt: list[int]) -> float:
 
 def run(name: str, args) -> None:
     lm, shape, isa, code = attention_model(name, args)
+    prefill_key = (*shape, lm.cache_dtype)  # prefill's choice is per shape and cache dtype
     print("| prompt tokens | SDPA tokens/s | ours tokens/s | ours as fast x | load |")
     print("|---|---|---|---|---|")
 
     def with_kernel(kernel: str | None, prompt: list[int]) -> float:
-        set_choice(PREFILL_ATTENTION, shape, kernel)
+        set_choice(PREFILL_ATTENTION, prefill_key, kernel)
         return prefill_tokens_per_s(lm, prompt)
 
     for context in args.contexts:
@@ -79,13 +80,13 @@ def run(name: str, args) -> None:
     print(f"\nRe-encoding the last tokens of a {context}-token session (decode kernel: {DECODE_ATTENTION.get(shape)}):\n")
     print("| tokens re-encoded | SDPA ms | ours ms | ours as fast x | load |")
     print("|---|---|---|---|---|")
-    chosen = {"decode": DECODE_ATTENTION.get(shape), "prefill": PREFILL_ATTENTION.get(shape)}
+    chosen = {"decode": DECODE_ATTENTION.get(shape), "prefill": PREFILL_ATTENTION.get(prefill_key)}
     session = Session(lm)
     session.prefill(code[:context])
 
     def reencode(tokens: int, ours: bool) -> float:
         set_choice(DECODE_ATTENTION, shape, chosen["decode"] if ours else None)
-        set_choice(PREFILL_ATTENTION, shape, chosen["prefill"] if ours else None)
+        set_choice(PREFILL_ATTENTION, prefill_key, chosen["prefill"] if ours else None)
         edited = code[: context - tokens] + code[context : context + tokens]  # the reused prefix, then new text
         start = time.perf_counter()
         session.prefill(edited)
@@ -97,7 +98,7 @@ def run(name: str, args) -> None:
         ms, load = interleaved({"ours": lambda: reencode(tokens, True), "sdpa": lambda: reencode(tokens, False)}, 2 * args.rounds + 1)
         print(f"| {tokens} | {ms['sdpa']:.1f} | {ms['ours']:.1f} | {ms['sdpa'] / ms['ours']:.2f} | {load:.2f} |", flush=True)
     set_choice(DECODE_ATTENTION, shape, chosen["decode"])
-    set_choice(PREFILL_ATTENTION, shape, chosen["prefill"])
+    set_choice(PREFILL_ATTENTION, prefill_key, chosen["prefill"])
 
 
 def main() -> None:

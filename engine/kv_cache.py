@@ -14,19 +14,20 @@ from engine.config import ModelConfig
 # models of that shape keep their cache in float16 (cache_dtype).
 DECODE_ATTENTION: dict[tuple[int, int, int], str] = {}
 HALF = " float16"
-# The same key -> the instruction set our prefill attention kernel runs with for that shape, where
-# it was measured faster than SDPA at load (cpu_kernels.choose_prefill_attention), for chunks of more
+# The same key and the cache's dtype -> the instruction set our prefill attention kernel runs with for
+# that shape over such a cache, where it was measured faster than SDPA at load (a float16 cache is
+# widened as it is read: cpu_kernels.choose_prefill_attention measures each), for chunks of more
 # than SMALL_CHUNK_ROWS query rows per key/value head (tokens x query heads per kv head). The kernel
 # fills a register's lanes (16 with AVX-512) with a head's rows: with a few rows it computes mostly
 # empty lanes, and such a chunk (the few tokens a keystroke re-encodes) goes token by token through
 # the decode kernel, as a verify's rows do, or SDPA. (codegen-350M's shape, 1,500 cached keys, 2 / 4
 # / 8 new tokens over float16: decode kernel 262 / 504 / 1,177 us, prefill kernel 678 / 674 / 647,
 # SDPA with the cast 1,497 / 881 / 929.)
-PREFILL_ATTENTION: dict[tuple[int, int, int], str] = {}
+PREFILL_ATTENTION: dict[tuple[int, int, int, torch.dtype], str] = {}
 SMALL_CHUNK_ROWS = 4
 
 
-def set_choice(choices: dict[tuple[int, int, int], str], shape: tuple[int, int, int], isa: str | None) -> None:
+def set_choice(choices: dict[tuple, str], shape: tuple, isa: str | None) -> None:
     """choices[shape] = isa in DECODE_ATTENTION or PREFILL_ATTENTION, or no entry (SDPA) for None."""
     choices.pop(shape, None)
     if isa is not None:
@@ -171,7 +172,7 @@ def our_prefill_kernel(q: torch.Tensor, k: torch.Tensor) -> str | None:
     if not PREFILL_ATTENTION or q.device.type != "cpu" or q.dtype != torch.float32 or k.dtype not in (torch.float32, torch.float16):
         return None
     H, KVH = q.shape[1], k.shape[1]
-    return None if small_chunk(q, k) else PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3]))
+    return None if small_chunk(q, k) else PREFILL_ATTENTION.get((KVH, H // KVH, q.shape[3], k.dtype))
 
 
 def consecutive_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, isa: str) -> torch.Tensor:

@@ -84,7 +84,7 @@ def load_model(
         set_choice(DECODE_ATTENTION, shape, cpu_kernels.choose_attention(*shape, cache_dir() / "quantized"))
     kv_dtype = cache_dtype(config, torch_dtype, torch_device, quantized=settings.mode != "none")
     if attends_in_float32:
-        set_choice(PREFILL_ATTENTION, shape, cpu_kernels.choose_prefill_attention(*shape, kv_dtype, cache_dir() / "quantized"))
+        set_choice(PREFILL_ATTENTION, (*shape, kv_dtype), cpu_kernels.choose_prefill_attention(*shape, kv_dtype, cache_dir() / "quantized"))
     decode_step = None
     if want_compile(compile, torch_device):
         compile_start = time.perf_counter()

@@ -624,7 +624,7 @@ def test_small_prefill_chunks_attend_token_by_token_as_decode_steps(attention_ch
 
     decode_attention, prefill_attention = attention_choices
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0]
-    decode_attention[(4, 1, 32)] = prefill_attention[(4, 1, 32)] = prefill_attention[(1, 8, 32)] = isa
+    decode_attention[(4, 1, 32)] = prefill_attention[(4, 1, 32, torch.float32)] = prefill_attention[(1, 8, 32, torch.float32)] = isa
     generator = torch.Generator().manual_seed(0)
     cache = torch.randn(2, 1, 4, 300, 32, generator=generator)
     q = torch.randn(1, 8, 4, 32, generator=generator).transpose(1, 2)
@@ -639,6 +639,7 @@ def test_small_prefill_chunks_attend_token_by_token_as_decode_steps(attention_ch
         assert torch.equal(chunk, steps) if small else (chunk - steps).abs().max() < 1e-5, T
     assert our_prefill_kernel(torch.zeros(1, 8, 1, 32), k[:, :1]) == isa  # 8 heads a kv head: 8 rows of one token
     assert our_prefill_kernel(torch.zeros(1, 4, 64, 32, dtype=torch.bfloat16), k) is None
+    assert our_prefill_kernel(q, k.half()) is None  # chosen for a float32 cache only: a float16 one was not measured
 
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])
@@ -661,11 +662,11 @@ def test_prefill_attention_is_chosen_once_per_machine_and_gives_the_logits_of_sd
     (name,) = [name for name in choices if name.startswith("prefill attention ")]
     assert name == f"prefill attention 4x1x32 {str(lm.cache_dtype).removeprefix('torch.')}"
     assert measured == [(4, 1, 32, lm.cache_dtype)]
-    assert (prefill_attention.get((4, 1, 32)) is None) == (choices[name] == "sdpa")
+    assert (prefill_attention.get((4, 1, 32, lm.cache_dtype)) is None) == (choices[name] == "sdpa")
     load_model(str(directory), device="cpu", quantization=quantization)
     assert len(measured) == 1  # read back, not measured again
     prompt = lm.tokenizer.encode(stdlib_code)[:150]
-    (tokens, logits), (ours, our_logits) = greedy_with_sdpa_then_ours(lm, prefill_attention, (4, 1, 32), prompt, 8)
+    (tokens, logits), (ours, our_logits) = greedy_with_sdpa_then_ours(lm, prefill_attention, (4, 1, 32, lm.cache_dtype), prompt, 8)
     assert ours == tokens
     assert (logits - our_logits).abs().max() < 1e-4
 

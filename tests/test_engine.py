@@ -43,7 +43,7 @@ def test_logits_equal_transformers_through_our_prefill_attention(models, stdlib_
     ours, _ = models
     if not cpu_kernels.compiled_kernels(cache_dir() / "kernels") or ours.config.head_dim % 16:
         pytest.skip("our CPU kernels are not built here, or the head dim is no multiple of 16")
-    monkeypatch.setitem(PREFILL_ATTENTION, attention_shape(ours.config), torch.ops.codegen_lsp_cpu.isas().split()[0])
+    monkeypatch.setitem(PREFILL_ATTENTION, (*attention_shape(ours.config), torch.float32), torch.ops.codegen_lsp_cpu.isas().split()[0])
     chunks_equal_transformers(*models, stdlib_code, monkeypatch)
 
 
