@@ -372,8 +372,9 @@ inline void int8x16_rows(const Int8x16Args& a, int64_t b, int64_t m0) {  // bloc
 template <class Isa>
 inline void int8x16_blocks(const Int8x16Args& a, int64_t begin, int64_t end) {  // blocks [begin, end)
   for (int64_t b = begin; b < end; ++b) {
-    // 5 tokens: 20 sums, 5 x and a widened weight vector in AVX-512's 32 registers; 3 in AVX2's 16; 2 in
-    // the portable build's (SSE2 on x86-64, where each 256-bit value takes two registers).
+    // 5 tokens: 10 sums (two rows each), 5 x and a widened weight vector in AVX-512's 32 registers (the
+    // totals, touched once a group, may wait in memory); 3 in AVX2's 16; 2 in the portable build's
+    // (SSE2 on x86-64, where each 256-bit value takes two registers).
     token_passes<Isa::W == 16 ? 5 : Isa::W == 8 ? 3 : 2>(a.M, [&](auto tokens, int64_t m) { int8x16_rows<Isa, decltype(tokens)::value>(a, b, m); });
   }
 }
