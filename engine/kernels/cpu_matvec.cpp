@@ -794,7 +794,7 @@ AVX512 inline void int8_gemm_vnni_blocks(const Int8GemmArgs& a, int64_t begin, i
 // With AMX (Intel Xeon from Sapphire Rapids on), one tdpbssd multiplies a 16 x 64 tile of signed
 // bytes by a 64 x 16 tile of signed bytes into 16 x 16 int32 sums: 16384 products, where vpdpbusd
 // does 64. The tiles here: rows, 16 weight rows by 64 columns (a thread's rows rearranged from
-// their 4-row blocks once per panel of tokens, so that a row's columns are adjacent); tokens, 16
+// their 4-row blocks once per panel of tokens, each tile 64 columns of 16 rows in 1 KB); tokens, 16
 // tokens' 64 columns as vnni_tiles lays them out, but signed (no x + 128, so no sum(w) to take
 // off); sums, rows by tokens. Per group of 128 columns the integer sums leave the tiles and are
 // scaled and added as in the VNNI product, in the same order: the same numbers, bit for bit.
@@ -817,7 +817,9 @@ AMX inline void amx_configure() {
   _tile_loadconfig(&config);
 }
 
-// Weight rows 16 * tile .. + 15 (blocks 4 * tile .. + 3; absent ones zero) as 16 rows of K64 bytes.
+// Weight rows 16 * tile .. + 15 (blocks 4 * tile .. + 3; absent ones zero) as tiles: for each 64 columns,
+// the 16 rows' 64 bytes one after the other (1 KB). Rows of K64 bytes side by side instead put a tile's
+// 16 lines K64 bytes apart, 2 KB for most layers: in 2 of L1's 64 sets, which evict each other.
 AMX inline void amx_weight_rows(const Int8GemmArgs& a, int64_t tile, int64_t K64, int8_t* rows) {
   const int64_t chunks = a.K / 16, blocks = (a.N + 3) / 4;
   if (K64 != a.K || 4 * tile + 4 > blocks) std::memset(rows, 0, AMX_ROWS * K64);
@@ -829,18 +831,19 @@ AMX inline void amx_weight_rows(const Int8GemmArgs& a, int64_t tile, int64_t K64
       const __m512i c2 = _mm512_loadu_si512((const void*)(w + 64 * c + 128)), c3 = _mm512_loadu_si512((const void*)(w + 64 * c + 192));
       const __m512i r01_0 = _mm512_shuffle_i32x4(c0, c1, 0x44), r23_0 = _mm512_shuffle_i32x4(c0, c1, 0xEE);  // rows 0 1 / 2 3 of chunks c, c + 1
       const __m512i r01_2 = _mm512_shuffle_i32x4(c2, c3, 0x44), r23_2 = _mm512_shuffle_i32x4(c2, c3, 0xEE);
-      int8_t* out = rows + 4 * bb * K64 + 16 * c;
+      int8_t* out = rows + (c / 4) * AMX_ROWS * AMX_STEP + 4 * bb * AMX_STEP;
       _mm512_storeu_si512((void*)out, _mm512_shuffle_i32x4(r01_0, r01_2, 0x88));
-      _mm512_storeu_si512((void*)(out + K64), _mm512_shuffle_i32x4(r01_0, r01_2, 0xDD));
-      _mm512_storeu_si512((void*)(out + 2 * K64), _mm512_shuffle_i32x4(r23_0, r23_2, 0x88));
-      _mm512_storeu_si512((void*)(out + 3 * K64), _mm512_shuffle_i32x4(r23_0, r23_2, 0xDD));
+      _mm512_storeu_si512((void*)(out + AMX_STEP), _mm512_shuffle_i32x4(r01_0, r01_2, 0xDD));
+      _mm512_storeu_si512((void*)(out + 2 * AMX_STEP), _mm512_shuffle_i32x4(r23_0, r23_2, 0x88));
+      _mm512_storeu_si512((void*)(out + 3 * AMX_STEP), _mm512_shuffle_i32x4(r23_0, r23_2, 0xDD));
     }
     for (; c < chunks; ++c) {  // chunk c: 4 rows' 16 columns, one after the other
       const __m512i v = _mm512_loadu_si512((const void*)(w + 64 * c));
-      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 0) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 0));
-      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 1) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 1));
-      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 2) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 2));
-      _mm_storeu_si128((__m128i*)(rows + (4 * bb + 3) * K64 + 16 * c), _mm512_extracti32x4_epi32(v, 3));
+      int8_t* out = rows + (c / 4) * AMX_ROWS * AMX_STEP + 4 * bb * AMX_STEP + 16 * (c % 4);
+      _mm_storeu_si128((__m128i*)out, _mm512_extracti32x4_epi32(v, 0));
+      _mm_storeu_si128((__m128i*)(out + AMX_STEP), _mm512_extracti32x4_epi32(v, 1));
+      _mm_storeu_si128((__m128i*)(out + 2 * AMX_STEP), _mm512_extracti32x4_epi32(v, 2));
+      _mm_storeu_si128((__m128i*)(out + 3 * AMX_STEP), _mm512_extracti32x4_epi32(v, 3));
     }
   }
 }
@@ -861,7 +864,7 @@ AMX inline void amx_tiles(const Int8GemmArgs& a, const int8_t* rows, int64_t K64
     if (TN == 2) _tile_zero(2);
     if (TN == 2 && TT == 2) _tile_zero(3);
     for (int64_t k = g * a.group; k < std::min(a.K, (g + 1) * a.group); k += AMX_STEP) {
-      _tile_loadd(4, rows + k, K64);
+      _tile_loadd(4, rows + k * AMX_ROWS, AMX_STEP);
       _tile_loadd(6, tiles + k * TILE_TOKENS, 64);
       _tile_dpbssd(0, 4, 6);
       if (TT == 2) {
@@ -869,7 +872,7 @@ AMX inline void amx_tiles(const Int8GemmArgs& a, const int8_t* rows, int64_t K64
         _tile_dpbssd(1, 4, 7);
       }
       if (TN == 2) {
-        _tile_loadd(5, rows1 + k, K64);
+        _tile_loadd(5, rows1 + k * AMX_ROWS, AMX_STEP);
         _tile_dpbssd(2, 5, 6);
         if (TT == 2) _tile_dpbssd(3, 5, 7);
       }
