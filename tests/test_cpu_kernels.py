@@ -245,6 +245,20 @@ def test_amx_int8_product_gives_the_vnni_products_numbers(shape):
         assert product_error(layer, amx, x) < 1e-5, mode
 
 
+@pytest.mark.parametrize("shape", [(2048, 2304), (1056, 20), (64, 13)], ids=lambda s: f"{s[0]}->{s[1]}")
+def test_int8_decode_with_int16_activations_gives_the_same_numbers_in_both_builds(shape):
+    """The AVX-512 build multiplies two rows a 512-bit register, the AVX2 build one row a 256-bit one: the
+    same exact integer sums per group, then the same float steps, so the same outputs bit for bit, for one
+    token and for a verify's rows (1056 columns end in a short group, 13 rows in a partial block)."""
+    if "cpp-avx512" not in cpu_kernels.compiled_kernels(cache_dir() / "kernels"):
+        pytest.skip("no AVX-512 here")
+    layer = random_layer("int8", *shape)
+    x = torch.randn(7, shape[0], generator=torch.Generator().manual_seed(3)) * 3
+    wide, narrow = layer.with_kernel("cpp-avx512-i16"), layer.with_kernel("cpp-avx2-i16")
+    for tokens in (1, 2, 5, 7):
+        assert torch.equal(wide(x[:tokens]), narrow(x[:tokens])), tokens
+
+
 @pytest.mark.parametrize("group_size", [32, 64, 256])
 def test_int4_decode_with_byte_activations_is_its_documented_rounding(group_size):
     """int4's "-i8" decode kernel (AVX-512 VNNI) rounds x to [-127, 127] per weight group and adds each
