@@ -77,6 +77,13 @@ def checkpoint(name: str, config: dict, tokenizer: Iterable[Path] | None = None)
     return directory
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's flags as /proc/cpuinfo names them (empty where it does not say)."""
+    from engine import cpu_kernels
+
+    return set(cpu_kernels.cpu_fields().get("flags", "").split())
+
+
 def random_model(name: str, quantization: str, compile: str = "auto"):
     """The random-weight checkpoint of SHAPES[name], loaded on the CPU with the threads chosen at load set."""
     from engine.loading import load_model

@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from benchmarks.common import checkpoint
+from benchmarks.common import checkpoint, cpu_flags
 from benchmarks.random_checkpoint import SHAPES
 from engine import cpu_kernels
 from engine.loading import load_model
@@ -227,8 +227,7 @@ def main() -> None:
 
 
 def cpu_features() -> list[str]:
-    flags = cpu_kernels.cpu_fields().get("flags", "").split()
-    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in cpu_flags()]
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, CODEGEN_TOKENIZER, checkpoint, gpt2_tokenizer_of, real_code  # noqa: E402
+from benchmarks.common import CACHE, CODEGEN_TOKENIZER, checkpoint, cpu_flags, gpt2_tokenizer_of, real_code  # noqa: E402
 from benchmarks.random_checkpoint import SHAPES, keep_layers  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.loading import load_model  # noqa: E402
@@ -77,10 +77,6 @@ def setup() -> None:
     subprocess.run([str(PEER_PYTHON), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                     f"llama-cpp-python=={version}", "-d", str(src)], check=True)  # fmt: skip
     subprocess.run(["tar", "xzf", str(next(src.glob(f"llama_cpp_python-{version}.tar.gz"))), "-C", str(src)], check=True)
-
-
-def cpu_flags() -> set[str]:
-    return set(cpu_kernels.cpu_fields().get("flags", "").split())
 
 
 # llama.cpp's build options for the instruction sets it would take from -march=native, named by their
