@@ -44,16 +44,43 @@ from engine.quantize import QuantizedLinear  # noqa: E402
 from engine.session import Session  # noqa: E402
 
 
+def linear_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [module for module in model.modules() if isinstance(module, (torch.nn.Linear, QuantizedLinear))]
+
+
+@contextmanager
+def calls_wrapped(modules: list[torch.nn.Module], wrap):
+    """Each module's class's __call__ replaced by wrap(it) under it. The class's, not the instance's:
+    a loaded model's modules call their forward directly (engine/decoder.py, call_forward_directly),
+    past hooks and a forward set on an instance."""
+    classes = {type(module) for module in modules}
+    own = {cls: cls.__dict__.get("__call__") for cls in classes}
+    calls = {cls: cls.__call__ for cls in classes}  # all before any is replaced: a subclass wrapped once
+    for cls in classes:
+        cls.__call__ = wrap(calls[cls])
+    try:
+        yield
+    finally:
+        for cls, call in own.items():
+            if call is None:
+                del cls.__call__
+            else:
+                cls.__call__ = call
+
+
 def recorded_matmuls(model: torch.nn.Module, step) -> list[tuple[torch.nn.Module, torch.Tensor]]:
     """Each linear layer with the input it got during step(), in call order."""
     calls: list[tuple[torch.nn.Module, torch.Tensor]] = []
-    hooks = [module.register_forward_pre_hook(lambda module, args: calls.append((module, args[0].clone())))
-             for module in model.modules() if isinstance(module, (torch.nn.Linear, QuantizedLinear))]
-    try:
+
+    def recording(call):
+        def recorded_call(module, x, *args, **kwargs):
+            calls.append((module, x.clone()))
+            return call(module, x, *args, **kwargs)
+
+        return recorded_call
+
+    with calls_wrapped(linear_layers(model), recording):
         step()
-    finally:
-        for hook in hooks:
-            hook.remove()
     return calls
 
 
@@ -75,18 +102,14 @@ def timed_inside_steps(model: torch.nn.Module, seconds: dict[str, float]):
     """Adds up in seconds["matmuls"] and seconds["attention"] the time inside every linear layer and
     every attention call of what runs under it (architectures call `attend` by their own name for it)."""
     attend = kv_cache.attend
-    linears = [module for module in model.modules() if isinstance(module, (torch.nn.Linear, QuantizedLinear))]
     callers = [module for module in list(sys.modules.values()) if module is not kv_cache
                and getattr(module, "__name__", "").startswith("engine.") and getattr(module, "attend", None) is attend]
-    for module in linears:
-        module.forward = timed(module.forward, "matmuls", seconds)  # an instance attribute, over the class's
     for module in callers:
         module.attend = timed(attend, "attention", seconds)
     try:
-        yield
+        with calls_wrapped(linear_layers(model), lambda call: timed(call, "matmuls", seconds)):
+            yield
     finally:
-        for module in linears:
-            del module.forward
         for module in callers:
             module.attend = attend
 

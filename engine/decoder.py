@@ -66,6 +66,31 @@ def speed_up_attribute_lookups(model: nn.Module) -> None:
         module.__dict__.update(module._parameters)
 
 
+def call_forward_directly(model: nn.Module) -> None:
+    """Give each module a subclass of its class whose __call__ is its forward: nn.Module's own takes
+    two more Python frames and a dozen checks for hooks, ~220 times in a santacoder decode step (24
+    blocks of ~9 modules). Decode steps, interleaved (Intel Xeon): the demo model 1.39 -> 1.28 ms
+    (float32) and 0.86 -> 0.78 (int8), santacoder's 24 layers with tiny widths 4.98 -> 4.37.
+    isinstance, state_dict and the modules are unchanged, and a module assigned later is called the
+    usual way; hooks and a forward set on an instance are not called (nothing here sets them; a
+    benchmark that times calls wraps the class's __call__). For eager models; a compiled one is
+    traced."""
+    for module in model.modules():
+        module.__class__ = _direct_call_class(type(module))
+
+
+_DIRECT_CALL_CLASSES: dict[type, type] = {}
+
+
+def _direct_call_class(cls: type) -> type:
+    if cls in _DIRECT_CALL_CLASSES.values():  # already one
+        return cls
+    if cls not in _DIRECT_CALL_CLASSES:
+        _DIRECT_CALL_CLASSES[cls] = type(cls.__name__, (cls,), {"__call__": cls.forward, "__module__": cls.__module__,
+                                                               "__qualname__": cls.__qualname__})
+    return _DIRECT_CALL_CLASSES[cls]
+
+
 class GPT2LayoutLM(DecoderLM):
     """GPT-2's module names: transformer.wte, transformer.h (the blocks), transformer.ln_f (CodeGen, GPTBigCode)."""
 

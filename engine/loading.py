@@ -19,7 +19,7 @@ from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
 from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
 from engine.config import ModelConfig
-from engine.decoder import speed_up_attribute_lookups
+from engine.decoder import call_forward_directly, speed_up_attribute_lookups
 from engine.device import pick_device, pick_dtype
 from engine.errors import EngineError
 from engine.float_linear import use_float_kernels
@@ -71,6 +71,7 @@ def load_model(
     progress(70)  # the weights read (and quantized); timing the threads and compiling is left
     if not want_compile(compile, torch_device):
         speed_up_attribute_lookups(model)
+        call_forward_directly(model)
     threads = None
     name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
     if torch_device.type == "cpu":

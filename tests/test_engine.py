@@ -6,11 +6,13 @@ import pytest
 import torch
 
 import checkpoints
+from engine.architectures.gpt_bigcode import GPTBigCodeBlock
 from engine.generate import SamplingParams, generate
 from engine.loading import load_model
 from engine.session import Session
 from engine import session as session_module
 from engine.kv_cache import KVCache
+from greedy import greedy_with_logits
 
 PROMPTS = ["def fibonacci(n):\n", "import os\nimport sys\n\nclass Config:\n    def __init__(self"]
 
@@ -163,6 +165,23 @@ def test_modules_assigned_after_the_lookup_shortcut_take_effect(bigcode_mq_dir):
     after, _ = Session(lm).prefill(ids)
     assert not torch.allclose(before, after)
     assert lm.model.state_dict()["transformer.h.0.ln_1.weight"].abs().sum() == 0
+
+
+def test_a_loaded_models_modules_call_their_forward_directly(bigcode_mq_dir):
+    """load_model gives each module of an eager model a subclass whose __call__ is its forward
+    (decoder.py's call_forward_directly): the same modules, names and numbers, without nn.Module's
+    hook machinery on every call."""
+    lm = load_model(str(bigcode_mq_dir), device="cpu", compile="false")
+    plain = load_model(str(bigcode_mq_dir), device="cpu", compile="false")
+    for module in plain.model.modules():  # back to their own classes: nn.Module.__call__
+        module.__class__ = type(module).__mro__[1]
+    block = lm.model.transformer.h[0]
+    assert type(block).__call__ is type(block).forward and isinstance(block, GPTBigCodeBlock)
+    assert type(plain.model.transformer.h[0]) is GPTBigCodeBlock
+    assert list(lm.model.state_dict()) == list(plain.model.state_dict())
+    ids = lm.tokenizer.encode(PROMPTS[1])
+    assert torch.equal(Session(lm).prefill(ids)[0], Session(plain).prefill(ids)[0])
+    assert greedy_with_logits(lm, ids, 8)[0] == greedy_with_logits(plain, ids, 8)[0]
 
 
 def test_codegen_keeps_its_cache_in_float32(codegen_dir, bigcode_mq_dir):
