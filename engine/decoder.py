@@ -71,10 +71,10 @@ def call_forward_directly(model: nn.Module) -> None:
     two more Python frames and a dozen checks for hooks, ~220 times in a santacoder decode step (24
     blocks of ~9 modules). Decode steps, interleaved (Intel Xeon): the demo model 1.39 -> 1.28 ms
     (float32) and 0.86 -> 0.78 (int8), santacoder's 24 layers with tiny widths 4.98 -> 4.37.
-    isinstance, state_dict and the modules are unchanged, and a module assigned later is called the
-    usual way; hooks and a forward set on an instance are not called (nothing here sets them; a
-    benchmark that times calls wraps the class's __call__). For eager models; a compiled one is
-    traced."""
+    The modules, their state_dict and isinstance are unchanged (type() names the subclass), and a
+    module assigned later is called the usual way; hooks and a forward set on an instance are not
+    called (nothing here sets them; a benchmark that times calls wraps the class's __call__). For
+    eager models; a compiled one is traced."""
     for module in model.modules():
         module.__class__ = _direct_call_class(type(module))
 
