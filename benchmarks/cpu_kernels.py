@@ -227,7 +227,8 @@ def main() -> None:
 
 
 def cpu_features() -> list[str]:
-    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in cpu_flags()]
+    flags = cpu_flags()
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
 
 
 if __name__ == "__main__":

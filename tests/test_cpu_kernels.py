@@ -364,8 +364,9 @@ def test_a_float32_model_runs_the_kernels_chosen_per_shape_with_its_lm_head_stil
     if cpu_kernels.compiled_kernels(cache_dir() / "kernels") and not any(m.isa for m in linears.values()):
         # The choice is a measurement: on a CPU where PyTorch's won every shape (the Intel Xeon, with
         # the demo's layers in its caches), ours run below all the same, so that the tokens test them.
+        best = torch.ops.codegen_lsp_cpu.isas().split()[0]
         for module in linears.values():
-            module.prepare(f"cpp-{torch.ops.codegen_lsp_cpu.isas().split()[0]}")
+            module.prepare(f"cpp-{best}")
     prompt = lm.tokenizer.encode(stdlib_code)[:200]
     tokens, logits = greedy_with_logits(lm, prompt, 24)
     for module in linears.values():
