@@ -411,45 +411,23 @@ def default_threads_after():
         torch.set_num_threads(default_threads())
 
 
-# Models that read more weights per decode step always take all threads: they are bound by memory
-# bandwidth, which one thread does not reach, and a measurement made while the machine happens to
-# be busy must not leave them on one thread for good.
+# Models that read at most this many bytes of weights per decode step generate on one thread.
 SMALL_MODEL_BYTES = 64 << 20
 
 
-def choose_threads(make_step: Callable[[], Callable[[], object]], name: str, folder: Path, weight_bytes: int) -> int:
-    """How many threads a model runs with on this CPU: one, or all of torch's, whichever runs its
-    decode step (make_step(), made only when it is measured) faster (measured once, saved beside
-    the kernel choices under `name`).
+def threads_for(weight_bytes: int) -> int:
+    """How many threads a model's generations run with: one for a small model, all of torch's for
+    the others (bound by memory bandwidth, which one thread does not reach).
 
-    Small models lose with more threads: each of their many small ops pays for waking the other
-    threads (~10 us), and when another process holds a core, for waiting until it is scheduled
-    again (a 4-layer model took 30-40 ms per token with 2 threads and 3 with one, beside a busy
-    test run). Changing the count costs a few milliseconds, so it is set once per request. Only models
-    of at most SMALL_MODEL_BYTES of weights per step are measured; larger ones get all threads."""
-    if weight_bytes > SMALL_MODEL_BYTES:
-        return default_threads()
-    counts = sorted({1, default_threads()})
-
-    def measure_threads() -> int:
-        if len(counts) == 1:
-            return counts[0]
-        step = make_step()
-        seconds = {n: [] for n in counts}
-        with default_threads_after():
-            for _ in range(ROUNDS):
-                for n in counts:  # interleaved; the count changes outside the timed calls
-                    torch.set_num_threads(n)
-                    step()
-                    start = time.perf_counter()
-                    for _ in range(3):
-                        step()
-                    seconds[n].append(time.perf_counter() - start)
-        return min(counts, key=lambda n: statistics.median(seconds[n]))
-
-    choice = _saved_or_measured(folder, f"threads {name}", counts, measure_threads)
-    log.info("CPU threads for %s: %d", name, choice)
-    return choice
+    A small model's step is many small ops, and each op with two threads is a meeting of both. In
+    the server, the event loop and the editor run at the very moments a request starts, and a
+    helper thread woken after the pause between keystrokes can land on the core of the thread that
+    waits for it, which spins and does not give the core up: every op of that request then waits
+    for the scheduler. Through the server (benchmarks/keystroke_latency.py, Intel Xeon, 2026-12-03)
+    one thread halved keystroke to ghost text, p50 and p95, for the demo model and two random small
+    ones, where their decode steps alone, back to back, were 1.1-1.5x faster with two threads; so
+    the count is not measured that way (it was, until then)."""
+    return 1 if weight_bytes <= SMALL_MODEL_BYTES else default_threads()
 
 
 def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callable[[], object]]], name: str, folder: Path,

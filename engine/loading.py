@@ -68,15 +68,12 @@ def load_model(
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
     use_float_kernels(model)  # float32 layers on a CPU: all of them, or those left unquantized (an LM head)
-    progress(70)  # the weights read (and quantized); timing the threads and compiling is left
+    progress(70)  # the weights read (and quantized); timing attention and drafts, and compiling, is left
     if not want_compile(compile, torch_device):
         speed_up_attribute_lookups(model)
         call_forward_directly(model)
-    threads = None
     name = f"{config.model_type} {config.n_layer}x{config.n_embd} {settings.mode} {str(torch_dtype).removeprefix('torch.')}"
-    if torch_device.type == "cpu":
-        threads = cpu_kernels.choose_threads(lambda: decode_calls_for_timing(model, config, cache_dtype(config, torch_dtype, "cpu"))[0], name,
-                                             cache_dir() / "quantized", weight_bytes_per_token(model))
+    threads = cpu_kernels.threads_for(weight_bytes_per_token(model)) if torch_device.type == "cpu" else None
     # Our attention kernels, where they were measured faster than SDPA for the shape (float32 and
     # quantized layers have built our kernels already): decode's first, which the cache dtype follows.
     attends_in_float32 = torch_device.type == "cpu" and (config.architecture.cache_dtype or torch_dtype) == torch.float32

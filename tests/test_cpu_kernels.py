@@ -24,7 +24,7 @@ from engine.generate import SamplingParams, generate
 from engine.float_linear import FLOAT_KERNEL_MAX_TOKENS, FloatLinear
 from engine.loading import load_model
 from engine.paths import DEMO_MODEL_DIR, cache_dir
-from engine.quantize import DECODE_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4
+from engine.quantize import DECODE_KERNEL_MAX_TOKENS, Int4Linear, Int8Linear, unpack_int4, weight_bytes_per_token
 from engine.session import Session
 from greedy import greedy_with_logits
 
@@ -444,30 +444,19 @@ def test_the_choice_is_cached_per_machine_and_measured_again_when_the_key_differ
         assert set(again.values()) != {"dequantize"}
 
 
-def test_the_thread_count_is_measured_once_kept_and_set_for_generation(codegen_dir, tmp_path, monkeypatch):
+def test_a_small_model_generates_on_one_thread_and_a_large_one_on_all(codegen_dir, tmp_path):
     default = torch.get_num_threads()
-    settings = []
-    real_set = torch.set_num_threads
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: (settings.append(n), real_set(n)))
     try:
         lm = load_model(str(codegen_dir), device="cpu")
-        assert lm.threads in (1, default)
-        path = tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE
-        saved = json.loads(path.read_text())
-        (name,) = [name for name in saved["choices"] if name.startswith("threads ")]
-        assert saved["choices"][name] == lm.threads and (settings != []) == (default > 1)  # measured
-        settings.clear()
-        saved["choices"][name] = 1  # read back as saved: nothing measured
-        path.write_text(json.dumps(saved))
-        lm = load_model(str(codegen_dir), device="cpu")
-        assert lm.threads == 1 and settings == []
+        assert weight_bytes_per_token(lm.model) <= cpu_kernels.SMALL_MODEL_BYTES and lm.threads == 1
+        saved = json.loads((tmp_path / "cache" / "quantized" / cpu_kernels.CHOICES_FILE).read_text())
+        assert not [name for name in saved["choices"] if name.startswith("threads ")]  # a rule, not a measurement
+        torch.set_num_threads(max(2, default))
         generate(Session(lm), [1, 2, 3], SamplingParams(max_new_tokens=2))
         assert torch.get_num_threads() == 1  # this thread's count, for its generations
-        never = lambda: pytest.fail("a large model's thread count is not measured")  # noqa: E731
-        big = cpu_kernels.SMALL_MODEL_BYTES + 1
-        assert cpu_kernels.choose_threads(never, "big", tmp_path, big) == cpu_kernels.default_threads() == default
+        assert cpu_kernels.threads_for(cpu_kernels.SMALL_MODEL_BYTES + 1) == cpu_kernels.default_threads() == default
     finally:
-        real_set(default)
+        torch.set_num_threads(default)
 
 
 # (kv heads, query heads per kv head, head dim): santacoder (multi-query), Qwen2.5-Coder-1.5B and 0.5B,
