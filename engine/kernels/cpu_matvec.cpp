@@ -952,17 +952,19 @@ inline void int8_gemm_tile(const Int8GemmArgs& a, int64_t b, int64_t m0) {
   for (int m = 0; m < MT; ++m) store_int8_rows(a, b, m0 + m, dots[m]);
 }
 
+// The portable products' loop: for each panel of the M tokens whose bytes of q (K a token) fit
+// 256 KB, each block b in [begin, end) against the panel's tokens, tile(MT, b, m0) for tiles of MT
+// tokens from m0 (up to 4, a compile-time constant).
+template <class Tile>
+inline void portable_panels(int64_t M, int64_t K, int64_t begin, int64_t end, Tile tile) {
+  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / K) / 4 * 4);
+  for (int64_t p = 0; p < M; p += panel)
+    for (int64_t b = begin; b < end; ++b)
+      token_passes<4>(std::min(M, p + panel) - p, [&](auto tokens, int64_t m0) { tile(tokens, b, p + m0); });
+}
+
 inline void int8_gemm_blocks(const Int8GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
-  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
-  for (int64_t p = 0; p < a.M; p += panel) {
-    const int64_t panel_end = std::min(a.M, p + panel);
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t m = p;
-      for (; m + 4 <= panel_end; m += 4) int8_gemm_tile<4>(a, b, m);
-      for (; m + 2 <= panel_end; m += 2) int8_gemm_tile<2>(a, b, m);
-      if (m < panel_end) int8_gemm_tile<1>(a, b, m);
-    }
-  }
+  portable_panels(a.M, a.K, begin, end, [&](auto tokens, int64_t b, int64_t m) { int8_gemm_tile<decltype(tokens)::value>(a, b, m); });
 }
 
 // ---------------------------------------------------------------- int4 x int8, for prefill
@@ -1309,16 +1311,7 @@ inline void int4_gemm_tile(const Int4GemmArgs& a, int64_t b, int64_t m0) {
 }
 
 inline void int4_gemm_blocks(const Int4GemmArgs& a, int64_t begin, int64_t end) {  // blocks [begin, end)
-  const int64_t panel = std::max<int64_t>(4, ((256 << 10) / a.K) / 4 * 4);  // rows of q in 256 KB
-  for (int64_t p = 0; p < a.M; p += panel) {
-    const int64_t panel_end = std::min(a.M, p + panel);
-    for (int64_t b = begin; b < end; ++b) {
-      int64_t m = p;
-      for (; m + 4 <= panel_end; m += 4) int4_gemm_tile<4>(a, b, m);
-      for (; m + 2 <= panel_end; m += 2) int4_gemm_tile<2>(a, b, m);
-      if (m < panel_end) int4_gemm_tile<1>(a, b, m);
-    }
-  }
+  portable_panels(a.M, a.K, begin, end, [&](auto tokens, int64_t b, int64_t m) { int4_gemm_tile<decltype(tokens)::value>(a, b, m); });
 }
 
 // ---------------------------------------------------------------- one copy per instruction set
