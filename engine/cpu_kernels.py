@@ -419,14 +419,13 @@ def threads_for(weight_bytes: int) -> int:
     """How many threads a model's generations run with: one for a small model, all of torch's for
     the others (bound by memory bandwidth, which one thread does not reach).
 
-    A small model's step is many small ops, and each op with two threads is a meeting of both. In
-    the server, the event loop and the editor run at the very moments a request starts, and a
-    helper thread woken after the pause between keystrokes can land on the core of the thread that
-    waits for it, which spins and does not give the core up: every op of that request then waits
-    for the scheduler. Through the server (benchmarks/keystroke_latency.py, Intel Xeon, 2026-12-03)
-    one thread halved keystroke to ghost text, p50 and p95, for the demo model and two random small
-    ones, where their decode steps alone, back to back, were 1.1-1.5x faster with two threads; so
-    the count is not measured that way (it was, until then)."""
+    A small model's step is many small ops, and each op with two threads is a meeting of both, the
+    waiting one spinning. In the server, after the pause between keystrokes and beside the event
+    loop and the editor, whole requests ran with every op ~10x slower. Through the server
+    (benchmarks/keystroke_latency.py, Intel Xeon, 2026-12-03) one thread halved keystroke to ghost
+    text, p50 and p95, for the demo model and two random small ones, where their decode steps alone,
+    back to back, were 1.1-1.5x faster with two threads; so the count is not measured that way (it
+    was, until then). benchmarks/README.md ("Threads") has what was tried to keep two."""
     return 1 if weight_bytes <= SMALL_MODEL_BYTES else default_threads()
 
 
