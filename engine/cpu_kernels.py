@@ -434,7 +434,8 @@ def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callabl
     """Whether speculative decoding pays for a model on this CPU: whether a verify of a first draft
     costs less than `break_even` decode steps (the tokens such a verify decides on average,
     engine/speculative.py). make_calls() gives (one decode step, that verify), made only when it is
-    measured; measured once with the model's threads, saved beside the kernel choices under `name`.
+    measured; measured once with the model's threads, saved beside the kernel choices under `name`
+    and that thread count (a verify's rows weigh differently on one thread than on several).
 
     On a model whose weights sit in the CPU's caches a verify row costs a fraction of a step; on a
     1B model in int8 or int4, whose kernels' rows are bound by arithmetic, half a step or more, so
@@ -449,7 +450,7 @@ def choose_drafting(make_calls: Callable[[], tuple[Callable[[], object], Callabl
                  seconds["verify"] / seconds["step"], break_even)
         return seconds["verify"] / seconds["step"] < break_even
 
-    choice = _saved_or_measured(folder, f"drafting {name}", [True, False], measure)
+    choice = _saved_or_measured(folder, f"drafting {name}, {threads} threads", [True, False], measure)
     log.info("speculative drafts by default for %s: %s", name, "on" if choice else "off (a verify costs more than it decides)")
     return choice
 
