@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from engine import cpu_kernels
+from engine import cpu_kernels, huge_pages
 from engine.build import build_model, build_quantized_model
 from engine.checkpoint import resolve_model_dir
 from engine.compile import COMPILE_SETTINGS, compile_decode, want_compile
@@ -68,6 +68,8 @@ def load_model(
     else:
         model = build_quantized_model(config, directory, settings, torch_dtype, torch_device)
     use_float_kernels(model)  # float32 layers on a CPU: all of them, or those left unquantized (an LM head)
+    if torch_device.type == "cpu":
+        huge_pages.move_weights(model)  # decode reads them every token: out of the heap, into huge pages
     progress(70)  # the weights read (and quantized); timing attention and drafts, and compiling, is left
     if not want_compile(compile, torch_device):
         speed_up_attribute_lookups(model)
