@@ -136,5 +136,16 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> tuple[
     return {name: statistics.median(values) for name, values in figures.items()}, statistics.median(loads)
 
 
+def bandwidth_buffer(nbytes: int = 1 << 31) -> torch.Tensor:
+    """float32 ones to sum for the memory's read bandwidth: in huge pages where the kernel gives them, as a
+    loaded model's weights are (engine/huge_pages.py; on the Intel Xeon VM a sum of 2 GB read 26.7-26.9
+    GB/s from them against 22.4-23.5 from 4 KB pages)."""
+    from engine import huge_pages
+
+    if huge_pages.supported():
+        return huge_pages.huge_page_bytes(nbytes).view(torch.float32).fill_(1)
+    return torch.ones(nbytes // 4)
+
+
 def threads() -> int:
     return torch.get_num_threads()

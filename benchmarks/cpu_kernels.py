@@ -35,7 +35,7 @@ import time
 
 import torch
 
-from benchmarks.common import checkpoint, cpu_flags
+from benchmarks.common import bandwidth_buffer, checkpoint, cpu_flags
 from benchmarks.random_checkpoint import SHAPES
 from engine import cpu_kernels
 from engine.loading import load_model
@@ -127,7 +127,7 @@ def inductor_woq(weight: torch.Tensor, scales: torch.Tensor, x: torch.Tensor):
 
 def bench_layers(model: str, mode: str, rounds: int, others: bool) -> None:
     config = MODELS[model]
-    big = torch.ones(512 * 2**20)  # 2 GB of float32
+    big = bandwidth_buffer()  # 2 GB of float32
     for name, k, n in layer_shapes(config):
         layer = quantize_model(torch.nn.Sequential(torch.nn.Linear(k, n)), QuantSettings(mode))[0]
         x = torch.randn(1, k)
@@ -182,7 +182,7 @@ def bench_decode(model: str, mode: str, rounds: int, new_tokens: int) -> None:
             token = int(torch.argmax(session.step(token)))
         return (time.perf_counter() - start) / new_tokens
 
-    big = torch.ones(512 * 2**20)  # 2 GB of float32: the read bandwidth, in the same rounds
+    big = bandwidth_buffer()  # 2 GB of float32: the read bandwidth, in the same rounds
     decode(chosen), decode(old)  # warm-up
     times = {"chosen": [], "old": [], "bandwidth": []}
     for _ in range(rounds):

@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import CACHE, CODEGEN_TOKENIZER, checkpoint, cpu_flags, gpt2_tokenizer_of, real_code  # noqa: E402
+from benchmarks.common import CACHE, CODEGEN_TOKENIZER, bandwidth_buffer, checkpoint, cpu_flags, gpt2_tokenizer_of, real_code  # noqa: E402
 from benchmarks.random_checkpoint import SHAPES, keep_layers  # noqa: E402
 from engine import cpu_kernels  # noqa: E402
 from engine.loading import load_model  # noqa: E402
@@ -221,7 +221,7 @@ class Figures:
 
 def read_bandwidth_gb_s() -> float:
     """Reading 2 GB with torch's threads: what a decode step that reads every weight can reach."""
-    data = torch.ones(1 << 29)
+    data = bandwidth_buffer()
     data.sum()
     times = []
     for _ in range(5):

@@ -58,12 +58,9 @@ def move_weights(model: nn.Module) -> int:
         total += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
     if total < HUGE_PAGE:
         return 0
-    mapping = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched: faults then take 2 MB at a time
-    arena = torch.frombuffer(mapping, dtype=torch.uint8)  # keeps the mapping alive while any weight is
-    start = -arena.data_ptr() % HUGE_PAGE
+    arena = huge_page_bytes(total)
     for address, tensor in tensors.items():
-        begin = start + offsets[address]
+        begin = offsets[address]
         moved = arena[begin : begin + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
         moved.copy_(tensor)
         for module, name in holders[address]:
@@ -76,6 +73,16 @@ def move_weights(model: nn.Module) -> int:
     give_back_freed_memory()
     log.debug("moved %.1f MB of weights into huge pages", total / 1e6)
     return total
+
+
+def huge_page_bytes(nbytes: int) -> torch.Tensor:
+    """nbytes of new memory (uint8, untouched: zeros), starting on a 2 MB boundary, in a private mapping
+    advised for huge pages (Linux); the tensor, and any view of it, keeps the mapping alive."""
+    mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    mapping.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched: faults then take 2 MB at a time
+    whole = torch.frombuffer(mapping, dtype=torch.uint8)
+    start = -whole.data_ptr() % HUGE_PAGE
+    return whole[start : start + nbytes]
 
 
 def owns_storage(tensor: torch.Tensor) -> bool:
