@@ -1,20 +1,24 @@
-"""A CPU model's weights moved, once loaded, into one memory mapping of their own: aligned to 2 MB
-and advised for transparent huge pages (Linux).
+"""Memory that decode reads every token, in mappings of its own: aligned to 2 MB and advised for
+transparent huge pages (Linux). A CPU model's weights move there once loaded (move_weights), and
+KV caches are allocated there (engine/kv_cache.py).
 
-Decode reads every weight once a token. Where loading leaves them (glibc's heap, in memory freed
-and handed out again while the checkpoint was read, quantized and repacked, in 4 KB pages), whole
-decode steps were slower and moved more from process to process than over the same weights copied
-into a mapping like this one: on the Intel Xeon (KVM), in one process, alternated, santacoder int8
-at 512 / 1,500 tokens of context 1.46x / 1.16-1.18x faster, int4 1.10x, codegen-350M int8 1.10-1.64x
-(benchmarks/README.md, "Weights in huge pages"). Most distributions advise huge pages only where a
-program asks (transparent_hugepage = madvise); where they are off, the mapping is still fresh
-memory of its own, which gave most of that gain there too.
+Where loading leaves the weights (glibc's heap, in memory freed and handed out again while the
+checkpoint was read, quantized and repacked, in 4 KB pages), decode steps were slower and moved
+more from process to process: on the Intel Xeon VM, separate processes alternated, santacoder
+int8 at 512 tokens of context 62.6-75.7 ms a step against 53.9-55.2 moved, int4 50.1-54.1 against
+39.5-40.5, codegen-350M int8 at 1,500 35.5-42.3 against 33.7-35.0 (benchmarks/huge_pages.py times
+both in one process; benchmarks/README.md, "Weights in huge pages"). Much of that came from fresh
+memory alone (4 KB pages), the rest from the huge pages. Most distributions give huge pages only where a
+program asks (transparent_hugepage = madvise). The price is at load: taking 2 MB pages costs more
+than 4 KB ones where the kernel must first free such pages up (santacoder int8's load 3.0-3.2 s
+against 1.1 there, a VM whose host takes back free memory; 0.14 s a GB where it had them free).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import mmap
 
 import torch
@@ -34,9 +38,9 @@ def supported() -> bool:
 
 def move_weights(model: nn.Module) -> int:
     """Move model's CPU parameters and buffers of MIN_BYTES or more that own their whole storage,
-    embedding tables aside, into one new mapping, each at the same values, dtype and shape; return the bytes moved. Parameters keep
-    their identity (a tied LM head still shares the embedding's), buffers are replaced in every
-    module that holds them. Does nothing where huge pages cannot be asked for, or for a model whose
+    embedding tables aside, into one new mapping, each at the same values, dtype and shape; return
+    the bytes moved. Parameters keep their identity (a tied LM head still shares the embedding's),
+    buffers are replaced in every module that holds them. Does nothing where huge pages cannot be asked for, or for a model whose
     weights would not fill one."""
     if not supported():
         return 0
@@ -83,6 +87,16 @@ def huge_page_bytes(nbytes: int) -> torch.Tensor:
     whole = torch.frombuffer(mapping, dtype=torch.uint8)
     start = -whole.data_ptr() % HUGE_PAGE
     return whole[start : start + nbytes]
+
+
+def fills_one(nbytes: int) -> bool:
+    """Whether nbytes of new memory would fill a huge page, and they can be asked for here."""
+    return nbytes >= HUGE_PAGE and supported()
+
+
+def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A new CPU tensor of zeros in huge pages (huge_page_bytes)."""
+    return huge_page_bytes(math.prod(shape) * dtype.itemsize).view(dtype).view(shape)
 
 
 def owns_storage(tensor: torch.Tensor) -> bool:

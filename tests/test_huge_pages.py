@@ -73,15 +73,18 @@ def test_a_model_whose_weights_fill_no_huge_page_is_left_alone():
 
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 def test_a_loaded_model_decodes_the_same_from_its_moved_weights(bigcode_mq_dir, quantization, monkeypatch):
-    """Logits of a prefill and of decode steps, bit for bit, with the weights moved and where loading left them."""
+    """Logits of a prefill and of decode steps, bit for bit, with the weights moved and the KV cache in
+    huge pages, and where loading left them with a cache from PyTorch's allocator."""
+    monkeypatch.setattr(huge_pages, "HUGE_PAGE", 4096)  # this model's small cache in a mapping too
     logits = {}
     for move in (True, False):
         monkeypatch.setattr(huge_pages, "supported", lambda move=move: move)
         lm = load_model(str(bigcode_mq_dir), device="cpu", quantization=quantization)
         head = lm.model.lm_head
         weight = head._buffers["packed"] if quantization == "int8" else head.weight
-        assert ("hg" in mapping_flags(weight.data_ptr())) == move
         session = Session(lm)
         rows = [session.prefill(list(range(5, 60)))[0]] + [session.step(token) for token in (7, 8, 9)]
         logits[move] = torch.stack(rows)
+        assert ("hg" in mapping_flags(weight.data_ptr())) == move
+        assert ("hg" in mapping_flags(session.cache.k.data_ptr())) == move
     assert torch.equal(logits[True], logits[False])
