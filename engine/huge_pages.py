@@ -62,7 +62,11 @@ def move_weights(model: nn.Module) -> int:
         total += -(-tensor.nbytes // ALIGNMENT) * ALIGNMENT
     if total < HUGE_PAGE:
         return 0
-    arena = huge_page_bytes(total)
+    try:
+        arena = huge_page_bytes(total)
+    except OSError as exc:  # no address space or memory for a second copy: they stay where they are
+        log.warning("weights left where loading put them: no mapping of %.0f MB for them (%s)", total / 1e6, exc)
+        return 0
     for address, tensor in tensors.items():
         begin = offsets[address]
         moved = arena[begin : begin + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
@@ -83,7 +87,10 @@ def huge_page_bytes(nbytes: int) -> torch.Tensor:
     """nbytes of new memory (uint8, untouched: zeros), starting on a 2 MB boundary, in a private mapping
     advised for huge pages (Linux); the tensor, and any view of it, keeps the mapping alive."""
     mapping = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    mapping.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched: faults then take 2 MB at a time
+    try:
+        mapping.madvise(mmap.MADV_HUGEPAGE)  # before any page is touched: faults then take 2 MB at a time
+    except OSError:  # a kernel built without transparent huge pages: fresh memory all the same
+        pass
     whole = torch.frombuffer(mapping, dtype=torch.uint8)
     start = -whole.data_ptr() % HUGE_PAGE
     return whole[start : start + nbytes]
@@ -95,8 +102,12 @@ def fills_one(nbytes: int) -> bool:
 
 
 def zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """A new CPU tensor of zeros in huge pages (huge_page_bytes)."""
-    return huge_page_bytes(math.prod(shape) * dtype.itemsize).view(dtype).view(shape)
+    """A new CPU tensor of zeros in huge pages (huge_page_bytes), or from PyTorch's allocator where
+    no mapping can be had (which then fails as PyTorch does when memory runs out)."""
+    try:
+        return huge_page_bytes(math.prod(shape) * dtype.itemsize).view(dtype).view(shape)
+    except OSError:
+        return torch.zeros(shape, dtype=dtype)
 
 
 def owns_storage(tensor: torch.Tensor) -> bool:

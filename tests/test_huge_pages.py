@@ -71,6 +71,20 @@ def test_a_model_whose_weights_fill_no_huge_page_is_left_alone():
     assert [p.data_ptr() for p in model.parameters()] == addresses
 
 
+def test_without_a_mapping_the_weights_and_caches_stay_with_pytorch(monkeypatch, caplog):
+    def no_memory(nbytes):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(huge_pages, "huge_page_bytes", no_memory)
+    model = Tied()
+    addresses = [p.data_ptr() for p in model.parameters()]
+    assert huge_pages.move_weights(model) == 0
+    assert [p.data_ptr() for p in model.parameters()] == addresses
+    assert "weights left where loading put them" in caplog.text
+    cache = huge_pages.zeros((4, 1024, 1024), torch.float16)
+    assert "hg" not in mapping_flags(cache.data_ptr()) and not cache.any()
+
+
 @pytest.mark.parametrize("quantization", ["none", "int8"])
 def test_a_loaded_model_decodes_the_same_from_its_moved_weights(bigcode_mq_dir, quantization, monkeypatch):
     """Logits of a prefill and of decode steps, bit for bit, with the weights moved and the KV cache in
