@@ -5,13 +5,14 @@ KV caches are allocated there (engine/kv_cache.py).
 Where loading leaves the weights (glibc's heap, in memory freed and handed out again while the
 checkpoint was read, quantized and repacked, in 4 KB pages), decode steps were slower and moved
 more from process to process: on the Intel Xeon VM, separate processes alternated, santacoder
-int8 at 512 tokens of context 62.6-75.7 ms a step against 53.9-55.2 moved, int4 50.1-54.1 against
-39.5-40.5, codegen-350M int8 at 1,500 35.5-42.3 against 33.7-35.0 (benchmarks/huge_pages.py times
-both in one process; benchmarks/README.md, "Weights in huge pages"). Much of that came from fresh
-memory alone (4 KB pages), the rest from the huge pages. Most distributions give huge pages only where a
-program asks (transparent_hugepage = madvise). The price is at load: taking 2 MB pages costs more
-than 4 KB ones where the kernel must first free such pages up (santacoder int8's load 3.0-3.2 s
-against 1.1 there, a VM whose host takes back free memory; 0.14 s a GB where it had them free).
+int8 at 512 tokens of context 62.6-75.7 ms a step against 53.9-55.2 moved, int4 50.1-54.1
+against 39.5-40.5, codegen-350M int8 at 1,500 35.5-42.3 against 33.7-35.0 (benchmarks/huge_pages.py
+times both in one process; benchmarks/README.md, "Weights in huge pages"). Much of that came from
+fresh memory alone (4 KB pages), the rest from the huge pages. Most distributions give huge pages
+only where a program asks (transparent_hugepage = madvise). The price is at load: taking 2 MB
+pages costs more than 4 KB ones where the kernel must first free such pages up (santacoder int8's
+load 3.0-3.5 s against 0.9-1.3 there, a VM whose host takes back free memory; 1 GB of them took
+0.14 s to touch where it had them free).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def move_weights(model: nn.Module) -> int:
     """Move model's CPU parameters and buffers of MIN_BYTES or more that own their whole storage,
     embedding tables aside, into one new mapping, each at the same values, dtype and shape; return
     the bytes moved. Parameters keep their identity (a tied LM head still shares the embedding's),
-    buffers are replaced in every module that holds them. Does nothing where huge pages cannot be asked for, or for a model whose
-    weights would not fill one."""
+    buffers are replaced in every module that holds them, and each tensor left behind is freed as
+    it moves. Does nothing where huge pages cannot be asked for, or for a model whose weights would
+    not fill one."""
     if not supported():
         return 0
     holders: dict[int, list[tuple[nn.Module, str]]] = {}  # storage address -> where that tensor is held
@@ -67,9 +69,9 @@ def move_weights(model: nn.Module) -> int:
     except OSError as exc:  # no address space or memory for a second copy: they stay where they are
         log.warning("weights left where loading put them: no mapping of %.0f MB for them (%s)", total / 1e6, exc)
         return 0
-    for address, tensor in tensors.items():
-        begin = offsets[address]
-        moved = arena[begin : begin + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
+    for address in list(tensors):
+        tensor = tensors.pop(address)  # the last reference here: freed once its holders take the copy
+        moved = arena[offsets[address] : offsets[address] + tensor.nbytes].view(tensor.dtype).view(tensor.shape)
         moved.copy_(tensor)
         for module, name in holders[address]:
             if name in module._parameters:
@@ -77,7 +79,6 @@ def move_weights(model: nn.Module) -> int:
             else:
                 module._buffers[name] = moved
         del tensor
-    tensors.clear()
     give_back_freed_memory()
     log.debug("moved %.1f MB of weights into huge pages", total / 1e6)
     return total
