@@ -5,8 +5,9 @@
 
 Random weights with the real shapes (benchmarks/random_checkpoint.py). A session is filled to
 --context tokens. Then, in interleaved rounds, --steps whole decode steps are timed, and the same
-steps again with every call of a linear layer and of the attention (engine/kv_cache.py's `attend`:
-our attend_decode, or PyTorch's SDPA) wrapped with two clock reads, which add up the time inside
+steps again with every call of a linear layer and of the attention (engine/kv_cache.py's
+`KVCache.update_and_attend`: the cache write and our attend_decode in one op, or PyTorch's ops and
+SDPA) wrapped with two clock reads, which add up the time inside
 them. The weight matmuls' share is their time over those steps' own, round by round (a step moves
 more between rounds than what lies outside its matmuls); the rest of the step (attention, norms,
 activations, cache writes, dispatch and Python) is what the issue bounds at 10 %, and everything
@@ -100,18 +101,14 @@ def timed(function, kind: str, seconds: dict[str, float]):
 @contextmanager
 def timed_inside_steps(model: torch.nn.Module, seconds: dict[str, float]):
     """Adds up in seconds["matmuls"] and seconds["attention"] the time inside every linear layer and
-    every attention call of what runs under it (architectures call `attend` by their own name for it)."""
-    attend = kv_cache.attend
-    callers = [module for module in list(sys.modules.values()) if module is not kv_cache
-               and getattr(module, "__name__", "").startswith("engine.") and getattr(module, "attend", None) is attend]
-    for module in callers:
-        module.attend = timed(attend, "attention", seconds)
+    every attention call (with its cache write) of what runs under it."""
+    update_and_attend = kv_cache.KVCache.update_and_attend
+    kv_cache.KVCache.update_and_attend = timed(update_and_attend, "attention", seconds)
     try:
         with calls_wrapped(linear_layers(model), lambda call: timed(call, "matmuls", seconds)):
             yield
     finally:
-        for module in callers:
-            module.attend = attend
+        kv_cache.KVCache.update_and_attend = update_and_attend
 
 
 def main() -> None:

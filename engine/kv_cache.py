@@ -115,6 +115,28 @@ class KVCache:
             return keys.narrow(2, 0, kv_len), values.narrow(2, 0, kv_len)
         return self.k[layer, :, :, :kv_len], self.v[layer, :, :, :kv_len]
 
+    def update_and_attend(self, layer: int, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          kv_len: int, mask, scale: float | None = None) -> torch.Tensor:
+        """Store k, v as update() does and attend q (1, n_head, T, head_dim) over keys [0, kv_len) as
+        attend() does -> (1, T, n_head * head_dim), as an output projection takes it. A decode step on
+        the CPU where our kernel runs for its shape takes one op of ours for both, the same numbers:
+        the ~10 of PyTorch's around it and their Python cost more than its attention in the demo
+        model's step."""
+        B, H, T, D = q.shape
+        if T == 1 and mask is None and not torch.compiler.is_compiling():
+            keys, values = self.layer_keys[layer], self.layer_values[layer]
+            isa = our_decode_kernel(q, keys)
+            if isa is not None:
+                return torch.ops.codegen_lsp_cpu.attend_decode_cached(q, k, v, keys, values, kv_len - 1, scale or D**-0.5, isa)
+        return self.update_then_attend(layer, input_pos, q, k, v, kv_len, mask, scale)
+
+    def update_then_attend(self, layer: int, input_pos: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           kv_len: int, mask, scale: float | None = None) -> torch.Tensor:
+        """update_and_attend in PyTorch's ops around attend(): prefill, verifies, SDPA, compiled steps."""
+        B, H, T, D = q.shape
+        keys, values = self.update(layer, input_pos, k, v, kv_len)
+        return attend(q, keys, values, mask, scale).transpose(1, 2).reshape(B, T, H * D)
+
 
 class CausalMask:
     """The mask of a forward whose T tokens are the last of the kv_len it attends to, with no window

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from engine import config as engine_config
 from engine.config import ConfigReader, ModelConfig
 from engine.decoder import DecoderLM
-from engine.kv_cache import KVCache, attend
+from engine.kv_cache import KVCache
 
 # ---------------------------------------------------------------- rotary embeddings
 
@@ -152,10 +152,8 @@ class RopeAttention(nn.Module):
         q, k = apply_rotary_halves(q, *sin_cos), apply_rotary_halves(k, *sin_cos)
         if cache is None:  # training: the batch holds whole sequences, no past
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_head)
-        else:
-            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
-            y = attend(q, k, v, mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+        return self.o_proj(cache.update_and_attend(self.layer, input_pos, q, k, v, kv_len, mask))
 
 
 class PreNormBlock(nn.Module):

@@ -198,8 +198,9 @@ FAMILIES = {
 }
 
 
-def make_family(directory: Path, family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> Path:
-    """A checkpoint of one of FAMILIES, saved by transformers (in dtype: the published ones are bfloat16)."""
+def make_family(directory: Path, family: str, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes) -> Path:
+    """A checkpoint of one of FAMILIES, saved by transformers (in dtype: the published ones are bfloat16);
+    sizes override the small defaults (hidden_size=...)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, overrides, tokens, edits, write_tokenizer = FAMILIES[family]
@@ -209,7 +210,7 @@ def make_family(directory: Path, family: str, seed: int = 0, dtype: torch.dtype 
         vocab_size=50304, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=50256, eos_token_id=50256,
     )
-    config = AutoConfig.for_model(model_type, **{**params, **overrides})
+    config = AutoConfig.for_model(model_type, **{**params, **overrides, **sizes})
     model = AutoModelForCausalLM.from_config(config).eval()
     _spread_weights(model)
     model.to(dtype).save_pretrained(directory, max_shard_size="8MB")  # sharded, with model.safetensors.index.json

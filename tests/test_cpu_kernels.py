@@ -538,6 +538,43 @@ def test_decode_attention_refuses_what_it_cannot_run():
         torch.ops.codegen_lsp_cpu.attend_decode(torch.randn(1, 4, 64), torch.randn(1, 10, 64), torch.randn(1, 10, 64), 1.0, "sve")
 
 
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=["x".join(map(str, s)) for s in ATTENTION_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16"])
+def test_decode_attention_with_its_cache_write_is_the_write_then_attend_decode(shape, dtype):
+    """attend_decode_cached stores the new key and value (strided views, as the architectures have
+    them) where copy_ would, rounded the same, and returns attend_decode over the keys up to them, bit
+    for bit, laid out (1, 1, H * D)."""
+    needs_our_kernels()
+    kv_heads, group, head_dim = shape
+    generator = torch.Generator().manual_seed(head_dim)
+    for position in (0, 64, 1499):
+        cache = torch.randn(2, 1, kv_heads, 1536, head_dim, generator=generator).to(dtype)
+        expected = cache.clone()
+        fused_qkv = torch.randn(kv_heads, 3 * head_dim, generator=generator)  # k and v every third head_dim
+        k, v = fused_qkv[:, head_dim : 2 * head_dim], fused_qkv[:, 2 * head_dim :]
+        q = torch.randn(1, kv_heads * group, 1, head_dim, generator=generator)
+        expected[0, 0, :, position].copy_(k)
+        expected[1, 0, :, position].copy_(v)
+        for isa in torch.ops.codegen_lsp_cpu.isas().split():
+            y = torch.ops.codegen_lsp_cpu.attend_decode_cached(q, k, v, cache[0], cache[1], position, 0.1, isa)
+            assert torch.equal(cache, expected), isa
+            alone = torch.ops.codegen_lsp_cpu.attend_decode(q.reshape(kv_heads, group, head_dim), expected[0, 0, :, : position + 1],
+                                                           expected[1, 0, :, : position + 1], 0.1, isa)
+            assert y.shape == (1, 1, kv_heads * group * head_dim) and torch.equal(y, alone.reshape(y.shape)), (isa, position)
+
+
+def test_decode_attention_with_its_cache_write_refuses_what_it_cannot_run():
+    needs_our_kernels()
+    cache, q, kv = torch.zeros(2, 10, 64), torch.randn(8, 64), torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="position within capacity"):
+        torch.ops.codegen_lsp_cpu.attend_decode_cached(q, kv, kv, cache, cache, 10, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="KVH x D"):  # one head's key for a cache of two
+        torch.ops.codegen_lsp_cpu.attend_decode_cached(q, kv[:1], kv, cache, cache, 3, 1.0, "baseline")
+    with pytest.raises(RuntimeError, match="alike"):
+        torch.ops.codegen_lsp_cpu.attend_decode_cached(q, kv, kv, cache, cache.half(), 3, 1.0, "baseline")
+    assert not cache.any()  # nothing written by a refused call
+
+
 @pytest.fixture
 def attention_choices():
     """engine/kv_cache.py's per-shape attention choices, as they were before the test once it ends."""
@@ -580,6 +617,42 @@ def test_decode_attention_is_chosen_once_per_machine_and_gives_the_tokens_of_sdp
     # 1e-4 with float activations; a kernel rounding them to int16 ("-i16") can turn the attention's
     # last-bit differences into one step of that rounding (measured 5e-4 over 24 tokens).
     assert (logits - our_logits).abs().max() < 2e-3
+
+
+MAKERS = {  # each attention layout, its head dim 32: bigcode's [q | k | v] and per-head layouts, CodeGen's, Llama's
+    "multi-query": lambda d: checkpoints.make_bigcode(d, multi_query=True, n_embd=128, n_head=4),
+    "multi-head": lambda d: checkpoints.make_bigcode(d, multi_query=False, n_embd=128, n_head=4),
+    "codegen": lambda d: checkpoints.make_codegen(d, n_embd=128, n_head=4, rotary_dim=16),
+    "qwen2": lambda d: checkpoints.make_family(d, "qwen2", hidden_size=128),
+}
+
+
+@pytest.mark.parametrize("maker", MAKERS)
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_decode_steps_write_the_cache_and_attend_in_one_op_with_the_same_logits(maker, quantization, tmp_path, stdlib_code,
+                                                                                monkeypatch, attention_choices):
+    """Where our decode attention runs (forced here), a decode step writes its key and value and attends
+    in one op of ours (a float32 cache, or float16 with int8 weights): the tokens and logits, bit for bit,
+    of the cache's update and attend() with PyTorch's ops around ours (update_then_attend)."""
+    needs_our_kernels()
+    from engine.kv_cache import HALF, KVCache, attention_shape
+
+    decode_attention, _ = attention_choices
+    directory = MAKERS[maker](tmp_path / maker)
+    isa = torch.ops.codegen_lsp_cpu.isas().split()[0] + (HALF if quantization == "int8" else "")
+    monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args: isa)
+    lm = load_model(str(directory), device="cpu", quantization=quantization)
+    decode_attention[attention_shape(lm.model.config)] = isa
+    assert lm.cache_dtype == (torch.float16 if quantization == "int8" else torch.float32)
+    prompt = lm.tokenizer.encode(stdlib_code)[:200]
+    calls = []
+    fused = torch.ops.codegen_lsp_cpu.attend_decode_cached
+    monkeypatch.setattr(torch.ops.codegen_lsp_cpu, "attend_decode_cached", lambda *args: calls.append(args[5]) or fused(*args))
+    tokens, logits = greedy_with_logits(lm, prompt, 12)
+    assert len(calls) == 12 * lm.model.config.n_layer and calls[0] == len(prompt)  # each step after the prefill, each layer
+    monkeypatch.setattr(KVCache, "update_and_attend", KVCache.update_then_attend)  # as before the fused op
+    unfused_tokens, unfused_logits = greedy_with_logits(lm, prompt, 12)
+    assert unfused_tokens == tokens and torch.equal(unfused_logits, logits)
 
 
 PREFILL_SHAPES = [(4, 1, 32), (1, 8, 64), (2, 3, 16)]  # multi-head, multi-query, groups of 3 (rows across tokens)

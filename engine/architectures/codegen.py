@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from engine.architectures import Architecture
 from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
 from engine.decoder import GPT2LayoutLM
-from engine.kv_cache import KVCache, attend
+from engine.kv_cache import KVCache
 from engine.layers import Rope, apply_rotary_interleaved, rotary_sin_cos
 
 # The original model was trained with its qkv projection split over 4 devices:
@@ -57,12 +57,10 @@ class CodeGenAttention(nn.Module):
         qk = apply_rotary_interleaved(qkv[:, :, :, ::2].movedim(3, 0), *sin_cos, position_dim=2)
         q, k, v = (t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (qk[0], qk[1], qkv[:, :, :, 1]))
         if cache is None:  # training: the batch holds whole sequences, no past
-            y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True)
-        else:
-            k, v = cache.update(self.layer, input_pos, k, v, kv_len)  # float32, or float16 for our kernel
-            y = attend(q, k, v, mask)
-        y = y.to(x.dtype).transpose(1, 2).reshape(B, T, E)
-        return self.out_proj(y)
+            y = F.scaled_dot_product_attention(q, k, v.float(), is_causal=True).transpose(1, 2).reshape(B, T, E)
+        else:  # the cache float32, or float16 for our kernel
+            y = cache.update_and_attend(self.layer, input_pos, q, k, v, kv_len, mask)
+        return self.out_proj(y.to(x.dtype))
 
 
 class CodeGenMLP(nn.Module):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from engine.architectures import Architecture, FimSpelling
 from engine.config import ACTIVATIONS, ConfigReader, ModelConfig
 from engine.decoder import GPT2LayoutLM
-from engine.kv_cache import KVCache, attend
+from engine.kv_cache import KVCache
 
 
 @dataclass
@@ -62,10 +62,8 @@ class GPTBigCodeAttention(nn.Module):
             q, k, v = qkv.split(self.head_dim, dim=-1)
         if cache is None:  # training: the batch holds whole sequences, no past
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=k.shape[1] != q.shape[1])
-        else:
-            k, v = cache.update(self.layer, input_pos, k, v, kv_len)
-            y = attend(q, k, v, mask, self.scale)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, E))
+            return self.c_proj(y.transpose(1, 2).reshape(B, T, E))
+        return self.c_proj(cache.update_and_attend(self.layer, input_pos, q, k, v, kv_len, mask, self.scale))
 
 
 class GPTBigCodeMLP(nn.Module):

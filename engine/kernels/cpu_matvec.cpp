@@ -2407,6 +2407,33 @@ at::Tensor attend_decode(const at::Tensor& q_in, const at::Tensor& k, const at::
   return rows ? y : y.squeeze(0);
 }
 
+// A decode step's attention with its cache write: the new token's k, v (KVH x D float32 numbers, in
+// any shape and strides that reshape to that) stored at row `position` of the layer's k_cache, v_cache
+// ((1,) KVH, capacity, D; float32, or float16 rounded to nearest as copy_ rounds), then q (H x D) over
+// rows [0, position] as attend_decode -> (1, 1, H * D), as the output projection reads it. One op for
+// the ~10 of PyTorch's and their Python around a decode step's attention (cache slices, writes, views):
+// the demo model's decode step ... faster.
+at::Tensor attend_decode_cached(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor& k_cache,
+                                at::Tensor& v_cache, int64_t position, double scale, c10::string_view isa) {
+  const at::Tensor keys = k_cache.dim() == 4 ? k_cache.select(0, 0) : k_cache;
+  const at::Tensor values = v_cache.dim() == 4 ? v_cache.select(0, 0) : v_cache;
+  TORCH_CHECK(keys.dim() == 3 && values.sizes() == keys.sizes() && values.scalar_type() == keys.scalar_type() &&
+                  0 <= position && position < keys.size(1),
+              "k_cache, v_cache: (KVH, capacity, D) alike, position within capacity");
+  const int64_t KVH = keys.size(0), D = keys.size(2);
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat && v.scalar_type() == at::kFloat &&
+                  k.numel() == KVH * D && v.numel() == KVH * D && q.numel() > 0 && q.numel() % (KVH * D) == 0,
+              "q (H x D), k and v (KVH x D) float32 for a cache of KVH heads of D");
+  TORCH_CHECK((keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kHalf) && keys.stride(2) == 1 && values.stride(2) == 1 &&
+                  D % 32 == 0, "the cache float32 or float16, unit stride along D, D a multiple of 32");
+  kernels_for(isa);  // an instruction set this CPU lacks is refused before anything is written
+  keys.select(1, position).copy_(k.reshape({KVH, D}));
+  values.select(1, position).copy_(v.reshape({KVH, D}));
+  const int64_t H = q.numel() / D;
+  const at::Tensor y = attend_decode(q.reshape({KVH, H / KVH, D}), keys.narrow(1, 0, position + 1), values.narrow(1, 0, position + 1), scale, isa);
+  return y.view({1, 1, H * D});
+}
+
 // A prefill chunk's attention: q (1, H, T, D) float32 over k, v (1, KVH, S, D) float32 or float16
 // (H a multiple of KVH, S >= T, unit stride along D), token i seeing keys [0, S - T + i] -> y
 // (1, H, T, D), laid out (T, H, D) in memory as the attention's output projection reads it.
@@ -2444,6 +2471,7 @@ TORCH_LIBRARY(codegen_lsp_cpu, m) {
   m.def("int4_matmul(Tensor x, Tensor weight, int out_features, int group_size, Tensor? bias, str isa) -> Tensor");
   m.def("attend_decode(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
   m.def("attend_prefill(Tensor q, Tensor k, Tensor v, float scale, str isa) -> Tensor");
+  m.def("attend_decode_cached(Tensor q, Tensor k, Tensor v, Tensor(a!) k_cache, Tensor(b!) v_cache, int position, float scale, str isa) -> Tensor");
   m.def("gelu_tanh(Tensor x, str isa) -> Tensor");
   m.def("rms_norm(Tensor x, Tensor weight, float eps, str isa) -> Tensor");
   m.def("rotary(Tensor x, Tensor sin, Tensor cos, int position_dim, bool interleaved) -> Tensor");
@@ -2461,6 +2489,7 @@ TORCH_LIBRARY_IMPL(codegen_lsp_cpu, CPU, m) {
   m.impl("int4_matmul", &int4_matmul);
   m.impl("attend_decode", &attend_decode);
   m.impl("attend_prefill", &attend_prefill);
+  m.impl("attend_decode_cached", &attend_decode_cached);
   m.impl("gelu_tanh", &gelu_tanh);
   m.impl("rms_norm", &rms_norm);
   m.impl("rotary", &rotary);
