@@ -50,8 +50,7 @@ def main() -> None:
         for quantization in (["none", args.quantization] if name == "demo" else [args.quantization]):
             if name == "demo":
                 lm = load_model(None, device="cpu", dtype="float32", quantization=quantization, compile="false")
-                if lm.threads:
-                    torch.set_num_threads(lm.threads)
+                lm.use_threads()
             else:
                 lm = random_model(name, quantization, compile="false")
             context = min(args.context, 200) if name == "demo" else args.context

@@ -89,8 +89,7 @@ def random_model(name: str, quantization: str, compile: str = "auto"):
     from engine.loading import load_model
 
     lm = load_model(str(checkpoint(name, SHAPES[name])), device="cpu", quantization=quantization, compile=compile)
-    if lm.threads:
-        torch.set_num_threads(lm.threads)
+    lm.use_threads()
     return lm
 
 

@@ -126,8 +126,7 @@ def main() -> int:
     if args.shape != "demo":
         spec = str(checkpoint(args.shape, SHAPES[args.shape]))
     lm = load_model(spec, device="cpu", dtype="float32", quantization=args.quantization, compile="false")
-    if lm.threads:
-        torch.set_num_threads(lm.threads)  # as its generations run (verify_costs times steps directly)
+    lm.use_threads()  # as its generations run (verify_costs times steps directly)
     print(f"{lm.path.name} ({args.shape}), quantization {args.quantization}, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f} before")
     if args.verify_costs:

@@ -75,7 +75,9 @@ def _sync(device: torch.device) -> None:
 
 
 def run_bench(lm: LoadedModel, prompt: list[int], new_tokens: int, repeat: int = 3) -> BenchResult:
-    """Median prefill of `prompt` into a fresh session, then greedy decode of `new_tokens`."""
+    """Median prefill of `prompt` into a fresh session, then greedy decode of `new_tokens`, on the
+    threads the model's generations take (a small model's one)."""
+    lm.use_threads()
     device = lm.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -84,8 +84,7 @@ def generate(
     """Decode after `prompt`. With `heal`, the generated tokens must start by
     spelling that text (see engine/prompt.py), which the returned text leaves out."""
     start = time.perf_counter()
-    if session.lm.threads is not None and torch.get_num_threads() != session.lm.threads:
-        torch.set_num_threads(session.lm.threads)  # this thread's, chosen at load (engine/cpu_kernels.py)
+    session.lm.use_threads()
     tokenizer = session.lm.tokenizer
     stats = GenerationStats(prompt_tokens=len(prompt))
     rng = None

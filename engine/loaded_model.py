@@ -31,3 +31,9 @@ class LoadedModel:
     threads: int | None = None  # CPU threads its generations run with (None: torch's default)
     cache_dtype: torch.dtype | None = None  # its sessions' KV cache dtype (kv_cache.cache_dtype), set by load_model
     drafts_pay: bool = True  # whether speculative = auto drafts (cpu_kernels.choose_drafting)
+
+    def use_threads(self) -> None:
+        """Give the calling thread's torch ops the threads chosen at load (engine/cpu_kernels.py), as the
+        model's generations run (a count is per thread: generate() sets it, and so do benchmarks)."""
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)

@@ -20,6 +20,7 @@ import torch
 
 import checkpoints
 from engine import cpu_kernels
+from engine.bench import run_bench
 from engine.generate import SamplingParams, generate
 from engine.float_linear import FLOAT_KERNEL_MAX_TOKENS, FloatLinear
 from engine.loading import load_model
@@ -454,6 +455,9 @@ def test_a_small_model_generates_on_one_thread_and_a_large_one_on_all(codegen_di
         torch.set_num_threads(max(2, default))
         generate(Session(lm), [1, 2, 3], SamplingParams(max_new_tokens=2))
         assert torch.get_num_threads() == 1  # this thread's count, for its generations
+        torch.set_num_threads(max(2, default))
+        run_bench(lm, [1, 2, 3], new_tokens=2, repeat=1)
+        assert torch.get_num_threads() == 1  # `codegen-lsp bench` times steps as generations take them
         assert cpu_kernels.threads_for(cpu_kernels.SMALL_MODEL_BYTES + 1) == cpu_kernels.default_threads() == default
     finally:
         torch.set_num_threads(default)
