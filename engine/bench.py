@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from engine.loaded_model import LoadedModel
-from engine.quantize import Int4Linear, Int8Linear, weight_bytes_per_token
+from engine.quantize import weight_bytes_per_token
 from engine.session import Session
 
 

@@ -71,7 +71,7 @@ def test_a_full_cache_and_one_with_room_hold_the_same_keys(codegen, dtype):
     with torch.inference_mode():
         for capacity, cache in caches.items():
             for start, end in ((0, 17), (17, 39), (39, 40)):
-                logits = codegen.model(ids[:, start:end], torch.arange(start, end), cache, kv_len=end)
+                codegen.model(ids[:, start:end], torch.arange(start, end), cache, kv_len=end)
             assert cache.k[:, :, :, 40:].count_nonzero() == 0  # nothing written past the tokens
     full, roomy = caches[40], caches[64]
     assert torch.equal(full.k, roomy.k[:, :, :, :40]) and torch.equal(full.v, roomy.v[:, :, :, :40])
