@@ -232,7 +232,7 @@ def test_int4_prefill_products_are_their_documented_rounding_for_every_group_siz
 def test_amx_int8_product_gives_the_vnni_products_numbers(shape):
     """Where AMX tiles run, the int8 prefill product takes them, with the VNNI product's numbers bit for bit:
     tiles of 16 rows and 16 tokens with tails of both, columns no multiple of the tiles' 64, tokens over
-    several panels (1 MB of activations each: 128 tokens of 8,192 columns), and int4 (its VNNI product)."""
+    several panels (2 MB of activations each: 256 tokens of 8,192 columns), and int4 (its VNNI product)."""
     if not cpu_kernels.compiled_kernels(cache_dir() / "kernels") or not torch.ops.codegen_lsp_cpu.amx():
         pytest.skip("no AMX here")
     for mode in ("int8", "int4") if shape[0] % 32 == 0 else ("int8",):
