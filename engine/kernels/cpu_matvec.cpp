@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -2026,6 +2027,12 @@ at::Tensor float_output(const at::Tensor& x, int64_t N) {
   return at::empty(sizes, x.options().dtype(at::kFloat));
 }
 
+// n numbers left as allocated, for a buffer every one of whose numbers is written before it is read:
+// std::vector zeroes its numbers, a prefill chunk's rounded x (2 MB for 256 tokens of 8,192 columns)
+// in one thread while the other waits (2 % of an 8192 -> 2048 product).
+template <class T>
+std::unique_ptr<T[]> uninitialized(int64_t n) { return std::unique_ptr<T[]>(new T[n]); }
+
 at::Tensor in_dtype_of(const at::Tensor& y, const at::Tensor& x) { return y.scalar_type() == x.scalar_type() ? y : y.to(x.scalar_type()); }
 
 // y = x W^T + bias for float32 W (N, K) as in the checkpoint, any number of tokens (meant for few).
@@ -2099,15 +2106,15 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& weight, const a
   // Each row rounded in one pass (7 tensor ops took 7 parallel regions, each a wait for the other
   // thread on a busy machine), in the instruction set's own build (inlined here it was scalar SSE,
   // 13 % of a 8192 -> 2048 product).
-  std::vector<int8_t> q(in.M * in.K);
+  const std::unique_ptr<int8_t[]> q = uninitialized<int8_t>(in.M * in.K);
   std::vector<float> x_scales(in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    run.byte_activations(x + b * in.K, e - b, in.K, group, run.int8_gemm_levels, q.data() + b * in.K,
+    run.byte_activations(x + b * in.K, e - b, in.K, group, run.int8_gemm_levels, q.get() + b * in.K,
                          x_scales.data() + b * groups, nullptr);
   });
   at::Tensor y = float_output(x_in, in.N);
-  const Int8GemmArgs a{q.data(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
+  const Int8GemmArgs a{q.get(), x_scales.data(), weight.data_ptr<int8_t>(), scales.data_ptr<float>(),
                        in.bias_data(), y.data_ptr<float>(), in.M, in.N, in.K, groups, group};
   at::parallel_for(0, (in.blocks + run.int8_gemm_blocks - 1) / run.int8_gemm_blocks, 1, [&](int64_t b, int64_t e) { run.int8_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
@@ -2171,15 +2178,15 @@ at::Tensor int4_matmul(const at::Tensor& x_in, const at::Tensor& weight, int64_t
   const Kernels run = kernels_for(isa);
   const int64_t x_group = run.int4_gemm_columns && in.K % run.int4_gemm_columns == 0 ? std::max(group_size, run.int4_gemm_columns) : group_size;
   const int64_t groups = in.K / x_group;
-  std::vector<int8_t> q(in.M * in.K);
+  const std::unique_ptr<int8_t[]> q = uninitialized<int8_t>(in.M * in.K);
   std::vector<float> x_scales(in.M * groups), x_sums(run.int4_gemm_columns ? 0 : in.M * groups);
   const float* x = in.x.data_ptr<float>();
   at::parallel_for(0, in.M, grain(4 * in.K), [&](int64_t b, int64_t e) {
-    run.byte_activations(x + b * in.K, e - b, in.K, x_group, 127.f, q.data() + b * in.K, x_scales.data() + b * groups,
+    run.byte_activations(x + b * in.K, e - b, in.K, x_group, 127.f, q.get() + b * in.K, x_scales.data() + b * groups,
                          x_sums.empty() ? nullptr : x_sums.data() + b * groups);
   });
   at::Tensor y = float_output(x_in, N);
-  const Int4GemmArgs a{q.data(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
+  const Int4GemmArgs a{q.get(), x_scales.data(), x_sums.data(), weight.data_ptr<uint8_t>(), in.bias_data(), y.data_ptr<float>(),
                        in.M, N, in.K, group_size, x_group};
   at::parallel_for(0, in.blocks, 1, [&](int64_t b, int64_t e) { run.int4_gemm(a, b, e); });
   return in_dtype_of(y, x_in);
