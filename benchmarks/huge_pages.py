@@ -78,8 +78,7 @@ def main() -> None:
         moved, moved_load = loaded(name, args.quantization)
         huge_mb = anon_huge_mb() - huge_before
         with huge_pages_off():
-            left, left_load = loaded(name, args.quantization)
-        torch.set_num_threads(moved.threads or torch.get_num_threads())
+            left, left_load = loaded(name, args.quantization)  # random_model set the threads both take
         for context in args.contexts:
             sessions = {"moved": Session(moved), "left": Session(left)}
             prompt = code_prompt(moved, context)

@@ -639,14 +639,12 @@ def test_decode_steps_write_the_cache_and_attend_in_one_op_with_the_same_logits(
     in one op of ours (a float32 cache, or float16 with int8 weights): the tokens and logits, bit for bit,
     of the cache's update and attend() with PyTorch's ops around ours (update_then_attend)."""
     needs_our_kernels()
-    from engine.kv_cache import HALF, KVCache, attention_shape
+    from engine.kv_cache import HALF, KVCache
 
-    decode_attention, _ = attention_choices
     directory = MAKERS[maker](tmp_path / maker)
     isa = torch.ops.codegen_lsp_cpu.isas().split()[0] + (HALF if quantization == "int8" else "")
-    monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args: isa)
+    monkeypatch.setattr(cpu_kernels, "choose_attention", lambda *args: isa)  # the load sets DECODE_ATTENTION from it
     lm = load_model(str(directory), device="cpu", quantization=quantization)
-    decode_attention[attention_shape(lm.model.config)] = isa
     assert lm.cache_dtype == (torch.float16 if quantization == "int8" else torch.float32)
     prompt = lm.tokenizer.encode(stdlib_code)[:200]
     calls = []
